@@ -1,0 +1,11 @@
+"""tritonkron: Kronecker-factored optimizers for PyTorch under three Bregman divergences.
+
+Public API: :class:`Kron`, :func:`kronecker_projection`, :func:`bregman_divergence`,
+:func:`inverse_root`, and the option enums :class:`Divergence` and :class:`TailRule`.
+"""
+
+from tritonkron.config import Divergence, TailRule
+from tritonkron.optim import Kron
+
+__all__ = ["Divergence", "Kron", "TailRule"]
+__version__ = "0.1.0"

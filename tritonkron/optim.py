@@ -1,0 +1,334 @@
+"""The ``torch.optim`` front end: :class:`Kron`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from tritonkron.config import parse_divergence, parse_tail_rule
+from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
+from tritonkron.reference.blocking import BlockLayout
+
+STEP, MOMENTUM, BLOCKS, SKIPPED = "step", "momentum", "blocks", "skipped_steps"
+EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
+
+_DEFAULTS: dict[str, Any] = {
+    "lr": 3e-4,
+    "betas": (0.9, 0.98),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "divergence": "logdet",
+    "rank": None,
+    "tail": "mean",
+    "alpha": 1.0,
+    "precondition_every": 10,
+    "block_size": 1024,
+    "kron": True,
+    "flat_tail_in_stats": False,
+    "eig_floor": 1e-8,
+    "init_floor": 0.1,
+}
+
+
+def _check_number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor; got a tensor of shape {tuple(value.shape)}")
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number; got {value!r}")
+    below = value <= low if low_open else value < low
+    if below or value > high or math.isnan(value):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}]; got {value!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def validate_group(group: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of a param group."""
+    unknown = set(group) - set(_DEFAULTS) - {"params", "name", "initial_lr"}
+    if unknown:
+        raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
+    _check_number("lr", group["lr"], 0.0)
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1); got {betas!r}")
+    _check_number("betas[0]", betas[0], 0.0, 1.0 - 1e-12)
+    _check_number("betas[1]", betas[1], 0.0, 1.0 - 1e-12)
+    _check_number("eps", group["eps"], 0.0)
+    _check_number("weight_decay", group["weight_decay"], 0.0)
+    parse_divergence(group["divergence"], "divergence")
+    rank = group["rank"]
+    if rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be None (full preconditioning) or a positive int; got {rank!r}")
+    parse_tail_rule(group["tail"], "tail")
+    _check_number("alpha", group["alpha"], 0.0, low_open=True)
+    _check_positive_int("precondition_every", group["precondition_every"])
+    _check_positive_int("block_size", group["block_size"])
+    for flag in ("kron", "flat_tail_in_stats"):
+        if not isinstance(group[flag], bool):
+            raise ValueError(f"{flag} must be True or False; got {group[flag]!r}")
+    _check_number("eig_floor", group["eig_floor"], 0.0, 1.0)
+    _check_number("init_floor", group["init_floor"], 0.0, 1.0)
+
+
+def _settings(group: dict[str, Any]) -> KronSettings:
+    return KronSettings(
+        divergence=parse_divergence(group["divergence"]),
+        rank=group["rank"],
+        tail=parse_tail_rule(group["tail"]),
+        alpha=float(group["alpha"]),
+        beta2=float(group["betas"][1]),
+        eps=float(group["eps"]),
+        eig_floor=float(group["eig_floor"]),
+        init_floor=float(group["init_floor"]),
+        flat_tail_in_stats=group["flat_tail_in_stats"],
+    )
+
+
+@lru_cache(maxsize=256)
+def _layout(shape: tuple[int, ...], block_size: int) -> BlockLayout:
+    return BlockLayout.build(shape, block_size)
+
+
+def _stats_dtype(p: Tensor) -> torch.dtype:
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Deep copy of loaded state onto ``device``, keeping every tensor's dtype."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0 and not value.is_floating_point() and value.device.type == "cpu":
+            return value.clone()
+        return value.detach().to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) if k != STEP else value[k].clone() for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
+
+
+class Kron(Optimizer):
+    r"""Kronecker-factored optimizer with a choice of Bregman divergence and subspace-aware preconditioning.
+
+    For each matrix parameter W (m × n; higher-order tensors are viewed as d₀ × d₁⋯d_k and large
+    dims are split into blocks of at most ``block_size``), with gradient G and momentum M:
+
+    .. math::
+        M &\leftarrow \beta_1 M + (1-\beta_1) G \\
+        U &= Q_A\big((Q_A^\top M Q_B) \odot \Sigma\big) Q_B^\top,\quad
+             \Sigma_{ij} = \frac{s^A_i s^B_j}{1 + \epsilon\, s^A_i s^B_j} \\
+        W &\leftarrow (1 - \eta\lambda) W - \eta U
+
+    where s^A, s^B are the inverse square roots of the tracked eigenvalues of the Kronecker factors
+    A ⊗ B ≈ E[vec G vec Gᵀ] (``rank=None``), or their spike-and-flat version (``rank=k``: the top-k
+    eigendirections by their eigenvalues, the rest by one adaptive isotropic constant, ``tail``).
+    The factors follow ``divergence``'s one-step EMA fixed-point rule (``"logdet"`` is KL-Shampoo,
+    ``"von_neumann"`` Shampoo's statistics with exponent −1/2, ``"frobenius"`` the nearest Kronecker
+    product); the eigenbases are refreshed every ``precondition_every`` steps by a power step + QR.
+    A block's first non-zero gradient initialises its statistics and moves nothing (PAPER §4.3).
+    Parameters with fewer than 2 dims and groups with ``kron=False`` take AdamW's update.
+
+    Args:
+        params: iterable of tensors or param-group dicts; every option below can be overridden per group.
+        lr: learning rate η (float or one-element tensor).
+        betas: (β₁ momentum, β₂ statistics retention); β₂ is also AdamW's second-moment β on the AdamW path.
+        eps: ε of the 1/(√(a_i b_j) + ε) damping (AdamW's ε on the AdamW path).
+        weight_decay: decoupled weight decay λ (W ← (1 − ηλ) W).
+        divergence: "logdet" | "von_neumann" | "frobenius".
+        rank: None for full eigenvalue preconditioning, or k for the subspace-aware optimizer.
+        tail: "mean" | "kth" | "sketchy" | "fixed", the isotropic tail constant rule (rank=k only).
+        alpha: multiplier α of the tail constant (the constant itself for "fixed").
+        precondition_every: basis refresh period T.
+        block_size: largest preconditioned dimension; larger dims are split into nearly equal blocks.
+        kron: False makes the whole group use the AdamW path.
+        flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
+        eig_floor: eigenvalues are floored at eig_floor · (largest eigenvalue of the factor).
+        init_floor: initial eigenvalues are floored at init_floor · (their mean).
+
+    Example:
+        >>> import torch, tritonkron as tk
+        >>> model = torch.nn.Linear(8, 4)
+        >>> opt = tk.Kron(model.parameters(), lr=1e-3)
+        >>> model(torch.randn(16, 8)).square().mean().backward()
+        >>> opt.step(); opt.zero_grad()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
+        lr: float | Tensor = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        divergence: str = "logdet",
+        rank: int | None = None,
+        tail: str = "mean",
+        alpha: float = 1.0,
+        precondition_every: int = 10,
+        block_size: int = 1024,
+        kron: bool = True,
+        flat_tail_in_stats: bool = False,
+        eig_floor: float = 1e-8,
+        init_floor: float = 0.1,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "divergence": divergence,
+            "rank": rank,
+            "tail": tail,
+            "alpha": alpha,
+            "precondition_every": precondition_every,
+            "block_size": block_size,
+            "kron": kron,
+            "flat_tail_in_stats": flat_tail_in_stats,
+            "eig_floor": eig_floor,
+            "init_floor": init_floor,
+        }
+        validate_group(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its options are validated at once (a typo fails here)."""
+        unknown = set(param_group) - set(_DEFAULTS) - {"params", "name", "initial_lr"}
+        if unknown:
+            raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
+        super().add_param_group(param_group)
+        validate_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in _DEFAULTS.items():
+                group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; statistics keep their own dtype (float32 for bf16 parameters).
+
+        ``torch.optim.Optimizer.load_state_dict`` casts floating state to the parameter dtype,
+        which would round float32 statistics of low-precision parameters; the loaded tensors are
+        therefore copied back with their saved dtypes after the base class has run.
+        """
+        super().load_state_dict(state_dict)
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            for saved_id, p in zip(saved["params"], group["params"], strict=True):
+                if saved_id in state_dict["state"]:
+                    self.state[p] = _to_device(state_dict["state"][saved_id], p.device)
+
+    @staticmethod
+    def uses_kron(p: Tensor, group: dict[str, Any]) -> bool:
+        """Whether ``p`` takes the Kronecker path (≥ 2 dims, no zero-size dim, group ``kron=True``)."""
+        return group["kron"] and p.dim() >= 2 and p.numel() > 0
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            settings = _settings(group) if group["kron"] else None
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError("Kron does not support sparse gradients")
+                if settings is not None and self.uses_kron(p, group):
+                    self._kron_step(p, group, settings)
+                else:
+                    self._adamw_step(p, group)
+        return loss
+
+    def _skip_nonfinite(self, p: Tensor, grad: Tensor, state: dict[str, Any]) -> bool:
+        if bool(torch.isfinite(grad).all()):
+            return False
+        state[SKIPPED] = state.get(SKIPPED, 0) + 1
+        return True
+
+    def _kron_step(self, p: Tensor, group: dict[str, Any], settings: KronSettings) -> None:
+        layout = _layout(tuple(p.shape), group["block_size"])
+        m, n = layout.matrix
+        dtype = _stats_dtype(p)
+        state = self.state[p]
+        if not state:
+            state[STEP] = torch.tensor(0.0, dtype=torch.float32)
+            state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
+            state[BLOCKS] = [
+                new_group_state(len(g.offsets), *g.shape, dtype=dtype, device=p.device) for g in layout.groups
+            ]
+        elif tuple(state[MOMENTUM].shape) != (m, n) or len(state[BLOCKS]) != len(layout.groups):
+            raise ValueError(
+                f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
+                f"(block_size={group['block_size']}); was the state loaded from another model or block_size?"
+            )
+        grad = p.grad.to(dtype).reshape(m, n)
+        if self._skip_nonfinite(p, grad, state):
+            return
+        state[STEP] += 1
+        step = int(state[STEP].item())
+        beta1 = group["betas"][0]
+        momentum = state[MOMENTUM]
+        momentum.lerp_(grad, 1 - beta1)
+        refresh = step % group["precondition_every"] == 0
+        directions = [
+            block_group_step(block_state, G, M, settings, refresh)
+            for block_state, G, M in zip(state[BLOCKS], layout.gather(grad), layout.gather(momentum), strict=True)
+        ]
+        update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
+        self._apply(p, update, group["lr"], group["weight_decay"])
+
+    @staticmethod
+    def _apply(p: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float) -> None:
+        if weight_decay != 0:
+            p.mul_(1 - lr * weight_decay)
+        if isinstance(lr, Tensor):
+            p.sub_((update * lr).to(p.dtype))
+        else:
+            p.add_(update.to(p.dtype), alpha=-lr)
+
+    def _adamw_step(self, p: Tensor, group: dict[str, Any]) -> None:
+        """AdamW (Loshchilov & Hutter), the same operations as ``torch.optim.AdamW``'s single-tensor path."""
+        state = self.state[p]
+        dtype = _stats_dtype(p) if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+        if not state:
+            state[STEP] = torch.tensor(0.0, dtype=torch.float32)
+            state[EXP_AVG] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            state[EXP_AVG_SQ] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        grad = p.grad.to(dtype)
+        if self._skip_nonfinite(p, grad, state):
+            return
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        state[STEP] += 1
+        step = float(state[STEP].item())
+        exp_avg, exp_avg_sq = state[EXP_AVG], state[EXP_AVG_SQ]
+        if wd != 0:
+            p.mul_(1 - lr * wd)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        if isinstance(lr, Tensor) or p.dtype != dtype:
+            p.sub_((exp_avg / denom * (lr / bias_correction1)).to(p.dtype))
+        else:
+            p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)

@@ -1,0 +1,74 @@
+"""Eigenbasis maintenance: sorted eigendecomposition, power step + QR refresh, subspace iteration.
+
+The factors' eigenbases are kept stale between refreshes (KL-Shampoo/SOAP machinery, PAPER §2.4):
+every T steps one power-iteration step followed by a QR decomposition moves the basis towards the
+current factor's eigenvectors,
+
+    Q ← qr(X Q).Q,    x_i ← (Qᵀ X Q)_ii,    then (Q, x) re-sorted by descending x,
+
+where the Rayleigh quotients x_i re-estimate the tracked eigenvalues in the new basis. Because the
+tracked eigenvalues always equal diag(Qᵀ X Q) between refreshes (the factor and its eigenvalues
+receive the same increments), this keeps the factor and the eigenvalue vector in one gauge.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Eigenpairs(NamedTuple):
+    """Eigenvalues ``[B, k]`` in descending order and their eigenvectors ``[B, d, k]`` as columns."""
+
+    values: Tensor
+    vectors: Tensor
+
+
+def sort_descending(values: Tensor, vectors: Tensor) -> Eigenpairs:
+    """Permute eigenpairs so that ``values`` are descending along the last dim (ties keep order)."""
+    order = torch.argsort(values, dim=-1, descending=True, stable=True)
+    values = torch.gather(values, -1, order)
+    vectors = torch.gather(vectors, -1, order.unsqueeze(-2).expand_as(vectors))
+    return Eigenpairs(values, vectors)
+
+
+def rayleigh_quotients(X: Tensor, Q: Tensor) -> Tensor:
+    """diag(Qᵀ X Q) for ``X: [B, d, d]``, ``Q: [B, d, k]``; returns ``[B, k]``."""
+    return ((X @ Q) * Q).sum(dim=-2)
+
+
+def subspace_iteration(X: Tensor, Q: Tensor, steps: int = 1) -> Eigenpairs:
+    """Top-k subspace iteration: ``steps`` times Q ← qr(X Q).Q, then sort by Rayleigh quotient.
+
+    With k = d (a full basis) and ``steps=1`` this is the power step + QR basis refresh.
+    Converges to the top-k eigenvectors of symmetric PSD X at rate (λ_{k+1}/λ_k)^steps.
+
+    Args:
+        X: symmetric factors ``[B, d, d]``.
+        Q: current orthonormal basis ``[B, d, k]``.
+        steps: number of power steps.
+
+    Returns:
+        Eigenpairs (Rayleigh quotients diag(Qᵀ X Q), basis), descending.
+
+    Raises:
+        torch.linalg.LinAlgError / RuntimeError: when QR fails; callers keep the old basis.
+    """
+    for _ in range(steps):
+        Q = torch.linalg.qr(X @ Q).Q
+    return sort_descending(rayleigh_quotients(X, Q), Q)
+
+
+def eigh_descending(X: Tensor) -> Eigenpairs:
+    """Full eigendecomposition of symmetric ``X: [B, d, d]`` with eigenvalues descending.
+
+    Uses the fallback ladder of :func:`tritonkron.reference.inverse_root.eigh_with_fallback`
+    (float64 retry, then growing damping) so that ill-conditioned or rank-deficient factors,
+    e.g. the Gram matrix of a single gradient, never abort training.
+    """
+    from tritonkron.reference.inverse_root import eigh_with_fallback
+
+    result = eigh_with_fallback(X)
+    return sort_descending(result.eigenvalues, result.eigenvectors)
