@@ -93,7 +93,9 @@ def track_eigenvalues(
     """
     sq = G_hat * G_hat
     inc_a = sq.sum(-1) if rule.left_weight is None else sq @ rule.left_weight.unsqueeze(-1)
-    inc_b = sq.sum(-2) if rule.right_weight is None else (sq.transpose(-1, -2) @ rule.right_weight.unsqueeze(-1))
+    inc_b = (
+        sq.sum(-2) if rule.right_weight is None else (sq.transpose(-1, -2) @ rule.right_weight.unsqueeze(-1))
+    )
     inc_a = inc_a.reshape(a.shape) * rule.left_scale.unsqueeze(-1)
     inc_b = inc_b.reshape(b.shape) * rule.right_scale.unsqueeze(-1)
     w = 1 - beta

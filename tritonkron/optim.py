@@ -18,6 +18,9 @@ from tritonkron.reference.blocking import BlockLayout
 STEP, MOMENTUM, BLOCKS, SKIPPED = "step", "momentum", "blocks", "skipped_steps"
 EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
 
+# Keys torch.optim and LR schedulers put into param groups themselves.
+_EXTRA_GROUP_KEYS = {"params", "param_names", "name", "initial_lr"}
+
 _DEFAULTS: dict[str, Any] = {
     "lr": 3e-4,
     "betas": (0.9, 0.98),
@@ -36,10 +39,14 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def _check_number(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+def _check_number(
+    name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False
+) -> None:
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name} must be a number or a one-element tensor; got a tensor of shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a number or a one-element tensor; got a tensor of shape {tuple(value.shape)}"
+            )
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number; got {value!r}")
@@ -56,7 +63,7 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 def validate_group(group: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first invalid hyperparameter of a param group."""
-    unknown = set(group) - set(_DEFAULTS) - {"params", "name", "initial_lr"}
+    unknown = set(group) - set(_DEFAULTS) - _EXTRA_GROUP_KEYS
     if unknown:
         raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
     _check_number("lr", group["lr"], 0.0)
@@ -69,9 +76,8 @@ def validate_group(group: dict[str, Any]) -> None:
     _check_number("weight_decay", group["weight_decay"], 0.0)
     parse_divergence(group["divergence"], "divergence")
     rank = group["rank"]
-    if rank is not None:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be None (full preconditioning) or a positive int; got {rank!r}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be None (full preconditioning) or a positive int; got {rank!r}")
     parse_tail_rule(group["tail"], "tail")
     _check_number("alpha", group["alpha"], 0.0, low_open=True)
     _check_positive_int("precondition_every", group["precondition_every"])
@@ -205,7 +211,7 @@ class Kron(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its options are validated at once (a typo fails here)."""
-        unknown = set(param_group) - set(_DEFAULTS) - {"params", "name", "initial_lr"}
+        unknown = set(param_group) - set(_DEFAULTS) - _EXTRA_GROUP_KEYS
         if unknown:
             raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
         super().add_param_group(param_group)
@@ -291,7 +297,9 @@ class Kron(Optimizer):
         refresh = step % group["precondition_every"] == 0
         directions = [
             block_group_step(block_state, G, M, settings, refresh)
-            for block_state, G, M in zip(state[BLOCKS], layout.gather(grad), layout.gather(momentum), strict=True)
+            for block_state, G, M in zip(
+                state[BLOCKS], layout.gather(grad), layout.gather(momentum), strict=True
+            )
         ]
         update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
         self._apply(p, update, group["lr"], group["weight_decay"])

@@ -32,7 +32,7 @@ from tritonkron.divergences import (
     track_eigenvalues,
     update_factors,
 )
-from tritonkron.reference.basis import eigh_descending, subspace_iteration
+from tritonkron.reference.basis import canonical_degenerate_basis, eigh_descending, subspace_iteration
 from tritonkron.reference.precondition import eigenbasis_precondition_ref, factor_scales, floor_eigenvalues
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ class KronSettings:
     flat_tail_in_stats: bool
 
 
-def new_group_state(count: int, m: int, n: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+def new_group_state(
+    count: int, m: int, n: int, dtype: torch.dtype, device: torch.device
+) -> dict[str, Tensor]:
     """Empty state for ``count`` blocks of shape ``m × n`` (identity bases, not ready)."""
     kw = {"dtype": dtype, "device": device}
     return {
@@ -109,13 +111,17 @@ def initialize_blocks(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     right = eigh_descending(G.transpose(-1, -2) @ G)
     sq_norm = (G * G).sum((-1, -2))
     a, b = initial_eigenvalues(settings.divergence, left.values, right.values, sq_norm, settings.init_floor)
-    A = (left.vectors * a.unsqueeze(-2)) @ left.vectors.transpose(-1, -2)
-    B = (right.vectors * b.unsqueeze(-2)) @ right.vectors.transpose(-1, -2)
+    # Floored eigenvalues form one degenerate eigenspace: give it a basis that does not depend on
+    # eigh's arbitrary choice, so the trajectory is invariant to the scale of the loss.
+    Q_A = canonical_degenerate_basis(left.vectors, a == a.amin(-1, keepdim=True))
+    Q_B = canonical_degenerate_basis(right.vectors, b == b.amin(-1, keepdim=True))
+    A = (Q_A * a.unsqueeze(-2)) @ Q_A.transpose(-1, -2)
+    B = (Q_B * b.unsqueeze(-2)) @ Q_B.transpose(-1, -2)
     updates = {
         FACTOR_A: A,
         FACTOR_B: B,
-        BASIS_A: left.vectors,
-        BASIS_B: right.vectors,
+        BASIS_A: Q_A,
+        BASIS_B: Q_B,
         EIG_A: a,
         EIG_B: b,
         TRACE: sq_norm,

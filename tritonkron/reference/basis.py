@@ -72,3 +72,35 @@ def eigh_descending(X: Tensor) -> Eigenpairs:
 
     result = eigh_with_fallback(X)
     return sort_descending(result.eigenvalues, result.eigenvectors)
+
+
+def canonical_degenerate_basis(vectors: Tensor, degenerate: Tensor) -> Tensor:
+    """Replace the basis of a degenerate eigenspace by a canonical one.
+
+    The eigenvectors of a repeated eigenvalue are arbitrary: ``eigh`` of X and of c·X may return
+    unrelated bases of, e.g., the null space of a rank-deficient Gram matrix, and stale-basis
+    eigenvalue tracking (which depends on the basis) would then follow a different trajectory.
+    With F the columns flagged ``degenerate`` (one shared eigenvalue), the new columns are
+    Q_F W where W are the eigenvectors of Q_Fᵀ D Q_F with the fixed D = diag(1, …, d): the result
+    depends only on the subspace span(Q_F), not on the basis chosen inside it. Other columns are
+    returned unchanged (up to sign).
+
+    Args:
+        vectors: orthonormal columns ``[B, d, d]``.
+        degenerate: ``[B, d]`` bool mask of the columns spanning the degenerate eigenspace.
+
+    Returns:
+        ``[B, d, d]`` orthonormal columns; non-degenerate columns first in their original order,
+        then the canonical basis of the degenerate subspace.
+    """
+    d = vectors.shape[-1]
+    mask = degenerate.to(vectors.dtype)
+    ramp = torch.arange(1, d + 1, dtype=vectors.dtype, device=vectors.device)
+    compressed = (vectors.transpose(-1, -2) * ramp) @ vectors  # Qᵀ D Q
+    compressed = compressed * mask.unsqueeze(-1) * mask.unsqueeze(-2)
+    # Isolated diagonal entries below every eigenvalue of the compression (which lie in [1, d])
+    # keep the other columns in place and in their original order.
+    keep = -2.0 * d - torch.flip(ramp, (0,))
+    compressed = compressed + torch.diag_embed((1 - mask) * keep)
+    W = torch.linalg.eigh(compressed).eigenvectors
+    return vectors @ W
