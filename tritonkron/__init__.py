@@ -5,7 +5,8 @@ Public API: :class:`Kron`, :func:`kronecker_projection`, :func:`bregman_divergen
 """
 
 from tritonkron.config import Divergence, TailRule
+from tritonkron.divergences import bregman_divergence, kronecker_projection
 from tritonkron.optim import Kron
 
-__all__ = ["Divergence", "Kron", "TailRule"]
+__all__ = ["Divergence", "Kron", "TailRule", "bregman_divergence", "kronecker_projection"]
 __version__ = "0.1.0"

@@ -28,6 +28,18 @@ from torch import Tensor
 
 from tritonkron.config import Divergence
 from tritonkron.reference.factor_update import factor_update_ref
+from tritonkron.reference.projection import bregman_divergence, kronecker_projection
+
+__all__ = [
+    "Coupling",
+    "bregman_divergence",
+    "coupling",
+    "initial_eigenvalues",
+    "kronecker_projection",
+    "preconditioner_eigenvalues",
+    "track_eigenvalues",
+    "update_factors",
+]
 
 
 class Coupling(NamedTuple):
