@@ -1,0 +1,145 @@
+"""Small helpers shared by the Triton launchers (no kernels, no torch math).
+
+- :func:`interpreting`: whether kernels run under Triton's CPU interpreter.
+- :func:`next_power_of_2`, :func:`tile_size`, :func:`is_pow2_tile`: tile-size arithmetic.
+- :data:`TORCH_TO_TL`: torch → ``tl`` dtype map for the float dtypes the kernels accept.
+- :func:`split_float`: a Python float as an fp32 (hi, lo) pair, for fp64 kernels (Triton passes
+  every Python float argument as fp32).
+- :func:`normalize_config`: an explicit ``dict`` / ``triton.Config`` as a flat dict.
+- :func:`check_tensor`, :func:`check_shape`, :func:`check_float`, :func:`may_overlap`: launcher
+  argument checks that raise ``ValueError`` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from tritonkron._env import triton_interpret
+
+__all__ = [
+    "SMEM_BUDGET",
+    "TORCH_TO_TL",
+    "check_float",
+    "check_shape",
+    "check_tensor",
+    "interpreting",
+    "is_pow2_tile",
+    "may_overlap",
+    "next_power_of_2",
+    "normalize_config",
+    "split_float",
+    "tile_size",
+]
+
+_FP32_MAX = 3.4028234663852886e38
+
+# Shared-memory budget for pipelined operand tiles (bytes): fits sm80 (164 KiB) and later.
+SMEM_BUDGET = 160 * 1024
+
+TORCH_TO_TL: dict[torch.dtype, tl.dtype] = {
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs in interpreter mode (``TRITON_INTERPRET=1``: kernels on CPU tensors)."""
+    return triton_interpret()
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ≥ n (1 for n ≤ 1)."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def tile_size(dim: int, cap: int, floor: int = 16) -> int:
+    """The smallest power of two ≥ ``dim``, clamped to ``[floor, cap]``.
+
+    The floor of 16 is the smallest operand size ``tl.dot`` accepts on NVIDIA GPUs.
+    """
+    return max(floor, min(cap, next_power_of_2(dim)))
+
+
+def is_pow2_tile(x: object, floor: int = 16) -> bool:
+    """Whether ``x`` is an int power of two ≥ ``floor``."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= floor and (x & (x - 1)) == 0
+
+
+def split_float(x: float) -> tuple[float, float]:
+    """Split x into fp32-representable (hi, lo) with hi + lo = x to about 2⁻⁴⁸ relative.
+
+    Triton types every Python float argument as fp32, so a float64 kernel that needs β or a
+    scale to full precision receives both halves and forms ``hi.to(tl.float64) + lo.to(tl.float64)``;
+    in an fp32 kernel the sum rounds back to fp32(x).
+    """
+    x = float(x)
+    if not math.isfinite(x) or abs(x) > _FP32_MAX:
+        return x, 0.0  # not representable in fp32 anyway: the kernel sees ±inf or NaN
+    hi = struct.unpack("f", struct.pack("f", x))[0]
+    return hi, x - hi
+
+
+def normalize_config(config: Mapping[str, int] | triton.Config) -> dict[str, int]:
+    """An explicit config as a flat dict (``triton.Config`` → its kwargs plus warps and stages)."""
+    if isinstance(config, triton.Config):
+        return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a dict or triton.Config; got {type(config).__name__}")
+    return dict(config)
+
+
+def check_tensor(
+    name: str, t: object, ndim: int, dtypes: tuple[torch.dtype, ...], device: torch.device
+) -> Tensor:
+    """Return ``t`` if it is an ``ndim``-D tensor of one of ``dtypes`` on ``device``.
+
+    Raises:
+        ValueError: naming ``name`` and what is wrong.
+    """
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {list(t.shape)}")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"{name} must have dtype in ({allowed}); got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on {device}; got {t.device}")
+    return t
+
+
+def check_shape(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``t.shape == shape``."""
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}; got {list(t.shape)}")
+
+
+def check_float(name: str, value: object) -> float:
+    """``value`` as a float if it is a Python int or float (not bool, not a tensor)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a Python float; got {type(value).__name__}")
+    return float(value)
+
+
+def may_overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether a and b may share memory (conservative: same storage and intersecting byte spans)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
