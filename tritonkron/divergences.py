@@ -26,8 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tritonkron import ops
 from tritonkron.config import Divergence
-from tritonkron.reference.factor_update import factor_update_ref
 from tritonkron.reference.projection import bregman_divergence, kronecker_projection
 
 __all__ = [
@@ -88,8 +88,8 @@ def update_factors(
     w = 1 - beta
     left = None if rule.left_weight is None else (Q_B, rule.left_weight)
     right = None if rule.right_weight is None else (Q_A, rule.right_weight)
-    A_new = factor_update_ref(A, G, beta, w * rule.left_scale, "left", left)
-    B_new = factor_update_ref(B, G, beta, w * rule.right_scale, "right", right)
+    A_new = ops.factor_update(A, G, beta, w * rule.left_scale, "left", left)
+    B_new = ops.factor_update(B, G, beta, w * rule.right_scale, "right", right)
     return A_new, B_new
 
 

@@ -24,16 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tritonkron import ops
 from tritonkron.config import Divergence, TailRule
-from tritonkron.divergences import (
-    coupling,
-    initial_eigenvalues,
-    preconditioner_eigenvalues,
-    track_eigenvalues,
-    update_factors,
-)
+from tritonkron.divergences import coupling, initial_eigenvalues, preconditioner_eigenvalues, update_factors
 from tritonkron.reference.basis import canonical_degenerate_basis, eigh_descending, subspace_iteration
-from tritonkron.reference.precondition import eigenbasis_precondition_ref, factor_scales, floor_eigenvalues
+from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +137,7 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     b = floor_eigenvalues(b, settings.eig_floor)
     s_A = factor_scales(a, settings.rank, settings.tail, settings.alpha)
     s_B = factor_scales(b, settings.rank, settings.tail, settings.alpha)
-    return eigenbasis_precondition_ref(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
+    return ops.precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
 
 
 def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
@@ -156,7 +151,7 @@ def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     beta = settings.beta2
     A, B = update_factors(state[FACTOR_A], state[FACTOR_B], G, Q_A, Q_B, rule, beta)
     G_hat = Q_A.transpose(-1, -2) @ G @ Q_B
-    eig_a, eig_b = track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, rule, beta)
+    eig_a, eig_b = ops.track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
     trace = beta * state[TRACE] + (1 - beta) * (G * G).sum((-1, -2))
     updates = {FACTOR_A: A, FACTOR_B: B, EIG_A: eig_a, EIG_B: eig_b, TRACE: trace}
     for key, value in updates.items():

@@ -184,7 +184,7 @@ def test_closure_returns_loss_and_steps() -> None:
         loss.backward()
         return loss
 
-    losses = [float(opt.step(closure)) for _ in range(15)]
+    losses = [float(opt.step(closure).detach()) for _ in range(15)]
     assert losses[-1] < losses[0]
 
 

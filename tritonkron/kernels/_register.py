@@ -1,0 +1,83 @@
+"""``torch.library`` registrations of the Triton launchers as ``tritonkron::<op>`` custom ops.
+
+Each op is opaque to ``torch.compile`` (one graph node per launch, no graph break) and has a
+fake implementation that only describes the output, so tracing never launches a kernel.
+Imported once by :mod:`tritonkron.ops`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tritonkron.kernels.factor_update import factor_update_triton
+from tritonkron.kernels.precondition import (
+    eigenbasis_precondition_triton,
+    spike_and_flat_triton,
+    track_eigenvalues_triton,
+)
+
+
+@torch.library.custom_op("tritonkron::factor_update", mutates_args=())
+def factor_update_op(
+    X: Tensor,
+    G: Tensor,
+    beta: float,
+    scale: Tensor,
+    side: str,
+    W: Tensor | None,
+    Q: Tensor | None,
+    w: Tensor | None,
+) -> Tensor:
+    """Custom op around :func:`factor_update_triton` (weight: dense W, or (Q, w), or none)."""
+    weight = W if W is not None else ((Q, w) if Q is not None else None)
+    return factor_update_triton(X, G, beta, scale, side, weight)
+
+
+@factor_update_op.register_fake
+def _(X, G, beta, scale, side, W, Q, w):  # noqa: ANN001, ANN202 - signature mirrors the op
+    return torch.empty_like(X)
+
+
+@torch.library.custom_op("tritonkron::precondition", mutates_args=())
+def precondition_op(M: Tensor, Q_A: Tensor, Q_B: Tensor, s_A: Tensor, s_B: Tensor, eps: float) -> Tensor:
+    """Custom op around :func:`eigenbasis_precondition_triton`."""
+    return eigenbasis_precondition_triton(M, Q_A, Q_B, s_A, s_B, eps)
+
+
+@precondition_op.register_fake
+def _(M, Q_A, Q_B, s_A, s_B, eps):  # noqa: ANN001, ANN202
+    return torch.empty(M.shape, dtype=Q_A.dtype, device=M.device)
+
+
+@torch.library.custom_op("tritonkron::spike_and_flat", mutates_args=())
+def spike_and_flat_op(U_k: Tensor, top_scales: Tensor, c: Tensor, Y: Tensor) -> Tensor:
+    """Custom op around :func:`spike_and_flat_triton`."""
+    return spike_and_flat_triton(U_k, top_scales, c, Y)
+
+
+@spike_and_flat_op.register_fake
+def _(U_k, top_scales, c, Y):  # noqa: ANN001, ANN202
+    return torch.empty(Y.shape, dtype=U_k.dtype, device=Y.device)
+
+
+@torch.library.custom_op("tritonkron::track_eigenvalues", mutates_args=())
+def track_eigenvalues_op(
+    a: Tensor,
+    b: Tensor,
+    G_hat: Tensor,
+    left_weight: Tensor | None,
+    left_scale: Tensor,
+    right_weight: Tensor | None,
+    right_scale: Tensor,
+    beta: float,
+) -> list[Tensor]:
+    """Custom op around :func:`track_eigenvalues_triton`; returns [a_new, b_new]."""
+    return list(
+        track_eigenvalues_triton(a, b, G_hat, left_weight, left_scale, right_weight, right_scale, beta)
+    )
+
+
+@track_eigenvalues_op.register_fake
+def _(a, b, G_hat, left_weight, left_scale, right_weight, right_scale, beta):  # noqa: ANN001, ANN202
+    return [torch.empty_like(a), torch.empty_like(b)]

@@ -1,0 +1,150 @@
+"""The one place that chooses a backend for every heavy op.
+
+Each op takes ``backend="auto" | "triton" | "reference"`` (default: the environment variable
+``TRITONKRON_BACKEND``, else "auto"). "auto" runs the Triton kernel for CUDA tensors when Triton is
+importable and the pure-PyTorch reference otherwise; "triton" forces the kernel (on CPU tensors
+this needs ``TRITON_INTERPRET=1``); "reference" forces the reference. The Triton paths are
+registered as ``torch.library`` custom ops (``tritonkron::<op>``) so that ``torch.compile`` treats
+each launch as one opaque node.
+
+Ops: :func:`factor_update`, :func:`precondition`, :func:`spike_and_flat`,
+:func:`track_eigenvalues`, :func:`inverse_root`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from tritonkron import _env
+from tritonkron.kernels import HAS_TRITON
+from tritonkron.reference import factor_update as _factor_update_ref
+from tritonkron.reference import precondition as _precondition_ref
+
+Backend = Literal["auto", "triton", "reference"]
+Weight = Tensor | tuple[Tensor, Tensor] | None
+
+
+def resolve_backend(backend: str | None, *tensors: Tensor) -> Literal["triton", "reference"]:
+    """Return "triton" or "reference" for ``backend`` (None: the library default) and the inputs.
+
+    Raises:
+        ValueError: for an unknown backend name, or "triton" when Triton cannot run the inputs.
+    """
+    choice = _env.default_backend() if backend is None else backend
+    if choice not in _env.BACKENDS:
+        allowed = ", ".join(repr(b) for b in _env.BACKENDS)
+        raise ValueError(f"backend must be one of {allowed}; got {backend!r}")
+    on_cuda = all(t.is_cuda for t in tensors)
+    if choice == "reference":
+        return "reference"
+    if choice == "auto":
+        return "triton" if HAS_TRITON and on_cuda else "reference"
+    if not HAS_TRITON:
+        raise ValueError("backend='triton' needs the triton package, which is not importable")
+    if not on_cuda and not _env.triton_interpret():
+        raise ValueError(
+            "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing triton)"
+        )
+    return "triton"
+
+
+def _scale_tensor(scale: Tensor | float, like: Tensor) -> Tensor:
+    batch = like.shape[0]
+    if isinstance(scale, Tensor):
+        return scale.reshape(-1).expand(batch).to(like.device)
+    return torch.full((batch,), float(scale), dtype=like.dtype, device=like.device)
+
+
+def factor_update(
+    X: Tensor,
+    G: Tensor,
+    beta: float,
+    scale: Tensor | float,
+    side: Literal["left", "right"],
+    weight: Weight = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """X ← β·X + s·G W Gᵀ (left, ``[B, m, m]``) or β·X + s·Gᵀ W G (right, ``[B, n, n]``), out of place.
+
+    See :func:`tritonkron.reference.factor_update.factor_update_ref` for the arguments.
+    """
+    if resolve_backend(backend, X, G) == "reference":
+        return _factor_update_ref.factor_update_ref(X, G, beta, scale, side, weight)
+    W, Q, w = (weight, None, None) if isinstance(weight, Tensor) or weight is None else (None, *weight)
+    return torch.ops.tritonkron.factor_update(X, G, float(beta), _scale_tensor(scale, X), side, W, Q, w)
+
+
+def precondition(
+    M: Tensor, Q_A: Tensor, Q_B: Tensor, s_A: Tensor, s_B: Tensor, eps: float, *, backend: str | None = None
+) -> Tensor:
+    """U = Q_A ((Q_Aᵀ M Q_B) ⊙ Σ) Q_Bᵀ, Σ = σ/(1 + εσ), σ = s_A s_Bᵀ (``[B, m, n]``).
+
+    See :func:`tritonkron.reference.precondition.eigenbasis_precondition_ref`.
+    """
+    if resolve_backend(backend, M, Q_A, Q_B) == "reference":
+        return _precondition_ref.eigenbasis_precondition_ref(M, Q_A, Q_B, s_A, s_B, eps)
+    return torch.ops.tritonkron.precondition(M, Q_A, Q_B, s_A, s_B, float(eps))
+
+
+def spike_and_flat(
+    U_k: Tensor, top_scales: Tensor, c: Tensor, Y: Tensor, *, backend: str | None = None
+) -> Tensor:
+    """P_X Y = U_k (D_k − c I)(U_kᵀ Y) + c·Y, the low-rank spike-and-flat preconditioner.
+
+    See :func:`tritonkron.reference.precondition.spike_and_flat_apply`.
+    """
+    if resolve_backend(backend, U_k, Y) == "reference":
+        return _precondition_ref.spike_and_flat_apply(U_k, top_scales, c, Y)
+    return torch.ops.tritonkron.spike_and_flat(U_k, top_scales, c, Y)
+
+
+def track_eigenvalues(
+    a: Tensor,
+    b: Tensor,
+    G_hat: Tensor,
+    left_weight: Tensor | None,
+    left_scale: Tensor,
+    right_weight: Tensor | None,
+    right_scale: Tensor,
+    beta: float,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j and b_j ← β b_j + (1−β) s_B Σ_i Ĝ_ij² w_A,i.
+
+    See :func:`tritonkron.divergences.track_eigenvalues` (weights None mean all ones).
+    """
+    if resolve_backend(backend, a, G_hat) == "reference":
+        from tritonkron.divergences import Coupling
+        from tritonkron.divergences import track_eigenvalues as _track_ref
+
+        return _track_ref(a, b, G_hat, Coupling(left_weight, left_scale, right_weight, right_scale), beta)
+    out = torch.ops.tritonkron.track_eigenvalues(
+        a, b, G_hat, left_weight, left_scale, right_weight, right_scale, float(beta)
+    )
+    return out[0], out[1]
+
+
+def inverse_root(
+    A: Tensor, p: int, *, max_iters: int = 100, tol: float | None = None, backend: str | None = None
+):
+    """Coupled Newton–Schulz A^{-1/p} of a batch ``[B, d, d]``; returns an ``InverseRootResult``.
+
+    The reference is :func:`tritonkron.reference.inverse_root.newton_schulz_inverse_root`; the
+    result carries a per-matrix residual and a convergence status so callers can fall back to eigh.
+    """
+    from tritonkron.reference.inverse_root import newton_schulz_inverse_root
+
+    if resolve_backend(backend, A) == "reference":
+        return newton_schulz_inverse_root(A, p, max_iters=max_iters, tol=tol)
+    from tritonkron.kernels.inverse_root import newton_schulz_triton
+
+    return newton_schulz_triton(A, p, max_iters=max_iters, tol=tol)
+
+
+if HAS_TRITON:
+    from tritonkron.kernels import _register  # noqa: F401  (registers the tritonkron:: custom ops)
