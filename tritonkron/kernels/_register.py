@@ -16,6 +16,7 @@ from tritonkron.kernels.precondition import (
     spike_and_flat_triton,
     track_eigenvalues_triton,
 )
+from tritonkron.kernels.sketch import sketch_precondition_triton, sketch_update_triton
 
 
 @torch.library.custom_op("tritonkron::factor_update", mutates_args=())
@@ -47,7 +48,7 @@ def precondition_op(M: Tensor, Q_A: Tensor, Q_B: Tensor, s_A: Tensor, s_B: Tenso
 
 @precondition_op.register_fake
 def _(M, Q_A, Q_B, s_A, s_B, eps):  # noqa: ANN001, ANN202
-    return torch.empty(M.shape, dtype=Q_A.dtype, device=M.device)
+    return torch.empty_like(M)
 
 
 @torch.library.custom_op("tritonkron::spike_and_flat", mutates_args=())
@@ -58,7 +59,7 @@ def spike_and_flat_op(U_k: Tensor, top_scales: Tensor, c: Tensor, Y: Tensor) -> 
 
 @spike_and_flat_op.register_fake
 def _(U_k, top_scales, c, Y):  # noqa: ANN001, ANN202
-    return torch.empty(Y.shape, dtype=U_k.dtype, device=Y.device)
+    return torch.empty_like(Y)
 
 
 @torch.library.custom_op("tritonkron::track_eigenvalues", mutates_args=())
@@ -81,3 +82,41 @@ def track_eigenvalues_op(
 @track_eigenvalues_op.register_fake
 def _(a, b, G_hat, left_weight, left_scale, right_weight, right_scale, beta):  # noqa: ANN001, ANN202
     return [torch.empty_like(a), torch.empty_like(b)]
+
+
+# Sketched factors (issue 9).
+
+
+@torch.library.custom_op("tritonkron::sketch_update", mutates_args=())
+def sketch_update_op(
+    U: Tensor,
+    lam: Tensor,
+    tau: Tensor,
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    beta: float,
+    side: str,
+) -> list[Tensor]:
+    """Custom op around :func:`sketch_update_triton`; returns [U', λ', τ']."""
+    return list(sketch_update_triton(U, lam, tau, G, V, w, w_tau, scale, beta, side))
+
+
+@sketch_update_op.register_fake
+def _(U, lam, tau, G, V, w, w_tau, scale, beta, side):  # noqa: ANN001, ANN202
+    return [torch.empty_like(U), torch.empty_like(lam), torch.empty_like(tau)]
+
+
+@torch.library.custom_op("tritonkron::sketch_precondition", mutates_args=())
+def sketch_precondition_op(
+    M: Tensor, U_A: Tensor, s_A: Tensor, c_A: Tensor, U_B: Tensor, s_B: Tensor, c_B: Tensor, eps: float
+) -> Tensor:
+    """Custom op around :func:`sketch_precondition_triton`."""
+    return sketch_precondition_triton(M, U_A, s_A, c_A, U_B, s_B, c_B, eps)
+
+
+@sketch_precondition_op.register_fake
+def _(M, U_A, s_A, c_A, U_B, s_B, c_B, eps):  # noqa: ANN001, ANN202
+    return torch.empty_like(M)

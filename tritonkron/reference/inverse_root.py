@@ -32,6 +32,7 @@ from torch import Tensor
 from tritonkron.config import parse_enum
 
 __all__ = [
+    "NewtonProgress",
     "EighFailure",
     "EighResult",
     "InverseRootResult",
@@ -398,6 +399,57 @@ def _residual(M: Tensor) -> Tensor:
     return _frobenius(M - _eye_like(M)) / math.sqrt(M.shape[-1])
 
 
+@dataclass
+class NewtonProgress:
+    """Per-member bookkeeping of a batched Newton iteration (shared by the reference and the kernel).
+
+    A member converges when its residual r ≤ tol; it diverges when r or X becomes non-finite or r
+    stays above ``_DIVERGENCE_GROWTH`` × its best value for ``_DIVERGENCE_PATIENCE`` consecutive
+    steps. Each member keeps the iterate with its smallest residual.
+    """
+
+    best: Tensor
+    X_best: Tensor
+    converged: Tensor
+    diverged: Tensor
+    strikes: Tensor
+    tol: float
+
+    @classmethod
+    def start(cls, X: Tensor, residual: Tensor, tol: float) -> NewtonProgress:
+        """State before the first step, from the initial iterate X₀ and its residual ``[B]``."""
+        return cls(
+            residual,
+            X,
+            residual <= tol,
+            ~torch.isfinite(residual),
+            torch.zeros_like(residual, dtype=torch.int64),
+            tol,
+        )
+
+    def active(self) -> Tensor:
+        """Members still iterating ``[B]``."""
+        return ~(self.converged | self.diverged)
+
+    def record(self, X: Tensor, r: Tensor, finite: Tensor, active: Tensor) -> None:
+        """Account one step: new iterates X ``[B, d, d]``, residuals r and finiteness ``[B]``."""
+        improved = active & finite & (r < self.best)
+        self.best = torch.where(improved, r, self.best)
+        self.X_best = torch.where(improved[:, None, None], X, self.X_best)
+        growing = active & finite & (r > _DIVERGENCE_GROWTH * self.best)
+        self.strikes = torch.where(growing, self.strikes + 1, torch.where(active, 0, self.strikes))
+        self.diverged = self.diverged | (active & (~finite | (self.strikes >= _DIVERGENCE_PATIENCE)))
+        self.converged = self.converged | (active & finite & (r <= self.tol))
+
+    def status(self) -> RootStatus:
+        """The worst status over the batch."""
+        if bool(self.diverged.any()):
+            return RootStatus.DIVERGED
+        if bool(self.converged.all()):
+            return RootStatus.CONVERGED
+        return RootStatus.MAX_ITERS
+
+
 def newton_schulz_inverse_root(
     A: Tensor,
     p: int,
@@ -455,33 +507,18 @@ def newton_schulz_inverse_root(
         )
 
     X, M = coupled_newton_init(S, p, scaling=scaling)
-    best = _residual(M)
-    X_best = X
-    converged = best <= tol
-    diverged = ~torch.isfinite(best)
-    strikes = torch.zeros_like(best, dtype=torch.int64)
+    progress = NewtonProgress.start(X, _residual(M), tol)
     iterations = 0
-    while iterations < max_iters and bool((active := ~(converged | diverged)).any()):
+    while iterations < max_iters and bool((active := progress.active()).any()):
         X_new, M_new = coupled_newton_step(X, M, p)
         iterations += 1
         keep = active[:, None, None]
         X, M = torch.where(keep, X_new, X), torch.where(keep, M_new, M)
         r = _residual(M)
-        finite = torch.isfinite(r) & torch.isfinite(X).all(dim=-1).all(dim=-1)
-        improved = active & finite & (r < best)
-        best = torch.where(improved, r, best)
-        X_best = torch.where(improved[:, None, None], X, X_best)
-        growing = active & finite & (r > _DIVERGENCE_GROWTH * best)
-        strikes = torch.where(growing, strikes + 1, torch.where(active, 0, strikes))
-        diverged = diverged | (active & (~finite | (strikes >= _DIVERGENCE_PATIENCE)))
-        converged = converged | (active & finite & (r <= tol))
+        progress.record(X, r, torch.isfinite(r) & torch.isfinite(X).all(dim=-1).all(dim=-1), active)
 
-    if bool(diverged.any()):
-        status = RootStatus.DIVERGED
-    elif bool(converged.all()):
-        status = RootStatus.CONVERGED
-    else:
-        status = RootStatus.MAX_ITERS
+    X_best, status = progress.X_best, progress.status()
+    best, converged = progress.best, progress.converged
     root = _symmetrize(X_best).to(A.dtype).reshape(A.shape)
     return InverseRootResult(root, status, best.reshape(batch), iterations, converged.reshape(batch))
 
