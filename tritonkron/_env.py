@@ -2,6 +2,7 @@
 
 - ``TRITONKRON_BACKEND``: default backend of :mod:`tritonkron.ops` ("auto", "triton" or "reference").
 - ``TRITON_INTERPRET``: when "1", Triton kernels run on CPU tensors through the interpreter.
+- ``TRITONKRON_TUNING``: path of the tuning file (from ``python -m autotune``) used when none is passed.
 """
 
 from __future__ import annotations
@@ -23,3 +24,9 @@ def default_backend() -> str:
 def triton_interpret() -> bool:
     """Whether Triton runs in interpreter mode (kernels on CPU tensors)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def tuning_path() -> str | None:
+    """The tuning file named by ``TRITONKRON_TUNING``, or None when it is unset or empty."""
+    value = os.environ.get("TRITONKRON_TUNING", "").strip()
+    return value or None

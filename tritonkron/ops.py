@@ -146,5 +146,59 @@ def inverse_root(
     return newton_schulz_triton(A, p, max_iters=max_iters, tol=tol)
 
 
+# ---------------------------------------------------------------------------------------------
+# Sketched (low-rank-plus-isotropic) factors, issue 9: see tritonkron.reference.sketch.
+# ---------------------------------------------------------------------------------------------
+
+
+def sketch_update(
+    U: Tensor,
+    lam: Tensor,
+    tau: Tensor,
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    beta: float,
+    side: Literal["left", "right"],
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One EMA step X̃ ← proj(β X̃ + s·G_s W G_sᵀ) of a factor sketch; returns (U', λ', τ').
+
+    See :func:`tritonkron.reference.sketch.sketch_update_ref` for the arguments.
+    """
+    from tritonkron.reference import sketch as _sketch_ref
+
+    if resolve_backend(backend, U, G) == "reference":
+        return _sketch_ref.sketch_update_ref(U, lam, tau, G, V, w, w_tau, scale, beta, side)
+    out = torch.ops.tritonkron.sketch_update(U, lam, tau, G, V, w, w_tau, scale, float(beta), side)
+    return out[0], out[1], out[2]
+
+
+def sketch_precondition(
+    M: Tensor,
+    U_A: Tensor,
+    s_A: Tensor,
+    c_A: Tensor,
+    U_B: Tensor,
+    s_B: Tensor,
+    c_B: Tensor,
+    eps: float,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """The damped spike-and-flat direction from top-k bases and tail constants (``[B, m, n]``).
+
+    See :func:`tritonkron.reference.sketch.sketch_precondition_ref`.
+    """
+    from tritonkron.reference import sketch as _sketch_ref
+
+    if resolve_backend(backend, M, U_A, U_B) == "reference":
+        return _sketch_ref.sketch_precondition_ref(M, U_A, s_A, c_A, U_B, s_B, c_B, eps)
+    return torch.ops.tritonkron.sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, float(eps))
+
+
 if HAS_TRITON:
     from tritonkron.kernels import _register  # noqa: F401  (registers the tritonkron:: custom ops)

@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from tritonkron.config import parse_divergence, parse_tail_rule
 from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
+from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
 
 STEP, MOMENTUM, BLOCKS, SKIPPED = "step", "momentum", "blocks", "skipped_steps"
 EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
@@ -36,6 +37,8 @@ _DEFAULTS: dict[str, Any] = {
     "flat_tail_in_stats": False,
     "eig_floor": 1e-8,
     "init_floor": 0.1,
+    "sketch": False,
+    "sketch_rank": None,
 }
 
 
@@ -87,6 +90,25 @@ def validate_group(group: dict[str, Any]) -> None:
             raise ValueError(f"{flag} must be True or False; got {group[flag]!r}")
     _check_number("eig_floor", group["eig_floor"], 0.0, 1.0)
     _check_number("init_floor", group["init_floor"], 0.0, 1.0)
+    _validate_sketch(group)
+
+
+def _validate_sketch(group: dict[str, Any]) -> None:
+    """The ``sketch`` / ``sketch_rank`` options: sketching needs an int rank k and ℓ ≥ k."""
+    if not isinstance(group["sketch"], bool):
+        raise ValueError(f"sketch must be True or False; got {group['sketch']!r}")
+    ell = group["sketch_rank"]
+    if ell is not None and (isinstance(ell, bool) or not isinstance(ell, int) or ell < 1):
+        raise ValueError(f"sketch_rank must be None (2·rank) or a positive int; got {ell!r}")
+    if not group["sketch"]:
+        return
+    rank = group["rank"]
+    if rank is None:
+        raise ValueError(
+            "sketch=True needs rank=k (an int): the sketch keeps only the top-k subspace and a tail"
+        )
+    if ell is not None and ell < rank:
+        raise ValueError(f"sketch_rank must be >= rank ({rank}); got {ell!r}")
 
 
 def _settings(group: dict[str, Any]) -> KronSettings:
@@ -100,6 +122,8 @@ def _settings(group: dict[str, Any]) -> KronSettings:
         eig_floor=float(group["eig_floor"]),
         init_floor=float(group["init_floor"]),
         flat_tail_in_stats=group["flat_tail_in_stats"],
+        sketch=group["sketch"],
+        sketch_rank=(group["sketch_rank"] or 2 * group["rank"]) if group["sketch"] else None,
     )
 
 
@@ -162,6 +186,12 @@ class Kron(Optimizer):
         flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
         eig_floor: eigenvalues are floored at eig_floor · (largest eigenvalue of the factor).
         init_floor: initial eigenvalues are floored at init_floor · (their mean).
+        sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch X̃ = U diag(λ) Uᵀ + τ(I − UUᵀ)
+            instead of a dense d × d matrix and eigenbasis (requires ``rank=k``): O((m + n)·ℓ) state per
+            block instead of 2(m² + n²), so large dims (embeddings, LM heads) need no blocking: raise
+            ``block_size`` to the largest dim to sketch them whole. See :mod:`tritonkron.sketch`;
+            ``precondition_every`` is ignored (the sketch is re-diagonalised at every step).
+        sketch_rank: ℓ ≥ rank, the sketch rank (default 2·rank); only used with ``sketch=True``.
 
     Example:
         >>> import torch, tritonkron as tk
@@ -189,6 +219,8 @@ class Kron(Optimizer):
         flat_tail_in_stats: bool = False,
         eig_floor: float = 1e-8,
         init_floor: float = 0.1,
+        sketch: bool = False,
+        sketch_rank: int | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -205,6 +237,8 @@ class Kron(Optimizer):
             "flat_tail_in_stats": flat_tail_in_stats,
             "eig_floor": eig_floor,
             "init_floor": init_floor,
+            "sketch": sketch,
+            "sketch_rank": sketch_rank,
         }
         validate_group(defaults)
         super().__init__(params, defaults)
@@ -279,12 +313,20 @@ class Kron(Optimizer):
             state[STEP] = torch.tensor(0.0, dtype=torch.float32)
             state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
             state[BLOCKS] = [
-                new_group_state(len(g.offsets), *g.shape, dtype=dtype, device=p.device) for g in layout.groups
+                new_sketch_state(len(g.offsets), *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
+                if settings.sketch
+                else new_group_state(len(g.offsets), *g.shape, dtype=dtype, device=p.device)
+                for g in layout.groups
             ]
         elif tuple(state[MOMENTUM].shape) != (m, n) or len(state[BLOCKS]) != len(layout.groups):
             raise ValueError(
                 f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
                 f"(block_size={group['block_size']}); was the state loaded from another model or block_size?"
+            )
+        elif any(is_sketch_state(b) != settings.sketch for b in state[BLOCKS]):
+            raise ValueError(
+                f"optimizer state of a parameter of shape {tuple(p.shape)} was created with "
+                f"sketch={not settings.sketch}, but its group now has sketch={settings.sketch}"
             )
         grad = p.grad.to(dtype).reshape(m, n)
         if self._skip_nonfinite(p, grad, state):
@@ -295,8 +337,9 @@ class Kron(Optimizer):
         momentum = state[MOMENTUM]
         momentum.lerp_(grad, 1 - beta1)
         refresh = step % group["precondition_every"] == 0
+        group_step = sketch_group_step if settings.sketch else block_group_step
         directions = [
-            block_group_step(block_state, G, M, settings, refresh)
+            group_step(block_state, G, M, settings, refresh)
             for block_state, G, M in zip(
                 state[BLOCKS], layout.gather(grad), layout.gather(momentum), strict=True
             )

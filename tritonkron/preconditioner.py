@@ -53,6 +53,8 @@ class KronSettings:
         eig_floor: relative floor of eigenvalues, x ≥ eig_floor · max x.
         init_floor: floor of the initial eigenvalues relative to their mean.
         flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
+        sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch (:mod:`tritonkron.sketch`).
+        sketch_rank: ℓ, the sketch rank (≥ rank); None when ``sketch`` is False.
     """
 
     divergence: Divergence
@@ -64,6 +66,8 @@ class KronSettings:
     eig_floor: float
     init_floor: float
     flat_tail_in_stats: bool
+    sketch: bool = False
+    sketch_rank: int | None = None
 
 
 def new_group_state(

@@ -1,0 +1,16 @@
+"""The tuner: ``python -m autotune --model MODULE:FACTORY [--steps N] [--out tuning.json]``.
+
+It chooses, per parameter shape of a model, the block size, the subspace rank of each Kronecker
+factor (from the spectra of a short calibration run on real batches) and, on CUDA, the Triton
+kernel configurations, and writes them as a versioned JSON tuning file. The library reads that
+file through :mod:`tritonkron.tuning` and never imports this package.
+
+Modules: :mod:`autotune.space` (what is searched), :mod:`autotune.measure` (the timing
+primitive), :mod:`autotune.rank` (calibration and the rank rule), :mod:`autotune.search` (the
+per-shape search), :mod:`autotune.__main__` (the CLI).
+"""
+
+from autotune.rank import choose_rank
+from autotune.search import SearchOptions, tune_model
+
+__all__ = ["SearchOptions", "choose_rank", "tune_model"]
