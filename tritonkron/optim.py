@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import warnings
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
@@ -15,8 +18,10 @@ from tritonkron.config import parse_divergence, parse_tail_rule
 from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
+from tritonkron.tuning import TuningTable, TuningWarning, device_name, ranks_for, resolve_tuning
 
 STEP, MOMENTUM, BLOCKS, SKIPPED = "step", "momentum", "blocks", "skipped_steps"
+AUTO = "auto"
 EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
 
 # Keys torch.optim and LR schedulers put into param groups themselves.
@@ -79,8 +84,14 @@ def validate_group(group: dict[str, Any]) -> None:
     _check_number("weight_decay", group["weight_decay"], 0.0)
     parse_divergence(group["divergence"], "divergence")
     rank = group["rank"]
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"rank must be None (full preconditioning) or a positive int; got {rank!r}")
+    if (
+        rank is not None
+        and rank != AUTO
+        and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1)
+    ):
+        raise ValueError(
+            f"rank must be None (full preconditioning), a positive int or 'auto' (from the tuning file); got {rank!r}"
+        )
     parse_tail_rule(group["tail"], "tail")
     _check_number("alpha", group["alpha"], 0.0, low_open=True)
     _check_positive_int("precondition_every", group["precondition_every"])
@@ -107,7 +118,7 @@ def _validate_sketch(group: dict[str, Any]) -> None:
         raise ValueError(
             "sketch=True needs rank=k (an int): the sketch keeps only the top-k subspace and a tail"
         )
-    if ell is not None and ell < rank:
+    if ell is not None and isinstance(rank, int) and ell < rank:
         raise ValueError(f"sketch_rank must be >= rank ({rank}); got {ell!r}")
 
 
@@ -123,7 +134,9 @@ def _settings(group: dict[str, Any]) -> KronSettings:
         init_floor=float(group["init_floor"]),
         flat_tail_in_stats=group["flat_tail_in_stats"],
         sketch=group["sketch"],
-        sketch_rank=(group["sketch_rank"] or 2 * group["rank"]) if group["sketch"] else None,
+        sketch_rank=(group["sketch_rank"] or 2 * group["rank"])
+        if group["sketch"] and group["rank"] != AUTO
+        else None,
     )
 
 
@@ -177,7 +190,8 @@ class Kron(Optimizer):
         eps: ε of the 1/(√(a_i b_j) + ε) damping (AdamW's ε on the AdamW path).
         weight_decay: decoupled weight decay λ (W ← (1 − ηλ) W).
         divergence: "logdet" | "von_neumann" | "frobenius".
-        rank: None for full eigenvalue preconditioning, or k for the subspace-aware optimizer.
+        rank: None for full eigenvalue preconditioning, k for the subspace-aware optimizer, or "auto" for
+            the block size and per-factor ranks of each shape from the tuning file (``python -m autotune``).
         tail: "mean" | "kth" | "sketchy" | "fixed", the isotropic tail constant rule (rank=k only).
         alpha: multiplier α of the tail constant (the constant itself for "fixed").
         precondition_every: basis refresh period T.
@@ -192,6 +206,10 @@ class Kron(Optimizer):
             ``block_size`` to the largest dim to sketch them whole. See :mod:`tritonkron.sketch`;
             ``precondition_every`` is ignored (the sketch is re-diagonalised at every step).
         sketch_rank: ℓ ≥ rank, the sketch rank (default 2·rank); only used with ``sketch=True``.
+        tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
+            A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
+            warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
+            pass the same file when resuming.
 
     Example:
         >>> import torch, tritonkron as tk
@@ -221,6 +239,7 @@ class Kron(Optimizer):
         init_floor: float = 0.1,
         sketch: bool = False,
         sketch_rank: int | None = None,
+        tuning: str | os.PathLike[str] | TuningTable | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -242,6 +261,16 @@ class Kron(Optimizer):
         }
         validate_group(defaults)
         super().__init__(params, defaults)
+        self._tuning: TuningTable | None = None
+        self._tuned: dict[tuple, tuple[int | None, int | None, int]] = {}
+        if tuning is not None or any(g["rank"] == AUTO for g in self.param_groups):
+            self._tuning = resolve_tuning(tuning)
+            if self._tuning is None:
+                warnings.warn(
+                    "rank='auto' without a tuning file (tuning= or TRITONKRON_TUNING): full rank with block_size",
+                    TuningWarning,
+                    stacklevel=2,
+                )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its options are validated at once (a typo fails here)."""
@@ -304,8 +333,27 @@ class Kron(Optimizer):
         state[SKIPPED] = state.get(SKIPPED, 0) + 1
         return True
 
+    def _auto_settings(self, p: Tensor, settings: KronSettings) -> tuple[KronSettings, int]:
+        """Per-factor ranks and block size of ``p`` from the tuning table (``rank="auto"``)."""
+        key = (tuple(p.shape), p.dtype, p.device)
+        if key not in self._tuned:
+            self._tuned[key] = ranks_for(self._tuning, p.shape, p.dtype, device_name(p.device))
+        rank_a, rank_b, block = self._tuned[key]
+        if settings.sketch:  # the sketch needs int ranks: a factor tuned to full rank keeps its block dim
+            m, n = _layout(tuple(p.shape), block).groups[0].shape
+            rank_a, rank_b = rank_a or m, rank_b or n
+        top = None if rank_a is None or rank_b is None else max(rank_a, rank_b)
+        sketch_rank = (settings.sketch_rank or 2 * top) if settings.sketch and top is not None else None
+        tuned = dataclasses.replace(
+            settings, rank=top, factor_ranks=(rank_a, rank_b), sketch_rank=sketch_rank
+        )
+        return tuned, block
+
     def _kron_step(self, p: Tensor, group: dict[str, Any], settings: KronSettings) -> None:
-        layout = _layout(tuple(p.shape), group["block_size"])
+        block_size = group["block_size"]
+        if group["rank"] == AUTO:
+            settings, block_size = self._auto_settings(p, settings)
+        layout = _layout(tuple(p.shape), block_size)
         m, n = layout.matrix
         dtype = _stats_dtype(p)
         state = self.state[p]
@@ -321,7 +369,7 @@ class Kron(Optimizer):
         elif tuple(state[MOMENTUM].shape) != (m, n) or len(state[BLOCKS]) != len(layout.groups):
             raise ValueError(
                 f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
-                f"(block_size={group['block_size']}); was the state loaded from another model or block_size?"
+                f"(block_size={block_size}); was the state loaded from another model or block_size?"
             )
         elif any(is_sketch_state(b) != settings.sketch for b in state[BLOCKS]):
             raise ValueError(

@@ -55,6 +55,7 @@ class KronSettings:
         flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
         sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch (:mod:`tritonkron.sketch`).
         sketch_rank: ℓ, the sketch rank (≥ rank); None when ``sketch`` is False.
+        factor_ranks: (k_A, k_B) when the two factors have their own ranks (``rank="auto"``).
     """
 
     divergence: Divergence
@@ -68,6 +69,17 @@ class KronSettings:
     flat_tail_in_stats: bool
     sketch: bool = False
     sketch_rank: int | None = None
+    factor_ranks: tuple[int | None, int | None] | None = None
+
+    @property
+    def rank_a(self) -> int | None:
+        """Subspace rank of the left factor A (``factor_ranks`` when tuned per factor, else ``rank``)."""
+        return self.rank if self.factor_ranks is None else self.factor_ranks[0]
+
+    @property
+    def rank_b(self) -> int | None:
+        """Subspace rank of the right factor B."""
+        return self.rank if self.factor_ranks is None else self.factor_ranks[1]
 
 
 def new_group_state(
@@ -139,8 +151,8 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     a, b = preconditioner_eigenvalues(settings.divergence, state[EIG_A], state[EIG_B], state[TRACE])
     a = floor_eigenvalues(a, settings.eig_floor)
     b = floor_eigenvalues(b, settings.eig_floor)
-    s_A = factor_scales(a, settings.rank, settings.tail, settings.alpha)
-    s_B = factor_scales(b, settings.rank, settings.tail, settings.alpha)
+    s_A = factor_scales(a, settings.rank_a, settings.tail, settings.alpha)
+    s_B = factor_scales(b, settings.rank_b, settings.tail, settings.alpha)
     return ops.precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
 
 
@@ -150,7 +162,7 @@ def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     a = floor_eigenvalues(state[EIG_A], settings.eig_floor)
     b = floor_eigenvalues(state[EIG_B], settings.eig_floor)
     if settings.flat_tail_in_stats:
-        a, b = _flatten_tail(a, settings.rank), _flatten_tail(b, settings.rank)
+        a, b = _flatten_tail(a, settings.rank_a), _flatten_tail(b, settings.rank_b)
     rule = coupling(settings.divergence, a, b)
     beta = settings.beta2
     A, B = update_factors(state[FACTOR_A], state[FACTOR_B], G, Q_A, Q_B, rule, beta)

@@ -152,8 +152,8 @@ def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings
     a = virtual_spectrum(state[EIG_A], state[TAIL_A], m)
     b = virtual_spectrum(state[EIG_B], state[TAIL_B], n)
     a, b = preconditioner_eigenvalues(settings.divergence, a, b, state[TRACE])
-    s_A, c_A = _scales(floor_eigenvalues(a, settings.eig_floor), settings.rank, settings)
-    s_B, c_B = _scales(floor_eigenvalues(b, settings.eig_floor), settings.rank, settings)
+    s_A, c_A = _scales(floor_eigenvalues(a, settings.eig_floor), settings.rank_a, settings)
+    s_B, c_B = _scales(floor_eigenvalues(b, settings.eig_floor), settings.rank_b, settings)
     U_A = state[BASIS_A][..., : s_A.shape[-1]]
     U_B = state[BASIS_B][..., : s_B.shape[-1]]
     return ops.sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps)
@@ -197,7 +197,7 @@ def update_sketch_statistics(
     a = floor_eigenvalues(virtual_spectrum(state[EIG_A], state[TAIL_A], m), settings.eig_floor)
     b = floor_eigenvalues(virtual_spectrum(state[EIG_B], state[TAIL_B], n), settings.eig_floor)
     if settings.flat_tail_in_stats:
-        a, b = _flatten_tail(a, settings.rank), _flatten_tail(b, settings.rank)
+        a, b = _flatten_tail(a, settings.rank_a), _flatten_tail(b, settings.rank_b)
     rule = coupling(settings.divergence, a, b)
     beta = settings.beta2
     V_B, w_B, wt_B = _coupling_weight(state[BASIS_B], rule.left_weight, settings)
