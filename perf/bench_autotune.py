@@ -1,0 +1,267 @@
+"""Benchmark of ``rank="auto"`` (tuned ranks) against full rank and fixed ranks on the demo model.
+
+Usage (from the repository root)::
+
+    python -m perf.bench_autotune [--dataset auto|digits|fashion_mnist] [--steps 200] [--tune-steps 50]
+                                  [--ranks 4,16,32] [--lr 3e-3] [--tuning PATH] [--out FILE.md]
+
+The demo model of :mod:`perf.demo` (an MLP on Fashion-MNIST when installed, else on scikit-learn's
+digits) is first tuned with :func:`autotune.tune_model` (or ``--tuning`` loads an existing file),
+then trained from one initialisation on one minibatch sequence with each optimizer:
+
+- ``full``: ``tk.Kron`` with ``rank=None`` (default block size 1024);
+- ``full, tuned blocks``: ``rank=None`` at the tuned block sizes (separates the block-size effect);
+- ``rank=k``: one fixed rank for every layer (``--ranks``);
+- ``rank=auto``: each layer's tuned rank and block size. ``tk.Kron`` does not take ``rank="auto"``
+  yet, so it is emulated with :func:`tritonkron.tuning.tuned_param_groups` (one param group per
+  matrix, ``rank`` = the larger of the two tuned factor ranks);
+- the same ranks with ``sketch=True`` (rank-ℓ factor sketches, ℓ = 2k), where the rank shrinks
+  the optimizer state; with dense factors it only changes the step's scaling;
+- AdamW, for reference.
+
+Columns: median ``opt.step()`` time, optimizer-state memory (every tensor in ``opt.state``, momentum
+included), both also relative to ``full``, the final loss on the whole training split and the test
+accuracy. On the CPU the thread count is the tuned ``cpu_threads`` knob unless ``--threads`` is given.
+This is a benchmark, not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import tritonkron as tk
+from autotune.__main__ import ProgressBar
+from autotune.measure import state_bytes
+from autotune.search import SearchOptions, tune_model
+from perf.demo import batch_schedule, evaluate, make_mlp
+from perf.workloads import FASHION_MNIST_ROOT, Dataset, load_digits_dataset, load_image_classification
+from tritonkron.tuning import TuningTable, device_name, load_tuning, single_rank, tuned_param_groups
+
+BETAS = (0.9, 0.98)
+
+Builder = Callable[[nn.Module, float], torch.optim.Optimizer]
+
+
+def _load(dataset: str, limit: int) -> Dataset:
+    if dataset == "digits":
+        return load_digits_dataset()
+    return load_image_classification("fashion_mnist", root=FASHION_MNIST_ROOT, limit=limit)
+
+
+def demo_model(data: Dataset, seed: int) -> nn.Module:
+    """The demo MLP of :mod:`perf.demo` (hidden 128, 64 on Fashion-MNIST; 64 on digits)."""
+    torch.manual_seed(seed)
+    hidden = [128, 64] if data.name == "fashion_mnist" else [64]
+    return make_mlp(data.num_features, hidden, data.num_classes)
+
+
+def demo_factory(
+    data: Dataset, seed: int, batch_size: int
+) -> tuple[nn.Module, Callable[[nn.Module], Tensor]]:
+    """``(model, loss_fn)`` as ``python -m autotune`` expects: loss on a fresh random training batch."""
+    model = demo_model(data, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def loss_fn(m: nn.Module) -> Tensor:
+        idx = torch.randint(0, data.x_train.shape[0], (batch_size,), generator=gen)
+        return F.cross_entropy(m(data.x_train[idx]), data.y_train[idx])
+
+    return model, loss_fn
+
+
+def _auto_groups(
+    model: nn.Module, table: TuningTable, lr: float, sketch: bool = False, full: bool = False
+) -> list[dict[str, Any]]:
+    device = device_name(next(model.parameters()).device)
+    groups = tuned_param_groups(model.parameters(), table, device, lr=lr)
+    for group in groups:
+        if full and "rank" in group:
+            group["rank"] = None
+        group["sketch"] = sketch and isinstance(group.get("rank"), int)
+    return groups
+
+
+def optimizers(ranks: Sequence[int], table: TuningTable) -> dict[str, Builder]:
+    """The compared optimizers by label (see the module docstring)."""
+
+    def kron(**options: Any) -> Builder:
+        return lambda model, lr: tk.Kron(model.parameters(), lr=lr, betas=BETAS, **options)
+
+    specs: dict[str, Builder] = {"full": kron()}
+    specs["full, tuned blocks"] = lambda model, lr: tk.Kron(
+        _auto_groups(model, table, lr, full=True), betas=BETAS
+    )
+    specs |= {f"rank={k}": kron(rank=k) for k in ranks}
+    specs["rank=auto"] = lambda model, lr: tk.Kron(_auto_groups(model, table, lr, False), betas=BETAS)
+    specs |= {f"rank={k} sketch": kron(rank=k, sketch=True) for k in ranks}
+    specs["rank=auto sketch"] = lambda model, lr: tk.Kron(_auto_groups(model, table, lr, True), betas=BETAS)
+    specs["AdamW"] = lambda model, lr: torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=BETAS, weight_decay=0.0
+    )
+    return specs
+
+
+def _architecture(model: nn.Module) -> str:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return " → ".join(str(w) for w in [linears[0].in_features, *(m.out_features for m in linears)])
+
+
+def _layer_ranks(label: str, model: nn.Module, table: TuningTable) -> str:
+    if label == "AdamW":
+        return "-"
+    if label.startswith("rank=auto"):
+        mats = [p for p in model.parameters() if p.dim() >= 2]
+        dev = device_name(mats[0].device)
+        tuned = [table.lookup(p.shape, p.dtype, dev) for p in mats]
+        return ", ".join(str(single_rank(e.rank_a, e.rank_b)) if e else "full" for e in tuned)
+    if label.startswith("full"):
+        return "full"
+    return label.removeprefix("rank=").removesuffix(" sketch")
+
+
+def train(
+    data: Dataset, build: Builder, init: dict[str, Tensor], batches: Tensor, lr: float, seed: int
+) -> dict[str, float]:
+    """Train the demo model from ``init`` on ``batches``; step-time median, state bytes, final metrics."""
+    model = demo_model(data, seed)
+    model.load_state_dict(init)
+    opt = build(model, lr)
+    times = []
+    for idx in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        if not math.isfinite(float(loss.detach())):
+            return {"step_ms": math.nan, "state_mb": math.nan, "train_loss": math.nan, "test_acc": math.nan}
+        loss.backward()
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    model.eval()
+    train_loss, _ = evaluate(model, data.x_train, data.y_train)
+    _, test_acc = evaluate(model, data.x_test, data.y_test)
+    return {
+        "step_ms": 1e3 * statistics.median(times[1:] or times),  # the first step only initialises
+        "state_mb": state_bytes(list(opt.state.values())) / 2**20,
+        "train_loss": train_loss,
+        "test_acc": 100 * test_acc,
+    }
+
+
+def _parse_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"ranks must be positive ints; got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``python -m perf.bench_autotune``."""
+    p = argparse.ArgumentParser(prog="python -m perf.bench_autotune", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=("auto", "digits", "fashion_mnist"), default="auto")
+    p.add_argument(
+        "--limit", type=int, default=10_000, help="Fashion-MNIST examples per split (default 10000)"
+    )
+    p.add_argument("--steps", type=int, default=200, help="training steps per optimizer (default 200)")
+    p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of every optimizer (default 3e-3)")
+    p.add_argument("--ranks", type=_parse_ints, default=[4, 16, 32], help="fixed ranks (default 4,16,32)")
+    p.add_argument("--tune-steps", type=int, default=50, help="calibration steps of the tuning (default 50)")
+    p.add_argument("--tuning", type=Path, default=None, help="use this tuning file instead of tuning")
+    p.add_argument("--tuning-out", type=Path, default=None, help="where to write the tuning file")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: tuned cpu_threads)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="also write the report as Markdown here")
+    return p
+
+
+def _tune(args: argparse.Namespace, data: Dataset) -> tuple[TuningTable, Path]:
+    if args.tuning is not None:
+        return load_tuning(args.tuning), args.tuning
+    model, loss_fn = demo_factory(data, args.seed, args.batch_size)
+    result = tune_model(model, loss_fn, SearchOptions(steps=args.tune_steps, seed=args.seed), ProgressBar())
+    out = args.tuning_out or Path(tempfile.mkdtemp(prefix="tk_bench_")) / "tuning.json"
+    return result.table, result.table.save(out)
+
+
+def report(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The result table, with step time and memory also relative to ``full``."""
+    frame = pd.DataFrame(list(rows))
+    full = frame.loc[frame["optimizer"] == "full"].iloc[0]
+    frame.insert(3, "× full (time)", frame["step_ms"] / full["step_ms"])
+    frame.insert(5, "× full (memory)", frame["state_mb"] / full["state_mb"])
+    return frame.rename(
+        columns={
+            "step_ms": "step ms (median)",
+            "state_mb": "state MB",
+            "train_loss": "final train loss",
+            "test_acc": "test acc %",
+        }  # fmt: skip
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Tune, train every optimizer, print the table (and write it to ``--out``)."""
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    data = _load(args.dataset, args.limit)
+    table, tuning_path = _tune(args, data)
+    knob = next((e.knobs.get("cpu_threads") for e in table.entries if "cpu_threads" in e.knobs), None)
+    threads = args.threads or (knob if isinstance(knob, int) else torch.get_num_threads())
+    torch.set_num_threads(threads)
+    init = {k: v.clone() for k, v in demo_model(data, args.seed).state_dict().items()}
+    batches = batch_schedule(data.x_train.shape[0], args.steps, args.batch_size, args.seed)
+    rows = []
+    for label, build in optimizers(args.ranks, table).items():
+        metrics = train(data, build, init, batches, args.lr, args.seed)
+        rows.append(
+            {"optimizer": label, "ranks": _layer_ranks(label, demo_model(data, args.seed), table), **metrics}
+        )
+        print(f"{label:<18} {metrics}", file=sys.stderr, flush=True)
+    frame = report(rows)
+    tuned = "; ".join(
+        f"{m}x{n}: block {e.block_size}, rank A {e.rank_a}, rank B {e.rank_b}"
+        for e in table.entries
+        for m, n in [e.shape]
+    )
+    lines = [
+        "# tritonkron: rank=auto vs full and fixed ranks on the demo model",
+        "",
+        f"- data: {data.note}",
+        f"- model: MLP {_architecture(demo_model(data, args.seed))} (ReLU), cross-entropy",
+        f"- {args.steps} steps of batch {args.batch_size}, lr {args.lr:g}, betas {BETAS}, seed {args.seed}",
+        f"- tuning file {tuning_path} ({table.device}): {tuned}",
+        f"- torch {torch.__version__}, Python {platform.python_version()}, {threads} CPU thread(s); "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; total {time.perf_counter() - started:.0f} s",
+        "",
+        frame.to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
