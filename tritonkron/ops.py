@@ -8,7 +8,7 @@ registered as ``torch.library`` custom ops (``tritonkron::<op>``) so that ``torc
 each launch as one opaque node.
 
 Ops: :func:`factor_update`, :func:`precondition`, :func:`spike_and_flat`,
-:func:`track_eigenvalues`, :func:`inverse_root`.
+:func:`track_eigenvalues`, :func:`inverse_root`, :func:`sketch_update`, :func:`sketch_precondition`.
 """
 
 from __future__ import annotations
