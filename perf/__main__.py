@@ -1,0 +1,298 @@
+"""``python -m perf``: train benchmarks against the peers, step-time benchmark, and the report.
+
+Usage (from the repository root)::
+
+    python -m perf train [--quick] [--workloads char_lm mlp cnn] [--optimizers LABEL ...] [--seeds N]
+    python -m perf step [--full] [--optimizers LABEL ...]
+    python -m perf report [--session ID]
+
+``train`` runs :mod:`perf.train`'s protocol on each workload, appends every run to
+``perf/results/train_runs.csv`` / ``train_curves.csv`` as it finishes, records the session in
+``train_sessions.jsonl`` and renders ``perf/REPORT.md``. ``step`` appends to ``perf/results/step.csv``
+and re-renders the report when a training session exists. Optimizer labels are those of
+:func:`perf.peers.build_registry` (``python -m perf train --list`` prints them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from perf import report
+from perf.peers import OptimizerEntry, available, build_registry
+from perf.train import WORKLOADS, RunRecord, build_workload, run_benchmark
+
+RESULTS = Path(__file__).resolve().parent / "results"
+_VERSIONED = ("numpy", "pandas", "matplotlib", "heavyball", "pytorch-optimizer", "triton")
+
+
+def _git_commit() -> str:
+    from perf.gpu_check import git_commit  # reads .git files, no git process
+
+    return git_commit()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def collect_env() -> dict[str, object]:
+    """Machine, versions and commit of this run (written next to every number)."""
+    import tritonkron
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tritonkron": tritonkron.__version__,
+    }
+    versions |= {name: available(name) or "not installed" for name in _VERSIONED}
+    return {
+        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "git_commit": _git_commit(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "load_start": _load(),
+        "versions": versions,
+    }
+
+
+def _append_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    """Append ``rows``; when the columns changed since the file was started, rewrite it with the union."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0])
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open(newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if header != columns:
+            merged = pd.concat([pd.read_csv(path), pd.DataFrame(rows)], ignore_index=True)
+            merged.to_csv(path, index=False)
+            return
+        new = False
+    else:
+        new = True
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _select(
+    entries: list[OptimizerEntry], wanted: Sequence[str] | None
+) -> tuple[list[OptimizerEntry], list[dict]]:
+    """The entries to run, and the metadata of every entry (with skip / not-requested status)."""
+    labels = {e.label for e in entries}
+    unknown = [w for w in wanted or () if w not in labels]
+    if unknown:
+        raise SystemExit(f"unknown optimizer labels {unknown}; known: {sorted(labels)}")
+    chosen = [e for e in entries if wanted is None or e.label in wanted]
+    meta = []
+    for e in entries:
+        row = {k: v for k, v in dataclasses.asdict(e).items() if k != "build"}
+        if e not in chosen and row["skip"] is None:
+            row["skip"] = "not requested (--optimizers)"
+        meta.append(row)
+    return chosen, meta
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run the training benchmark and render the report."""
+    results: Path = args.results_dir
+    ranks = (4,) if args.tiny else (8, 32)
+    chosen, entries_meta = _select([e for e in build_registry(ranks) if not e.step_only], args.optimizers)
+    if args.no_ablations:
+        chosen = [e for e in chosen if not e.ablation]
+    seeds = args.seeds if args.seeds is not None else (2 if (args.quick or args.tiny) else 3)
+    session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    started = time.perf_counter()
+    env = collect_env()
+    ablation_grid = not (args.quick or args.tiny)
+    meta: dict[str, object] = {
+        "session": session,
+        "quick": bool(args.quick or args.tiny),
+        "command": "python -m perf " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+        "env": env,
+        "seeds": seeds,
+        "ablation_grid": ablation_grid,
+        "protocol": (
+            "seed 0 at every lr of the grid, best lr = lowest final validation loss"
+            + (f", then seeds 1..{seeds - 1} at that lr; " if seeds > 1 else " (one seed); ")
+            + (
+                "tritonkron ablations on char_lm only, one seed, at Kron logdet's lr (no grid); "
+                if not ablation_grid
+                else "tritonkron ablations get the grid too; "
+            )
+            + "same initial weights and batches per seed for every optimizer; weight decay 0; "
+            "refresh every 10 steps for all Shampoo-family methods; Muon with float32 Newton–Schulz on CPU "
+            "(torch's own is bfloat16; the step section measures both); heavyball eager (`heavyball.utils.compile_mode = None`), "
+            "so no compilation in any step time"
+        ),
+        "entries": entries_meta,
+        "workloads": {},
+    }
+    _say(f"session {session}; commit {env['git_commit']}; {env['cpu']}, torch threads {env['threads']}")
+    for e in entries_meta:
+        if e["skip"]:
+            _say(f"  {e['label']}: {e['skip']}")
+    for name in args.workloads:
+        workload = build_workload(name, quick=args.quick, tiny=args.tiny)
+        meta["workloads"][name] = {  # type: ignore[index]
+            "title": workload.title,
+            "data": workload.data,
+            "note": workload.note,
+            "params": workload.params,
+            "steps": workload.steps,
+            "eval_every": workload.eval_every,
+            "lrs": list(workload.lrs),
+        }
+        _say(f"{name}: {workload.title}; {workload.params:,} parameters; {workload.note}")
+
+        def record(r: RunRecord, data: str = workload.data) -> None:
+            row = {"session": session, "git_commit": env["git_commit"], "data": data}
+            row |= {k: v for k, v in dataclasses.asdict(r).items() if k != "curve"}
+            _append_csv(results / "train_runs.csv", [row])
+            keys = ("workload", "optimizer", "lr", "seed")
+            head = {"session": session} | {k: getattr(r, k) for k in keys}
+            curve = [
+                head | dict(zip(("step", "train_s", "train_loss", "val_loss", "val_acc"), c, strict=True))
+                for c in r.curve
+            ]
+            _append_csv(results / "train_curves.csv", curve)
+
+        # Quick mode runs the tritonkron ablations on the headline workload only, with one seed.
+        entries = chosen if ablation_grid or name == "char_lm" else [e for e in chosen if not e.ablation]
+        run_benchmark(
+            workload,
+            entries,
+            seeds,
+            ablation_grid,
+            ablation_seeds=None if ablation_grid else 1,
+            on_record=record,
+            progress=_say,
+        )
+    meta["elapsed_s"] = time.perf_counter() - started
+    meta["load_end"] = _load()
+    with (results / "train_sessions.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(meta) + "\n")
+    out = report.render(results, args.out)
+    _say(f"{meta['elapsed_s']:.0f} s in all; wrote {out}")
+    return 0
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    """Run the step-time benchmark, append to step.csv and re-render the report if possible."""
+    from perf.bench_step import StepCase, bench_cases, run_step_bench
+
+    entries = [e for e in build_registry() if not e.ablation or e.label.endswith("sketch")]
+    chosen, _ = _select(entries, args.optimizers)
+    for e in chosen:
+        if e.skip:
+            _say(f"  {e.label}: {e.skip}")
+    env = collect_env()
+    cases = [StepCase("tiny/attn_qkv", 16, 48)] if args.tiny else bench_cases(args.full)
+    steps = 3 if args.tiny else args.steps
+    rows = run_step_bench(chosen, cases, warmup=1 if args.tiny else 11, steps=steps, progress=_say)
+    session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = {"session": session, "op": "optimizer_step", "dtype": "float32", "device": "cpu"}
+    tail = {"torch": torch.__version__, "triton": env["versions"]["triton"], "git_commit": env["git_commit"]}
+    tail |= {"cpu": env["cpu"], "threads": env["threads"], "timestamp": env["timestamp"]}
+    columns = ("unit", "p50", "p20", "p80", "mean", "note")
+    _append_csv(
+        args.results_dir / "step.csv", [stamp | r | {c: r.get(c, "") for c in columns} | tail for r in rows]
+    )
+    if (args.results_dir / "train_sessions.jsonl").is_file():
+        _say(f"wrote {report.render(args.results_dir, args.out)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render the report from the CSVs."""
+    _say(f"wrote {report.render(args.results_dir, args.out, args.session)}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="CSV and PNG folder (default perf/results)"
+    )
+    common.add_argument(
+        "--out", type=Path, default=None, help="report path (default <results-dir>/../REPORT.md)"
+    )
+    train = sub.add_parser("train", parents=[common], help="train every optimizer on the workloads")
+    train.add_argument("--quick", action="store_true", help="the ~10-minute budget")
+    train.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-long test run
+    train.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    train.add_argument("--optimizers", nargs="+", default=None, help="labels to run (default all)")
+    train.add_argument(
+        "--seeds", type=_positive_int, default=None, help="seeds at the best lr (default 2 quick, 3 full)"
+    )
+    train.add_argument("--no-ablations", action="store_true", help="skip the tritonkron ablation configs")
+    train.add_argument("--list", action="store_true", help="print the optimizer labels and exit")
+    step = sub.add_parser("step", parents=[common], help="step time against layer size")
+    step.add_argument("--full", action="store_true", help="add Llama-7B's whole 4096×4096 matrix")
+    step.add_argument("--optimizers", nargs="+", default=None)
+    step.add_argument("--steps", type=_positive_int, default=20, help="timed steps per case (default 20)")
+    step.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    rep = sub.add_parser("report", parents=[common], help="render perf/REPORT.md from the CSVs")
+    rep.add_argument("--session", default=None, help="training session id (default: the latest)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m perf``."""
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else None
+    if args.command == "train" and args.list:
+        for e in build_registry():
+            _say(f"{e.label:<30} {e.kind:<10} {e.skip or e.source}{'  (ablation)' if e.ablation else ''}")
+        return 0
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    return {"train": cmd_train, "step": cmd_step, "report": cmd_report}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
