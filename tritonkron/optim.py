@@ -8,13 +8,13 @@ import os
 import warnings
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from tritonkron.adamw import STEP, adamw_step, skip_nonfinite
+from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
 from tritonkron.config import parse_divergence, parse_tail_rule
 from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
@@ -22,6 +22,16 @@ from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_st
 from tritonkron.tuning import TuningTable, TuningWarning, device_name, ranks_for, resolve_tuning
 
 MOMENTUM, BLOCKS = "momentum", "blocks"
+
+
+class KronUnit(NamedTuple):
+    """One parameter with a gradient on the Kronecker path, with its group and parsed settings."""
+
+    param: Tensor
+    group: dict[str, Any]
+    settings: KronSettings
+
+
 AUTO = "auto"
 
 # Keys torch.optim and LR schedulers put into param groups themselves.
@@ -314,6 +324,7 @@ class Kron(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        units: list[KronUnit] = []
         for group in self.param_groups:
             settings = _settings(group) if group["kron"] else None
             for p in group["params"]:
@@ -322,10 +333,17 @@ class Kron(Optimizer):
                 if p.grad.is_sparse:
                     raise ValueError("Kron does not support sparse gradients")
                 if settings is not None and self.uses_kron(p, group):
-                    self._kron_step(p, group, settings)
+                    units.append(KronUnit(p, group, settings))
                 else:
                     adamw_step(p, group, self.state[p])
+        self._run_kron(units)
         return loss
+
+    def _run_kron(self, units: list[KronUnit]) -> None:
+        """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient)."""
+        for unit in units:
+            update, ok = self._kron_update(unit)
+            self._apply(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
 
     def _auto_settings(self, p: Tensor, settings: KronSettings) -> tuple[KronSettings, int]:
         """Per-factor ranks and block size of ``p`` from the tuning table (``rank="auto"``)."""
@@ -343,7 +361,14 @@ class Kron(Optimizer):
         )
         return tuned, block
 
-    def _kron_step(self, p: Tensor, group: dict[str, Any], settings: KronSettings) -> None:
+    def _kron_update(self, unit: KronUnit) -> tuple[Tensor, Tensor]:
+        """Advance ``unit``'s statistics one step; return (update direction shaped like p, ok).
+
+        ``ok`` is a one-element bool tensor, False when the gradient has a NaN or Inf: then the
+        statistics, momentum and step count are untouched, the direction is zero and the skip is
+        counted in ``state["skipped_steps"]`` (masked, not branched, so the step stays one graph).
+        """
+        p, group, settings = unit
         block_size = group["block_size"]
         if group["rank"] == AUTO:
             settings, block_size = self._auto_settings(p, settings)
@@ -352,7 +377,8 @@ class Kron(Optimizer):
         dtype = _stats_dtype(p)
         state = self.state[p]
         if not state:
-            state[STEP] = torch.tensor(0.0, dtype=torch.float32)
+            state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+            state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
             state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
             state[BLOCKS] = [
                 new_sketch_state(len(g.offsets), *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
@@ -360,40 +386,44 @@ class Kron(Optimizer):
                 else new_group_state(len(g.offsets), *g.shape, dtype=dtype, device=p.device)
                 for g in layout.groups
             ]
-        elif tuple(state[MOMENTUM].shape) != (m, n) or len(state[BLOCKS]) != len(layout.groups):
-            raise ValueError(
-                f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
-                f"(block_size={block_size}); was the state loaded from another model or block_size?"
-            )
-        elif any(is_sketch_state(b) != settings.sketch for b in state[BLOCKS]):
-            raise ValueError(
-                f"optimizer state of a parameter of shape {tuple(p.shape)} was created with "
-                f"sketch={not settings.sketch}, but its group now has sketch={settings.sketch}"
-            )
+        else:
+            self._check_state(p, state, layout, block_size, settings)
         grad = p.grad.to(dtype).reshape(m, n)
-        if skip_nonfinite(grad, state):
-            return
-        state[STEP] += 1
-        step = int(state[STEP].item())
-        beta1 = group["betas"][0]
+        ok = count_nonfinite(grad, state)
+        state[STEP].add_(ok.to(state[STEP].dtype))
+        grad = torch.where(ok, grad, torch.zeros_like(grad))
         momentum = state[MOMENTUM]
-        momentum.lerp_(grad, 1 - beta1)
-        refresh = step % group["precondition_every"] == 0
+        momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
+        refresh = state[STEP] % group["precondition_every"] == 0
         group_step = sketch_group_step if settings.sketch else block_group_step
         directions = [
-            group_step(block_state, G, M, settings, refresh)
+            group_step(block_state, G, M, settings, refresh, ok)
             for block_state, G, M in zip(
                 state[BLOCKS], layout.gather(grad), layout.gather(momentum), strict=True
             )
         ]
         update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
-        self._apply(p, update, group["lr"], group["weight_decay"])
+        return update, ok
 
     @staticmethod
-    def _apply(p: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float) -> None:
-        if weight_decay != 0:
-            p.mul_(1 - lr * weight_decay)
-        if isinstance(lr, Tensor):
-            p.sub_((update * lr).to(p.dtype))
-        else:
-            p.add_(update.to(p.dtype), alpha=-lr)
+    def _check_state(
+        p: Tensor, state: dict[str, Any], layout: BlockLayout, block_size: int, settings: KronSettings
+    ) -> None:
+        """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode."""
+        if tuple(state[MOMENTUM].shape) != layout.matrix or len(state[BLOCKS]) != len(layout.groups):
+            raise ValueError(
+                f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
+                f"(block_size={block_size}); was the state loaded from another model or block_size?"
+            )
+        if any(is_sketch_state(b) != settings.sketch for b in state[BLOCKS]):
+            raise ValueError(
+                f"optimizer state of a parameter of shape {tuple(p.shape)} was created with "
+                f"sketch={not settings.sketch}, but its group now has sketch={settings.sketch}"
+            )
+
+    @staticmethod
+    def _apply(p: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float, ok: Tensor) -> None:
+        """W ← (1 − ηλ) W − η U where ``ok`` holds; W unchanged where the step was skipped."""
+        new = p.mul(1 - lr * weight_decay) if weight_decay != 0 else p
+        new = new - (update * lr).to(p.dtype)
+        p.copy_(torch.where(ok, new, p))

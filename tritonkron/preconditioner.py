@@ -18,7 +18,6 @@ and produces no update on that step, so all-zero blocks (unused embedding rows) 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,10 +26,9 @@ from torch import Tensor
 from tritonkron import ops
 from tritonkron.config import Divergence, TailRule
 from tritonkron.divergences import coupling, initial_eigenvalues, preconditioner_eigenvalues, update_factors
-from tritonkron.reference.basis import canonical_degenerate_basis, eigh_descending, subspace_iteration
+from tritonkron.reference.basis import canonical_degenerate_basis, subspace_iteration
 from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
-
-logger = logging.getLogger(__name__)
+from tritonkron.traceable import robust_eigh_descending, run_if
 
 FACTOR_A, FACTOR_B = "factor_a", "factor_b"
 BASIS_A, BASIS_B = "basis_a", "basis_b"
@@ -111,34 +109,51 @@ def _flatten_tail(x: Tensor, rank: int | None) -> Tensor:
     return torch.cat([x[..., :rank], tail], dim=-1)
 
 
+def _initial_values(
+    factor_a: Tensor,
+    factor_b: Tensor,
+    basis_a: Tensor,
+    basis_b: Tensor,
+    eig_a: Tensor,
+    eig_b: Tensor,
+    trace: Tensor,
+    G: Tensor,
+    mask: Tensor,
+    divergence: Divergence,
+    init_floor: float,
+) -> tuple[Tensor, ...]:
+    """New (A, B, Q_A, Q_B, a, b, τ) with the blocks in ``mask`` initialised from ``G`` (pure)."""
+    left_values, left_vectors = robust_eigh_descending(G @ G.transpose(-1, -2))
+    right_values, right_vectors = robust_eigh_descending(G.transpose(-1, -2) @ G)
+    sq_norm = (G * G).sum((-1, -2))
+    a, b = initial_eigenvalues(divergence, left_values, right_values, sq_norm, init_floor)
+    # Floored eigenvalues form one degenerate eigenspace: give it a basis that does not depend on
+    # eigh's arbitrary choice, so the trajectory is invariant to the scale of the loss.
+    Q_A = canonical_degenerate_basis(left_vectors, a == a.amin(-1, keepdim=True))
+    Q_B = canonical_degenerate_basis(right_vectors, b == b.amin(-1, keepdim=True))
+    A = (Q_A * a.unsqueeze(-2)) @ Q_A.transpose(-1, -2)
+    B = (Q_B * b.unsqueeze(-2)) @ Q_B.transpose(-1, -2)
+    new = (A, B, Q_A, Q_B, a, b, sq_norm)
+    old = (factor_a, factor_b, basis_a, basis_b, eig_a, eig_b, trace)
+    return tuple(_where(mask, n, o) for n, o in zip(new, old, strict=True))
+
+
+_INIT_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE)
+
+
 def initialize_blocks(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
     """Initialise the blocks selected by ``mask`` from their gradient ``G: [B, m, n]``.
 
     Q_A, l = eigh(G Gᵀ), Q_B, r = eigh(Gᵀ G) (descending); eigenvalues from
     :func:`initial_eigenvalues`; factors A = Q_A diag(a) Q_Aᵀ, B = Q_B diag(b) Q_Bᵀ so that the
-    factors and the tracked eigenvalues share one gauge.
+    factors and the tracked eigenvalues share one gauge. Runs only when ``mask`` selects a block.
     """
-    left = eigh_descending(G @ G.transpose(-1, -2))
-    right = eigh_descending(G.transpose(-1, -2) @ G)
-    sq_norm = (G * G).sum((-1, -2))
-    a, b = initial_eigenvalues(settings.divergence, left.values, right.values, sq_norm, settings.init_floor)
-    # Floored eigenvalues form one degenerate eigenspace: give it a basis that does not depend on
-    # eigh's arbitrary choice, so the trajectory is invariant to the scale of the loss.
-    Q_A = canonical_degenerate_basis(left.vectors, a == a.amin(-1, keepdim=True))
-    Q_B = canonical_degenerate_basis(right.vectors, b == b.amin(-1, keepdim=True))
-    A = (Q_A * a.unsqueeze(-2)) @ Q_A.transpose(-1, -2)
-    B = (Q_B * b.unsqueeze(-2)) @ Q_B.transpose(-1, -2)
-    updates = {
-        FACTOR_A: A,
-        FACTOR_B: B,
-        BASIS_A: Q_A,
-        BASIS_B: Q_B,
-        EIG_A: a,
-        EIG_B: b,
-        TRACE: sq_norm,
-    }
-    for key, value in updates.items():
-        state[key] = _where(mask, value, state[key])
+
+    def init(*xs: Tensor) -> tuple[Tensor, ...]:
+        return _initial_values(*xs, settings.divergence, settings.init_floor)
+
+    values = run_if(mask.any(), init, tuple(state[k] for k in _INIT_KEYS), (G, mask))
+    state.update(zip(_INIT_KEYS, values, strict=True))
     state[READY] = state[READY] | mask
 
 
@@ -174,52 +189,73 @@ def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
         state[key] = _where(mask, value, state[key])
 
 
-def refresh_bases(state: dict[str, Tensor]) -> bool:
+def _refreshed_bases(
+    basis_a: Tensor,
+    basis_b: Tensor,
+    eig_a: Tensor,
+    eig_b: Tensor,
+    factor_a: Tensor,
+    factor_b: Tensor,
+    ready: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """New (Q_A, Q_B, a, b): one power step + QR per factor for ready blocks with a finite result (pure)."""
+    left = subspace_iteration(factor_a, basis_a)
+    right = subspace_iteration(factor_b, basis_b)
+    new = (left.vectors, right.vectors, left.values, right.values)
+    finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in new]).all(0)
+    accept = ready & finite
+    old = (basis_a, basis_b, eig_a, eig_b)
+    return tuple(_where(accept, n, o) for n, o in zip(new, old, strict=True))
+
+
+_REFRESH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B)
+
+
+def refresh_bases(state: dict[str, Tensor], when: Tensor | bool = True) -> None:
     """One power step + QR per factor, eigenvalues re-estimated as Rayleigh quotients, re-sorted.
 
-    On a QR failure or a non-finite result the previous bases and eigenvalues are kept.
-
-    Returns:
-        True when the new bases were accepted.
+    Runs only when ``when`` holds (a bool, or a one-element bool tensor so that the decision stays
+    on the device under ``torch.compile``). A block whose new basis or eigenvalues are not finite
+    keeps its previous ones; blocks that are not ready keep theirs.
     """
-    try:
-        left = subspace_iteration(state[FACTOR_A], state[BASIS_A])
-        right = subspace_iteration(state[FACTOR_B], state[BASIS_B])
-    except RuntimeError as error:  # torch.linalg.LinAlgError is a RuntimeError
-        logger.warning("basis refresh failed (%s); keeping the previous bases", error)
-        return False
-    tensors = (left.values, left.vectors, right.values, right.vectors)
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
-        logger.warning("basis refresh produced non-finite values; keeping the previous bases")
-        return False
-    ready = state[READY]
-    state[BASIS_A] = _where(ready, left.vectors, state[BASIS_A])
-    state[BASIS_B] = _where(ready, right.vectors, state[BASIS_B])
-    state[EIG_A] = _where(ready, left.values, state[EIG_A])
-    state[EIG_B] = _where(ready, right.values, state[EIG_B])
-    return True
+    pred = when if isinstance(when, Tensor) else torch.tensor(bool(when))
+    values = run_if(
+        pred,
+        _refreshed_bases,
+        tuple(state[k] for k in _REFRESH_KEYS),
+        (state[FACTOR_A], state[FACTOR_B], state[READY]),
+    )
+    state.update(zip(_REFRESH_KEYS, values, strict=True))
 
 
 def block_group_step(
-    state: dict[str, Tensor], G: Tensor, M: Tensor, settings: KronSettings, refresh: bool
+    state: dict[str, Tensor],
+    G: Tensor,
+    M: Tensor,
+    settings: KronSettings,
+    refresh: Tensor | bool,
+    ok: Tensor | None = None,
 ) -> Tensor:
     """One optimizer step of a block group; returns the update direction ``[B, m, n]``.
 
+    Every decision is a mask or a device-side predicate, so the step traces into one graph.
+
     Args:
         state: the group's state (modified in place).
-        G: gradient blocks ``[B, m, n]`` in the statistics dtype.
+        G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite).
         M: momentum blocks ``[B, m, n]``.
         settings: hyperparameters.
-        refresh: whether this is a basis-refresh step (every T steps).
+        refresh: whether this is a basis-refresh step (every T steps); bool or bool tensor.
+        ok: one-element bool tensor, False when the step is skipped (non-finite gradient): the
+            statistics are left untouched and the direction is zero. None means True.
     """
     ready = state[READY]
-    U = torch.zeros_like(M)
-    if bool(ready.any()):
-        U = _where(ready, direction(state, M, settings), U)
-        update_statistics(state, G, ready, settings)
-        if refresh:
-            refresh_bases(state)
+    active = ready if ok is None else ready & ok
+    U = _where(active, direction(state, M, settings), torch.zeros_like(M))
+    update_statistics(state, G, active, settings)
+    refresh_bases(state, active.any() & refresh)
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
-    if bool(fresh.any()):
-        initialize_blocks(state, G, fresh, settings)
+    if ok is not None:
+        fresh = fresh & ok
+    initialize_blocks(state, G, fresh, settings)
     return U

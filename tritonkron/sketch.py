@@ -41,6 +41,7 @@ from tritonkron.divergences import coupling, initial_eigenvalues, preconditioner
 from tritonkron.preconditioner import KronSettings
 from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
 from tritonkron.reference.sketch import top_singular_subspaces, virtual_spectrum
+from tritonkron.traceable import run_if
 
 BASIS_A, BASIS_B = "basis_a", "basis_b"
 EIG_A, EIG_B = "eig_a", "eig_b"
@@ -110,8 +111,33 @@ def initialize_sketch_blocks(
     m − ℓ eigenvalues (floored zeros and small σ²) become the tail level τ_A = their mean, so that
     with ℓ ≥ d the sketch *is* the dense initial factor.
     """
+
+    def init(*xs: Tensor) -> tuple[Tensor, ...]:
+        return _initial_sketch(*xs, settings)
+
+    values = run_if(mask.any(), init, tuple(state[k] for k in _INIT_KEYS), (G, mask))
+    state.update(zip(_INIT_KEYS, values, strict=True))
+    state[READY] = state[READY] | mask
+
+
+_INIT_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE)
+
+
+def _initial_sketch(
+    basis_a: Tensor,
+    basis_b: Tensor,
+    eig_a: Tensor,
+    eig_b: Tensor,
+    tail_a: Tensor,
+    tail_b: Tensor,
+    trace: Tensor,
+    G: Tensor,
+    mask: Tensor,
+    settings: KronSettings,
+) -> tuple[Tensor, ...]:
+    """New sketch state (``_INIT_KEYS`` order) with the blocks in ``mask`` initialised from ``G`` (pure)."""
     m, n = G.shape[-2:]
-    ell_a, ell_b = state[BASIS_A].shape[-1], state[BASIS_B].shape[-1]
+    ell_a, ell_b = basis_a.shape[-1], basis_b.shape[-1]
     P_A, sq_sigma, P_B = top_singular_subspaces(G, ell_a, ell_b)
     pad = torch.zeros(*sq_sigma.shape[:-1], max(m, n) - sq_sigma.shape[-1], dtype=G.dtype, device=G.device)
     spectrum = torch.cat([sq_sigma, pad], dim=-1)
@@ -121,18 +147,9 @@ def initialize_sketch_blocks(
     )
     lam_a, tau_a = _split(a, ell_a, m)
     lam_b, tau_b = _split(b, ell_b, n)
-    updates = {
-        BASIS_A: P_A,
-        BASIS_B: P_B,
-        EIG_A: lam_a,
-        EIG_B: lam_b,
-        TAIL_A: tau_a,
-        TAIL_B: tau_b,
-        TRACE: sq_norm,
-    }
-    for key, value in updates.items():
-        state[key] = _where(mask, value.to(state[key].dtype), state[key])
-    state[READY] = state[READY] | mask
+    new = (P_A, P_B, lam_a, lam_b, tau_a, tau_b, sq_norm)
+    old = (basis_a, basis_b, eig_a, eig_b, tail_a, tail_b, trace)
+    return tuple(_where(mask, v.to(o.dtype), o) for v, o in zip(new, old, strict=True))
 
 
 def _scales(x: Tensor, rank: int, settings: KronSettings) -> tuple[Tensor, Tensor]:
@@ -220,36 +237,37 @@ def update_sketch_statistics(
         TAIL_B: tau_b,
         TRACE: trace,
     }
-    every = bool(mask.all())
     for key, value in updates.items():
-        value = value.to(state[key].dtype)
-        state[key] = value if every else _where(mask, value, state[key])
+        state[key] = _where(mask, value.to(state[key].dtype), state[key])
 
 
 def sketch_group_step(
-    state: dict[str, Tensor], G: Tensor, M: Tensor, settings: KronSettings, refresh: bool = False
+    state: dict[str, Tensor],
+    G: Tensor,
+    M: Tensor,
+    settings: KronSettings,
+    refresh: Tensor | bool = False,
+    ok: Tensor | None = None,
 ) -> Tensor:
     """One optimizer step of a sketched block group; returns the update direction ``[B, m, n]``.
 
     Args:
         state: the group's sketch state (modified in place).
-        G: gradient blocks ``[B, m, n]`` in the statistics dtype.
+        G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite).
         M: momentum blocks ``[B, m, n]``.
         settings: hyperparameters (``rank`` must be an int).
         refresh: accepted for the :func:`~tritonkron.preconditioner.block_group_step` contract and
             ignored: the sketch is re-diagonalised at every update.
+        ok: one-element bool tensor, False when the step is skipped (statistics untouched, zero
+            direction); None means True.
     """
     del refresh
     ready = state[READY]
-    if bool(ready.all()):  # the steady state: no masking, no zero-gradient scan
-        U = sketch_direction(state, M, settings)
-        update_sketch_statistics(state, G, ready, settings)
-        return U
-    U = torch.zeros_like(M)
-    if bool(ready.any()):
-        U = _where(ready, sketch_direction(state, M, settings), U)
-        update_sketch_statistics(state, G, ready, settings)
+    active = ready if ok is None else ready & ok
+    U = _where(active, sketch_direction(state, M, settings), torch.zeros_like(M))
+    update_sketch_statistics(state, G, active, settings)
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
-    if bool(fresh.any()):
-        initialize_sketch_blocks(state, G, fresh, settings)
+    if ok is not None:
+        fresh = fresh & ok
+    initialize_sketch_blocks(state, G, fresh, settings)
     return U

@@ -100,8 +100,10 @@ def test_adamw_path_matches_torch_adamw() -> None:
             p.grad, q.grad = grad.clone(), grad.clone()
         opt_ours.step()
         opt_theirs.step()
+    # Same operations; the step size is a tensor here (no host read), a Python float in torch's
+    # single-tensor path, so the two may differ by float32 rounding (a few ulp after 30 steps).
     for p, q in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+        torch.testing.assert_close(p, q, rtol=4 * torch.finfo(torch.float32).eps, atol=1e-7)
 
 
 def test_loss_scale_invariance() -> None:
