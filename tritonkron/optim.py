@@ -7,7 +7,6 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import torch
@@ -150,9 +149,15 @@ def _settings(group: dict[str, Any]) -> KronSettings:
     )
 
 
-@lru_cache(maxsize=256)
+_LAYOUTS: dict[tuple[tuple[int, ...], int], BlockLayout] = {}
+
+
 def _layout(shape: tuple[int, ...], block_size: int) -> BlockLayout:
-    return BlockLayout.build(shape, block_size)
+    """The block layout of a parameter shape, memoised (a plain dict, which ``torch.compile`` traces)."""
+    key = (shape, block_size)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = BlockLayout.build(shape, block_size)
+    return _LAYOUTS[key]
 
 
 def _stats_dtype(p: Tensor) -> torch.dtype:
