@@ -157,18 +157,52 @@ def initialize_blocks(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     state[READY] = state[READY] | mask
 
 
+def _kept(rank: int | None, d: int) -> int:
+    """Directions of a d-dim factor with their own scale: k, or d for full preconditioning."""
+    return d if rank is None else min(rank, d)
+
+
+def low_rank_is_cheaper(m: int, n: int, k_A: int, k_B: int) -> bool:
+    """Whether the low-rank form of the direction should replace the eigenbasis form.
+
+    The eigenbasis form costs 2mn(m + n) multiply-adds (four GEMMs with full bases); the low-rank
+    form (:func:`tritonkron.reference.sketch.sketch_precondition_ref`) about 2mn(k_A + k_B) plus
+    O((m + n) k_A k_B). It is chosen when k_A + k_B ≤ (m + n)/2, where it saves at least half.
+    """
+    return 2 * (k_A + k_B) <= m + n
+
+
 def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Tensor:
     """Preconditioned direction U = P_A M P_B ``[B, m, n]`` from the current statistics.
 
     P_X is the full (rank=None) or spike-and-flat (rank=k) inverse square root of factor X in its
-    tracked eigenbasis (see :mod:`tritonkron.reference.precondition`).
+    tracked eigenbasis (see :mod:`tritonkron.reference.precondition`). With damping, entry (i, j)
+    of the rotated momentum is scaled by Σ_ij = σ_ij/(1 + εσ_ij), σ_ij = s_A,i s_B,j. For rank=k the
+    scales beyond k are one constant c per factor, so the same U is computed in low-rank form from
+    the top-k columns of the bases (no rotation by the full bases) when that is cheaper
+    (:func:`low_rank_is_cheaper`).
     """
     a, b = preconditioner_eigenvalues(settings.divergence, state[EIG_A], state[EIG_B], state[TRACE])
     a = floor_eigenvalues(a, settings.eig_floor)
     b = floor_eigenvalues(b, settings.eig_floor)
     s_A = factor_scales(a, settings.rank_a, settings.tail, settings.alpha)
     s_B = factor_scales(b, settings.rank_b, settings.tail, settings.alpha)
-    return ops.precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
+    m, n = M.shape[-2:]
+    k_A, k_B = _kept(settings.rank_a, m), _kept(settings.rank_b, n)
+    if not low_rank_is_cheaper(m, n, k_A, k_B):
+        return ops.precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
+    # With k = d the constant multiplies I − U Uᵀ = 0, so any of the scales serves.
+    c_A, c_B = s_A[..., min(k_A, m - 1)], s_B[..., min(k_B, n - 1)]
+    return ops.sketch_precondition(
+        M,
+        state[BASIS_A][..., :k_A],
+        s_A[..., :k_A],
+        c_A,
+        state[BASIS_B][..., :k_B],
+        s_B[..., :k_B],
+        c_B,
+        settings.eps,
+    )
 
 
 def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
