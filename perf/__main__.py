@@ -140,6 +140,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     env = collect_env()
     ablation_grid = not (args.quick or args.tiny)
+    extend_edges = (
+        args.extend_edges if args.extend_edges is not None else (1 if args.quick or args.tiny else 2)
+    )
     meta: dict[str, object] = {
         "session": session,
         "quick": bool(args.quick or args.tiny),
@@ -149,6 +152,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "ablation_grid": ablation_grid,
         "protocol": (
             "seed 0 at every lr of the grid, best lr = lowest final validation loss"
+            + (
+                f" (a best lr at an edge of the grid extends it past that edge, up to {extend_edges}×)"
+                if extend_edges
+                else ""
+            )
             + (f", then seeds 1..{seeds - 1} at that lr; " if seeds > 1 else " (one seed); ")
             + (
                 "tritonkron ablations on char_lm only, one seed, at Kron logdet's lr (no grid); "
@@ -202,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ablation_seeds=None if ablation_grid else 1,
             on_record=record,
             progress=_say,
+            extend_edges=extend_edges,
         )
     meta["elapsed_s"] = time.perf_counter() - started
     meta["load_end"] = _load()
@@ -244,6 +253,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -272,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-ablations", action="store_true", help="skip the tritonkron ablation configs")
     train.add_argument("--list", action="store_true", help="print the optimizer labels and exit")
+    train.add_argument(
+        "--extend-edges",
+        type=_nonnegative_int,
+        default=None,
+        help="extra lrs tried past an edge of the grid while the best lies there (default 1 quick, 2 full)",
+    )
     step = sub.add_parser("step", parents=[common], help="step time against layer size")
     step.add_argument("--full", action="store_true", help="add Llama-7B's whole 4096×4096 matrix")
     step.add_argument("--optimizers", nargs="+", default=None)

@@ -3,7 +3,10 @@
 Protocol (the same for every optimizer on a workload):
 
 1. **Grid.** Seed 0 is trained at every learning rate of the workload's grid; the best learning rate
-   is the one with the lowest final validation loss (a diverged run counts as +∞).
+   is the one with the lowest final validation loss (a diverged run counts as +∞). When the best
+   lies at an edge of the grid, the grid is extended past that edge by the grid's own ratio
+   (×3 or ÷3 for the default grids), up to ``extend_edges`` times, so an optimizer whose optimum
+   lies outside the common grid is not judged at a learning rate that is merely the least bad.
 2. **Seeds.** The best learning rate is trained again with seeds 1 … S−1, so every reported number
    is a mean over S seeds with its spread.
 3. **Ablations** (tritonkron variants flagged ``ablation``) skip the grid when ``ablation_grid`` is
@@ -356,6 +359,7 @@ def run_benchmark(
     ablation_seeds: int | None = None,
     on_record: Callable[[RunRecord], None] | None = None,
     progress: Progress | None = None,
+    extend_edges: int = 1,
 ) -> list[RunRecord]:
     """Run the grid-then-seeds protocol for every runnable entry on one workload.
 
@@ -368,6 +372,8 @@ def run_benchmark(
         ablation_seeds: seeds of the ablation entries without a grid (default ``seeds``).
         on_record: called with each finished run (e.g. to append it to a CSV at once).
         progress: called with one line per finished run.
+        extend_edges: how many extra learning rates may be tried past an edge of the grid while
+            the best one lies there (0: the grid only).
 
     Returns:
         Every run, in execution order.
@@ -401,6 +407,13 @@ def run_benchmark(
     for entry in plan_grid:
         grid = [run(entry, lr * entry.lr_scale, 0, "grid") for lr in workload.lrs]
         best = min(grid, key=_score)
+        for _ in range(extend_edges if len(grid) > 1 else 0):
+            lrs = sorted(r.lr for r in grid)
+            if best.lr not in (lrs[0], lrs[-1]) or not math.isfinite(_score(best)):
+                break
+            ratio = lrs[1] / lrs[0]
+            grid.append(run(entry, lrs[-1] * ratio if best.lr == lrs[-1] else lrs[0] / ratio, 0, "grid"))
+            best = min(grid, key=_score)
         best_lr[entry.label] = best.lr
         for seed in range(1, seeds):
             run(entry, best.lr, seed, "seed")
