@@ -93,10 +93,13 @@ def test_summary_tables_hold_the_runs_they_claim(tiny_run: Path) -> None:
         assert not any(label in rows for label in HEAVYBALL)
         ran = runs[runs["workload"] == workload]
         assert set(ran["optimizer"]) == set(expected)
-        for label in CORE:  # grid of 2 lrs on seed 0, then seed 1 at the best lr
+        for label in CORE:  # grid of 2 lrs (+ 1 past the best edge) on seed 0, then seed 1 at the best lr
             mine = ran[ran["optimizer"] == label]
-            assert sorted(mine["phase"]) == ["grid", "grid", "seed"]
+            grid = mine[mine["phase"] == "grid"]
+            assert sorted(mine["phase"]) == ["grid"] * len(grid) + ["seed"]
+            assert len(grid) == 3  # with two points the best is always at an edge: one extension
             best_lr = float(mine[mine["phase"] == "seed"]["lr"].iloc[0])
+            assert best_lr == grid.loc[grid["final_val_loss"].idxmin(), "lr"]
             assert rows[label][0].rstrip("*") == f"{best_lr:g}"
             assert rows[label][1] == "2"  # seeds
             final = mine[mine["lr"] == best_lr]["final_val_loss"].mean()
