@@ -1,8 +1,9 @@
 """The tuner: ``python -m autotune --model MODULE:FACTORY [--steps N] [--out tuning.json]``.
 
 It chooses, per parameter shape of a model, the block size, the subspace rank of each Kronecker
-factor (from the spectra of a short calibration run on real batches) and, on CUDA, the Triton
-kernel configurations, and writes them as a versioned JSON tuning file. The library reads that
+factor (from the spectra of a short calibration run on real batches), the ranks and sketch rank ℓ
+of the sketched mode (``sketch=True``, under a memory cap) and, on CUDA, the Triton kernel
+configurations, and writes them as a versioned JSON tuning file. The library reads that
 file through :mod:`tritonkron.tuning` and never imports this package.
 
 Modules: :mod:`autotune.space` (what is searched), :mod:`autotune.measure` (the timing

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m autotune --model MODULE:FACTORY [--steps N] [--out tuning.json]
+    python -m autotune --model MODULE:FACTORY [--steps N] [--out tuning.json] [--no-sketch]
 
 ``FACTORY()`` returns ``(model, loss_fn)``: the model on the device to tune for, and
 ``loss_fn(model)`` returning a scalar loss on a fresh batch of real data. The search is described
@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import pandas as pd
 from torch import Tensor, nn
 
-from autotune.rank import DEFAULT_FLATNESS, DEFAULT_MASS
+from autotune.rank import DEFAULT_FLATNESS, DEFAULT_MASS, DEFAULT_SKETCH_BUDGET
 from autotune.search import SearchOptions, ShapeResult, TuneResult, tune_model
 
 
@@ -109,6 +109,18 @@ def _ranks(choice: Any) -> str:
     return f"{choice.rank}/{choice.dim}" + (" (capped)" if choice.capped else "")
 
 
+def _sketch(r: ShapeResult) -> str:
+    """``k k_A/m, k_B/n; ℓ ℓ ≤ L; block b`` of the sketched choice, ``-`` when not tuned."""
+    if r.sketch is None:
+        return "-"
+    c = r.sketch
+    capped = " (k capped)" if c.rank_a.capped or c.rank_b.capped else ""
+    return (
+        f"k {c.rank_a.rank}/{c.rank_a.dim}, {c.rank_b.rank}/{c.rank_b.dim}{capped}; "
+        f"ℓ {c.sketch_rank} ≤ {c.cap}; block {r.sketch_block}"
+    )
+
+
 def _configs(r: ShapeResult) -> str:
     tuned = [f"{op}: {'x'.join(str(v) for k, v in cfg.best.items() if k.startswith('BLOCK'))}"
              f" w{cfg.best['num_warps']} s{cfg.best['num_stages']}"
@@ -134,6 +146,7 @@ def summary_frame(result: TuneResult) -> pd.DataFrame:
                 "block": r.block_size,
                 "rank A": _ranks(r.rank_a),
                 "rank B": _ranks(r.rank_b),
+                "sketch": _sketch(r),
                 "configs": _configs(r),
                 "step ms full": _fmt(p.get("step_ms_full")),
                 "step ms rank": _fmt(p.get("step_ms_rank")),
@@ -166,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"bound on the tail's max/mean eigenvalue ratio (default {DEFAULT_FLATNESS})")  # fmt: skip
     parser.add_argument("--rank-budget", type=float, default=0.5,
                         help="rank cap as a fraction of each factor's dimension (default 0.5)")  # fmt: skip
+    parser.add_argument("--sketch", action=argparse.BooleanOptionalAction, default=True,
+                        help="also tune sketch=True: ranks k_A, k_B and sketch rank ℓ per shape (default on)")  # fmt: skip
+    parser.add_argument("--sketch-budget", type=float, default=DEFAULT_SKETCH_BUDGET,
+                        help=f"sketch rank cap ℓ ≤ max(this × the block's largest dim, 32) (default {DEFAULT_SKETCH_BUDGET})")  # fmt: skip
     parser.add_argument("--time-budget", type=float, default=2.0,
                         help="block size: step time at most this × the fastest candidate's (default 2)")  # fmt: skip
     parser.add_argument("--memory-budget", type=float, default=8.0,
@@ -187,6 +204,8 @@ def _options(args: argparse.Namespace) -> SearchOptions:
         raise ValueError(f"--steps must be at least 2; got {args.steps}")
     if args.cpu_reps < 1:
         raise ValueError(f"--cpu-reps must be at least 1; got {args.cpu_reps}")
+    if not 0.0 < args.sketch_budget <= 1.0:
+        raise ValueError(f"--sketch-budget must be in (0, 1]; got {args.sketch_budget}")
     return SearchOptions(
         steps=args.steps,
         lr=args.lr,
@@ -195,6 +214,8 @@ def _options(args: argparse.Namespace) -> SearchOptions:
         mass=args.mass,
         flatness=args.flatness,
         rank_budget=args.rank_budget,
+        sketch=args.sketch,
+        sketch_budget=args.sketch_budget,
         time_budget=args.time_budget,
         memory_budget=args.memory_budget,
         tune_kernels={"auto": None, "on": True, "off": False}[args.kernels],
@@ -225,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ncalibration: {len(losses)} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}")
     print(
         f"wrote {path} (device {result.table.device!r}); use tk.Kron(..., rank='auto', tuning={str(path)!r})"
+        + (" (add sketch=True for the sketched choice)" if args.sketch else "")
     )
     return 0
 

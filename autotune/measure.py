@@ -129,6 +129,7 @@ def measure_kron_step(
     block_size: int,
     rank: int | None = None,
     sketch: bool = False,
+    sketch_rank: int | None = None,
     divergence: str = "logdet",
     precondition_every: int = 10,
     cpu_reps: int = 3,
@@ -147,6 +148,7 @@ def measure_kron_step(
         block_size: ``tk.Kron``'s ``block_size``.
         rank: ``tk.Kron``'s ``rank``.
         sketch: ``tk.Kron``'s ``sketch`` (needs an int ``rank``).
+        sketch_rank: ``tk.Kron``'s ``sketch_rank`` (None: 2·rank).
         divergence: ``tk.Kron``'s ``divergence``.
         precondition_every: ``tk.Kron``'s refresh period T (steps per timed call).
         cpu_reps: timed calls on the CPU.
@@ -168,6 +170,7 @@ def measure_kron_step(
             block_size=block_size,
             rank=rank,
             sketch=sketch,
+            sketch_rank=sketch_rank,
         )
         opt.step()
         return p, opt

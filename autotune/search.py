@@ -13,12 +13,18 @@ For each distinct (matrix shape, dtype) of a model's matrix parameters, in this 
    ``tk.Kron(rank=None)`` at the chosen block sizes, then the rank rule per factor.
 3. **Newton–Schulz steps**: iterations of the coupled Newton inverse square root to reach the
    residual target ``ns_tol`` on the calibrated factors (``knobs["ns_steps_a"/"ns_steps_b"]``).
-4. **Kernel configs** (CUDA, or forced): every op of :data:`autotune.space.KERNEL_OPS` on the
+4. **Sketched ranks** (``sketch``, on by default): the choice for ``tk.Kron(rank="auto",
+   sketch=True)``. Its block size is :func:`autotune.space.sketch_block_size` (the unsplit
+   largest dim up to 4096); when that differs from the dense block of some shape, a second
+   calibration from the same initial weights gives the spectra at the sketched layout. Then
+   :func:`autotune.rank.sketch_ranks` picks k_A, k_B and the sketch rank ℓ under the cost cap
+   ℓ ≤ max(``sketch_budget`` · max(m, n), 32).
+5. **Kernel configs** (CUDA, or forced): every op of :data:`autotune.space.KERNEL_OPS` on the
    largest block stack, each config timed on its own fresh inputs; the winner is kept only when
    its output matches the default launch's on identical inputs.
-5. **Predictions**: step time and optimizer-state bytes at full rank, at the tuned rank (dense
-   factors) and at the tuned rank with ``sketch=True`` (ℓ = 2k).
-6. **CPU knobs** (CPU only): thread count and inverse-root method (eigh vs Newton–Schulz).
+6. **Predictions**: step time and optimizer-state bytes at full rank, at the tuned rank (dense
+   factors) and with ``sketch=True`` at the sketched choice (without it: the dense ranks, ℓ = 2k).
+7. **CPU knobs** (CPU only): thread count and inverse-root method (eigh vs Newton–Schulz).
 """
 
 from __future__ import annotations
@@ -34,13 +40,24 @@ from torch import Tensor, nn
 import tritonkron as tk
 from autotune import space
 from autotune.measure import Timing, bench, cpu_threads, measure_kron_step
-from autotune.rank import DEFAULT_FLATNESS, DEFAULT_MASS, RankChoice, calibrate, layer_ranks
+from autotune.rank import (
+    DEFAULT_FLATNESS,
+    DEFAULT_MASS,
+    DEFAULT_SKETCH_BUDGET,
+    ParamSpectra,
+    RankChoice,
+    SketchChoice,
+    calibrate,
+    layer_ranks,
+    sketch_ranks,
+)
 from tritonkron._env import triton_interpret
 from tritonkron.kernels import HAS_TRITON
 from tritonkron.reference.blocking import BlockLayout, matrix_shape
 from tritonkron.reference.inverse_root import RootStatus, newton_schulz_inverse_root
 from tritonkron.tuning import (
     DEFAULT_BLOCK_SIZE,
+    SketchTuning,
     TuningEntry,
     TuningTable,
     device_name,
@@ -93,6 +110,8 @@ class SearchOptions:
         mass: rank rule's eigen-mass share (Default: 0.9).
         flatness: rank rule's tail max/mean bound (Default: 4.0).
         rank_budget: rank cap as a fraction of each factor's dimension (Default: 0.5).
+        sketch: also tune the ``sketch=True`` mode (Default: True).
+        sketch_budget: cap on the sketch rank ℓ as a fraction of the largest block dim (Default: 0.125).
         time_budget: block-size step-time bound relative to the fastest candidate (Default: 2.0).
         memory_budget: block-size state bound in floats per parameter element (Default: 8.0).
         tune_kernels: search kernel configs; None → only on CUDA (Default: None).
@@ -109,6 +128,8 @@ class SearchOptions:
     mass: float = DEFAULT_MASS
     flatness: float = DEFAULT_FLATNESS
     rank_budget: float = 0.5
+    sketch: bool = True
+    sketch_budget: float = DEFAULT_SKETCH_BUDGET
     time_budget: float = 2.0
     memory_budget: float = 8.0
     tune_kernels: bool | None = None
@@ -151,6 +172,8 @@ class ShapeResult:
     kernels: dict[str, KernelResult] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
     predicted: dict[str, float | None] = field(default_factory=dict)
+    sketch_block: int | None = None
+    sketch: SketchChoice | None = None
 
     def entry(self) -> TuningEntry:
         """The tuning-file entry of this shape."""
@@ -163,6 +186,14 @@ class ShapeResult:
             kernels={op: r.best for op, r in self.kernels.items() if r.best is not None},
             knobs=dict(self.knobs),
             predicted=dict(self.predicted),
+            sketch=None
+            if self.sketch is None or self.sketch_block is None
+            else SketchTuning(
+                block_size=self.sketch_block,
+                rank_a=self.sketch.rank_a.rank,
+                rank_b=self.sketch.rank_b.rank,
+                sketch_rank=self.sketch.sketch_rank,
+            ),
         )
 
 
@@ -344,6 +375,15 @@ def _predict(result: ShapeResult, device: torch.device, opts: SearchOptions) -> 
     if rank is not None:
         kw = {"block_size": result.block_size, "rank": rank}
         pred["step_ms_rank"] = _kron_step(result.shape, result.dtype, device, opts, **kw)[0].p50
+    sketch = result.sketch
+    if sketch is not None and result.sketch_block is not None:
+        kw = {"block_size": result.sketch_block, "rank": max(sketch.rank_a.rank, sketch.rank_b.rank)}
+        kw["sketch_rank"] = sketch.sketch_rank
+    elif rank is not None:
+        kw = {"block_size": result.block_size, "rank": rank}
+    else:
+        kw = {}
+    if kw:
         timing, nbytes = _kron_step(result.shape, result.dtype, device, opts, sketch=True, **kw)
         pred["step_ms_sketch"], pred["state_mb_sketch"] = timing.p50, nbytes / 2**20
     result.predicted = pred
@@ -380,7 +420,7 @@ def tune_model(
     if kernels and not (HAS_TRITON and (device.type == "cuda" or triton_interpret())):
         raise ValueError("kernel search needs Triton and a CUDA model (or TRITON_INTERPRET=1 on the CPU)")
     results = list(shapes.values())
-    reporter.start(len(results) * 4 + opts.steps + (device.type == "cpu"))
+    reporter.start(len(results) * (4 + opts.sketch) + opts.steps + opts.sketch + (device.type == "cpu"))
     threads = torch.get_num_threads()
     if device.type == "cpu":
         cpu = _cpu_knobs(results, device, opts)
@@ -411,7 +451,12 @@ def _tune_ranks(
     opts: SearchOptions,
     reporter: Reporter,
 ) -> tuple[float, ...]:
-    """Calibrate at the chosen block sizes, then set ranks and Newton–Schulz steps per shape."""
+    """Calibrate at the chosen block sizes, then set ranks and Newton–Schulz steps per shape.
+
+    With ``opts.sketch`` also the sketched choice of every shape, from a second calibration (from
+    the same initial weights) when some shape's sketched block size differs from its dense one.
+    """
+    initial = {key: value.detach().clone() for key, value in model.state_dict().items()}
     calibration = calibrate(
         model,
         loss_fn,
@@ -432,7 +477,47 @@ def _tune_ranks(
                 r.knobs[f"ns_steps_{side}"] = _ns_steps(factors, opts.ns_tol) if factors else None
         ranks = f"{r.rank_a.rank if r.rank_a else '-'}/{r.rank_b.rank if r.rank_b else '-'}"
         reporter.advance(f"{r.shape[0]}x{r.shape[1]}: ranks {ranks}")
+    if opts.sketch:
+        _tune_sketch(results, model, loss_fn, opts, reporter, initial, by_name)
     return calibration.losses
+
+
+def _tune_sketch(
+    results: list[ShapeResult],
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module], Tensor],
+    opts: SearchOptions,
+    reporter: Reporter,
+    initial: dict[str, Tensor],
+    dense: dict[str, ParamSpectra],
+) -> None:
+    """Set each shape's sketched block size, ranks and ℓ (step 4 of the module docstring)."""
+    for r in results:
+        r.sketch_block = space.sketch_block_size(r.shape, r.block_size)
+    by_name = dense
+    if any(r.sketch_block != r.block_size for r in results):
+        current = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        model.load_state_dict(initial)
+        calibration = calibrate(
+            model,
+            loss_fn,
+            opts.steps,
+            {name: r.sketch_block for r in results for name in r.names},
+            lr=opts.lr,
+            divergence=opts.divergence,
+            precondition_every=opts.precondition_every,
+        )
+        model.load_state_dict(current)  # the model ends as after the dense calibration
+        by_name = {ps.name: ps for ps in calibration.spectra}
+    reporter.advance("sketch calibration " + ("done" if by_name is not dense else "reused"))
+    for r in results:
+        spectra = [by_name[name] for name in r.names if name in by_name]
+        if spectra:
+            r.sketch = sketch_ranks(spectra, opts.mass, opts.flatness, opts.sketch_budget)
+            label = f"k {r.sketch.rank_a.rank}/{r.sketch.rank_b.rank}, ℓ {r.sketch.sketch_rank}"
+        else:
+            label = "no spectra"
+        reporter.advance(f"{r.shape[0]}x{r.shape[1]}: sketch {label}")
 
 
 def tune_shape_kernels(r: ShapeResult, device: torch.device, opts: SearchOptions) -> None:

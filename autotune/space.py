@@ -37,12 +37,14 @@ from tritonkron.reference.blocking import BlockLayout, matrix_shape
 __all__ = [
     "BLOCK_SIZES",
     "KERNEL_OPS",
+    "SKETCH_WHOLE_MAX",
     "NS_TIMING_STEPS",
     "ROOT_METHODS",
     "KernelOp",
     "block_size_candidates",
     "cpu_thread_candidates",
     "kernel_configs",
+    "sketch_block_size",
 ]
 
 BLOCK_SIZES = (128, 256, 512, 1024, 2048, 4096, 8192)
@@ -76,6 +78,23 @@ def block_size_candidates(shape: tuple[int, ...], sizes: tuple[int, ...] = BLOCK
             seen.add(layout)
             out.append(size)
     return out
+
+
+SKETCH_WHOLE_MAX = 4096
+"""Largest dimension sketched whole (its full-rank calibration factor is this size squared)."""
+
+
+def sketch_block_size(shape: tuple[int, ...], dense_block: int, whole_max: int = SKETCH_WHOLE_MAX) -> int:
+    """Block size for ``sketch=True``: the unsplit largest dim when it is at most ``whole_max``.
+
+    A sketch holds (m + n)·ℓ floats per block and costs O((m + n)·ℓ² + m·n·ℓ) per step, so at a
+    given ℓ one unsplit block is the cheapest layout and keeps every cross-correlation; only
+    dims above ``whole_max`` keep the dense search's ``dense_block`` (their spectra come from a
+    full-rank calibration, which would need a ``whole_max``² factor or larger).
+    """
+    m, n = matrix_shape(shape)
+    top = max(m, n, 1)
+    return top if top <= whole_max else dense_block
 
 
 def cpu_thread_candidates() -> list[int]:
@@ -214,7 +233,7 @@ def _track_inputs(block: Block, dtype: torch.dtype, device: torch.device, seed: 
 
 
 def _track_launch(x: Inputs, config: Mapping[str, int] | None) -> tuple[Tensor, Tensor]:
-    from tritonkron.kernels.precondition import track_eigenvalues_triton
+    from tritonkron.kernels.track_eigenvalues import track_eigenvalues_triton
 
     return track_eigenvalues_triton(
         x["a"],
@@ -261,6 +280,7 @@ def _legal(module: str, fn: str) -> Callable[[], list[dict[str, int]]]:
 
 _FU = "tritonkron.kernels.factor_update"
 _PC = "tritonkron.kernels.precondition"
+_TE = "tritonkron.kernels.track_eigenvalues"
 _NS = "tritonkron.kernels.inverse_root"
 
 KERNEL_OPS: dict[str, KernelOp] = {
@@ -289,7 +309,7 @@ KERNEL_OPS: dict[str, KernelOp] = {
         ),
         KernelOp(
             "track_eigenvalues",
-            _legal(_PC, "track_eigenvalues_configs"),
+            _legal(_TE, "track_eigenvalues_configs"),
             {"BLOCK_M": lambda m, n: m, "BLOCK_N": lambda m, n: n},
             _track_inputs,
             _track_launch,

@@ -39,7 +39,7 @@ _VERSIONED = ("numpy", "pandas", "matplotlib", "heavyball", "pytorch-optimizer",
 
 
 def _git_commit() -> str:
-    from perf.gpu_check import git_commit  # reads .git files, no git process
+    from perf.check_env import git_commit  # reads .git files, no git process
 
     return git_commit()
 

@@ -1,10 +1,16 @@
-"""Train a small MLP on real images with AdamW and with ``tritonkron.Kron``, and compare them.
+"""Autotune, then train a small MLP on real images with AdamW and with ``tritonkron.Kron``, and compare them.
 
 Usage (from the repository root)::
 
-    python -m perf.demo [--steps N] [--seeds S] [--lrs 1e-3,3e-3] [--out perf/results/demo.md]
+    python -m perf.demo [--steps N] [--seeds S] [--lrs 1e-3,3e-3] [--tune-steps 30]
+                        [--out perf/results/demo.md]
 
-Every optimizer configuration is trained from the same initial weights on the same minibatch
+First the tuner (:func:`autotune.tune_model`, what ``python -m autotune`` runs) calibrates the
+demo MLP for ``--tune-steps`` steps on the training split and writes its tuning file next to the
+report (``tuning.json`` in ``--out``'s folder); ``Kron(rank="auto", tuning=...)`` and
+``Kron(rank="auto", sketch=True, tuning=...)`` are then trained with the other configurations,
+and the report includes the tuner's per-shape summary. Training runs with the tuned
+``cpu_threads`` knob. Every optimizer configuration is trained from the same initial weights on the same minibatch
 sequence for each seed, over a small learning-rate grid; the learning rate with the lowest mean
 final training loss (full training split, after the last step) is reported. Only ``opt.step()`` is
 timed. The table is printed and written as Markdown to ``--out``.
@@ -30,6 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import tritonkron as tk
+from autotune.__main__ import summary_frame
+from autotune.measure import cpu_threads
+from autotune.search import SearchOptions, TuneResult, tune_model
 from perf.workloads import (
     FASHION_MNIST_ROOT,
     Dataset,
@@ -72,14 +81,18 @@ class RunResult:
     wall_s: float
 
 
-def optimizer_specs(rank: int, precondition_every: int) -> list[OptimizerSpec]:
-    """The configurations compared: AdamW, Kron under each divergence, and Kron in subspace mode.
+def optimizer_specs(
+    rank: int, precondition_every: int, tuning: str | os.PathLike[str] | None = None
+) -> list[OptimizerSpec]:
+    """The configurations compared: AdamW, Kron under each divergence, Kron in subspace mode and tuned.
 
     AdamW and Kron share betas, eps and (zero) weight decay so that only the preconditioner differs.
 
     Args:
         rank: the ``rank`` of the subspace-aware Kron configuration.
         precondition_every: Kron's basis refresh period.
+        tuning: a tuning file; when given, ``Kron(rank="auto")`` and ``Kron(rank="auto",
+            sketch=True)`` on it are added.
 
     Returns:
         The specifications, AdamW first.
@@ -102,13 +115,22 @@ def optimizer_specs(rank: int, precondition_every: int) -> list[OptimizerSpec]:
     def adamw(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0)
 
-    return [
+    specs = [
         OptimizerSpec("AdamW", adamw),
         OptimizerSpec("Kron logdet", kron(divergence="logdet")),
         OptimizerSpec("Kron von_neumann", kron(divergence="von_neumann")),
         OptimizerSpec("Kron frobenius", kron(divergence="frobenius")),
         OptimizerSpec(f"Kron logdet rank={rank}", kron(divergence="logdet", rank=rank, tail="mean")),
     ]
+    if tuning is not None:
+        specs += [
+            OptimizerSpec("Kron logdet rank=auto", kron(divergence="logdet", rank="auto", tuning=tuning)),
+            OptimizerSpec(
+                "Kron logdet rank=auto sketch",
+                kron(divergence="logdet", rank="auto", sketch=True, tuning=tuning),
+            ),
+        ]
+    return specs
 
 
 def make_mlp(num_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
@@ -268,6 +290,77 @@ def summary_table(results: Sequence[RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def autotune_demo(
+    data: Dataset,
+    hidden: Sequence[int],
+    out: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    precondition_every: int,
+    seed: int = 0,
+) -> tuple[TuneResult, Path, float]:
+    """Tune the demo MLP (as ``python -m autotune`` would) and write the tuning file to ``out``.
+
+    The calibration trains a fresh MLP (seed ``seed``) for ``steps`` steps on random training
+    batches; kernel configs are searched on CUDA only, and every CPU timing is a single call.
+
+    Args:
+        data: the demo data set.
+        hidden: the MLP's hidden widths.
+        out: the tuning file to write.
+        steps: calibration steps (≥ 2).
+        batch_size: calibration batch size.
+        precondition_every: the refresh period T tuned for.
+        seed: seed of the model and the calibration batches.
+
+    Returns:
+        (the tuner's result, the written path, seconds taken).
+    """
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = make_mlp(data.num_features, hidden, data.num_classes)
+    generator = torch.Generator().manual_seed(20_000 + seed)
+    size = min(batch_size, data.x_train.shape[0])
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        idx = torch.randint(0, data.x_train.shape[0], (size,), generator=generator)
+        return F.cross_entropy(m(data.x_train[idx]), data.y_train[idx])
+
+    threads = torch.get_num_threads()
+    try:
+        opts = SearchOptions(steps=steps, precondition_every=precondition_every, cpu_reps=1, seed=seed)
+        result = tune_model(model, loss_fn, opts)
+    finally:
+        torch.set_num_threads(threads)
+    path = result.table.save(out)
+    return result, path, time.perf_counter() - start
+
+
+def tuned_threads(result: TuneResult) -> int:
+    """The tuned ``cpu_threads`` knob of ``result`` (the current torch thread count when absent)."""
+    knobs = [e.knobs.get("cpu_threads") for e in result.table.entries]
+    counts = [k for k in knobs if isinstance(k, int) and not isinstance(k, bool) and k >= 1]
+    return counts[0] if counts else torch.get_num_threads()
+
+
+def autotune_section(result: TuneResult, path: Path, seconds: float) -> list[str]:
+    """Markdown lines of the report's autotune section (the tuner's per-shape summary)."""
+    losses = result.losses
+    return [
+        "## Autotune",
+        "",
+        f"`tune_model` (what `python -m autotune` runs) calibrated the MLP for {len(losses)} steps "
+        f"(loss {losses[0]:.4g} → {losses[-1]:.4g}) and wrote `{path}` in {seconds:.0f} s. "
+        'Per shape: block size and rank per factor for `rank="auto"`, and for `rank="auto", '
+        "sketch=True` the ranks k, the sketch rank ℓ (capped) and the block size; predicted step "
+        "times and state are measured on a stand-alone parameter of that shape.",
+        "",
+        to_markdown(summary_frame(result)),
+        "",
+    ]
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
     """The table as GitHub Markdown (pandas + tabulate), numbers with 4 significant digits."""
     return frame.to_markdown(index=False, floatfmt=".4g")
@@ -345,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--precondition-every", type=_positive_int, default=10, help="Kron basis refresh period (default 10)"
     )
     parser.add_argument(
+        "--tune-steps",
+        type=_positive_int,
+        default=30,
+        help="calibration steps of the autotune step; its tuning.json goes next to --out (default 30)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("perf/results/demo.md"),
@@ -379,10 +478,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_data(args)
     hidden = args.hidden if args.hidden is not None else ([128, 64] if data.name == "fashion_mnist" else [64])
     lrs = args.lrs if args.lrs is not None else list(DEFAULT_LRS)
-    specs = optimizer_specs(args.rank, args.precondition_every)
+    if args.tune_steps < 2:
+        raise ValueError(f"--tune-steps must be at least 2; got {args.tune_steps}")
     seeds = list(range(args.seeds))
     architecture = " → ".join(str(w) for w in [data.num_features, *hidden, data.num_classes])
     print(f"data: {data.note}")
+    print(f"autotune: calibrating {args.tune_steps} steps ...", flush=True)
+    tuned, tuning_path, tune_s = autotune_demo(
+        data,
+        hidden,
+        args.out.parent / "tuning.json",
+        steps=args.tune_steps,
+        batch_size=args.batch_size,
+        precondition_every=args.precondition_every,
+    )
+    print(to_markdown(summary_frame(tuned)))
+    print(f"autotune: wrote {tuning_path} in {tune_s:.0f} s", flush=True)
+    specs = optimizer_specs(args.rank, args.precondition_every, tuning_path)
     print(
         f"model: MLP {architecture}; {args.steps} steps of batch {args.batch_size}; seeds {seeds}; lrs {lrs}"
     )
@@ -391,17 +503,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results: list[RunResult] = []
     total = len(specs) * len(lrs) * len(seeds)
-    for spec in specs:
-        for lr in lrs:
-            for seed in seeds:
-                result = train_run(data, spec, lr, seed, schedules[seed], hidden)
-                results.append(result)
-                print(
-                    f"[{len(results):>3}/{total}] {spec.label:<24} lr={lr:<8g} seed={seed}  "
-                    f"train loss {result.train_loss:.4f}  test acc {100 * result.test_accuracy:5.1f}%  "
-                    f"({result.wall_s:.1f} s)",
-                    flush=True,
-                )
+    threads = tuned_threads(tuned)
+    with cpu_threads(threads):  # surplus threads on a shared CPU slow small matrix products badly
+        for spec in specs:
+            for lr in lrs:
+                for seed in seeds:
+                    result = train_run(data, spec, lr, seed, schedules[seed], hidden)
+                    results.append(result)
+                    print(
+                        f"[{len(results):>3}/{total}] {spec.label:<24} lr={lr:<8g} seed={seed}  "
+                        f"train loss {result.train_loss:.4f}  test acc {100 * result.test_accuracy:5.1f}%  "
+                        f"({result.wall_s:.1f} s)",
+                        flush=True,
+                    )
     summary = summary_table(results)
     grid = grid_table(results)
     elapsed = time.perf_counter() - started
@@ -412,16 +526,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = [
-        "# tritonkron demo: AdamW vs Kron on a small MLP",
+        "# tritonkron demo: autotune, then AdamW vs Kron on a small MLP",
         "",
         f"- dataset: `{data.name}` — {data.note}",
         f"- model: MLP {architecture} (ReLU), cross-entropy, batch {args.batch_size}",
         f"- steps: {args.steps} per run; seeds: {args.seeds} ({', '.join(map(str, seeds))}); "
         f"learning-rate grid: {', '.join(f'{lr:g}' for lr in lrs)}",
         f"- all optimizers: betas {BETAS}, eps {EPS:g}, weight decay 0; Kron precondition_every "
-        f"{args.precondition_every}, block_size 1024",
+        f"{args.precondition_every}, block_size 1024 (rank=auto: the tuned block sizes and ranks, "
+        f"`{tuning_path}`)",
         f"- torch {torch.__version__}, tritonkron {getattr(tk, '__version__', '?')}, Python {platform.python_version()}",
-        f"- date: {now}; CPU threads: {torch.get_num_threads()} (torch) of {os.cpu_count()} (os); "
+        f"- date: {now}; CPU threads: {threads} (torch, the tuned `cpu_threads`) of {os.cpu_count()} (os); "
         f"total time {elapsed:.0f} s",
         "",
         "Best learning rate per optimizer = lowest mean final loss on the whole training split. "
@@ -431,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         table,
         "",
+        *autotune_section(tuned, tuning_path, tune_s),
         "## All grid points",
         "",
         to_markdown(grid),

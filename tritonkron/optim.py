@@ -18,7 +18,14 @@ from tritonkron.config import parse_divergence, parse_tail_rule
 from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
-from tritonkron.tuning import TuningTable, TuningWarning, device_name, ranks_for, resolve_tuning
+from tritonkron.tuning import (
+    TuningTable,
+    TuningWarning,
+    device_name,
+    ranks_for,
+    resolve_tuning,
+    sketch_tuning_for,
+)
 
 MOMENTUM, BLOCKS = "momentum", "blocks"
 
@@ -277,7 +284,7 @@ class Kron(Optimizer):
         validate_group(defaults)
         super().__init__(params, defaults)
         self._tuning: TuningTable | None = None
-        self._tuned: dict[tuple, tuple[int | None, int | None, int]] = {}
+        self._tuned: dict[tuple, tuple[int | None, int | None, int, int | None]] = {}
         if tuning is not None or any(g["rank"] == AUTO for g in self.param_groups):
             self._tuning = resolve_tuning(tuning)
             if self._tuning is None:
@@ -351,16 +358,32 @@ class Kron(Optimizer):
             self._apply(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
 
     def _auto_settings(self, p: Tensor, settings: KronSettings) -> tuple[KronSettings, int]:
-        """Per-factor ranks and block size of ``p`` from the tuning table (``rank="auto"``)."""
-        key = (tuple(p.shape), p.dtype, p.device)
+        """Per-factor ranks, block size and sketch rank of ``p`` from the tuning table (``rank="auto"``).
+
+        Dense factors take the entry's ``rank_a``, ``rank_b`` and ``block_size``. With ``sketch=True``
+        the entry's sketch choice (k_A, k_B, ℓ and its own block size) when it has one; otherwise the
+        dense ranks (a factor tuned to full rank keeps its block dim) with ℓ = 2·max(k_A, k_B). A
+        group's ``sketch_rank`` does not reach here (``_settings`` drops it for ``rank="auto"``), so ℓ
+        is always the tuned one. The lookup is cached per (shape, dtype, device, sketch) as
+        (k_A, k_B, block, ℓ).
+        """
+        key = (tuple(p.shape), p.dtype, p.device, settings.sketch)
         if key not in self._tuned:
-            self._tuned[key] = ranks_for(self._tuning, p.shape, p.dtype, device_name(p.device))
-        rank_a, rank_b, block = self._tuned[key]
-        if settings.sketch:  # the sketch needs int ranks: a factor tuned to full rank keeps its block dim
-            m, n = _layout(tuple(p.shape), block).groups[0].shape
-            rank_a, rank_b = rank_a or m, rank_b or n
+            device = device_name(p.device)
+            rank_a, rank_b, block = ranks_for(self._tuning, p.shape, p.dtype, device)
+            choice = sketch_tuning_for(self._tuning, p.shape, p.dtype, device) if settings.sketch else None
+            ell = None
+            if choice is not None:
+                rank_a, rank_b, block = choice.rank_a, choice.rank_b, choice.block_size
+                ell = choice.sketch_rank
+            elif settings.sketch:  # the sketch needs int ranks: a factor tuned to full keeps its block dim
+                m, n = _layout(tuple(p.shape), block).groups[0].shape
+                rank_a, rank_b = rank_a or m, rank_b or n
+                ell = 2 * max(rank_a, rank_b)
+            self._tuned[key] = (rank_a, rank_b, block, ell)
+        rank_a, rank_b, block, ell = self._tuned[key]
         top = None if rank_a is None or rank_b is None else max(rank_a, rank_b)
-        sketch_rank = (settings.sketch_rank or 2 * top) if settings.sketch and top is not None else None
+        sketch_rank = max(ell, top) if settings.sketch and top is not None else None
         tuned = dataclasses.replace(
             settings, rank=top, factor_ranks=(rank_a, rank_b), sketch_rank=sketch_rank
         )

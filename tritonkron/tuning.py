@@ -18,10 +18,17 @@ A tuning file is one JSON object (schema version :data:`SCHEMA_VERSION`)::
           "kernels": {"precondition": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8,
                                        "num_warps": 4, "num_stages": 3}},
           "knobs": {"ns_steps_a": 9, "root_method": "eigh"},
-          "predicted": {"step_ms_full": 1.9, "state_mb_full": 40.3, ...}
+          "predicted": {"step_ms_full": 1.9, "state_mb_full": 40.3, ...},
+          "sketch": {"block_size": 2304, "rank_a": 40, "rank_b": 96, "sketch_rank": 192}
         }
       ]
     }
+
+``sketch`` is optional (absent in files from before it existed, and when the tuner skipped it):
+the choice for ``tk.Kron(rank="auto", sketch=True)``, i.e. the block size, the subspace rank k of
+each factor and the one sketch rank ℓ (≥ both k) of the shape's low-rank-plus-isotropic factor
+sketches. Without it, ``sketch=True`` falls back to the dense ranks, ℓ = 2·max(k_A, k_B) and the
+dense block size (with a one-time warning).
 
 Entries are keyed by (shape, dtype) within the file and the file by its device. Ranks and block
 sizes are properties of the model's data and of the block layout, so they stay valid on another
@@ -67,6 +74,7 @@ from tritonkron.reference.blocking import matrix_shape
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "SCHEMA_VERSION",
+    "SketchTuning",
     "TuningEntry",
     "TuningFileError",
     "TuningTable",
@@ -79,6 +87,7 @@ __all__ = [
     "resolve_tuning",
     "resolve_tuning_path",
     "single_rank",
+    "sketch_tuning_for",
     "tuned_param_groups",
 ]
 
@@ -137,6 +146,48 @@ def _installed_version(package: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class SketchTuning:
+    """The tuned choice of one shape for ``tk.Kron(rank="auto", sketch=True)``.
+
+    Attributes:
+        block_size: ``tk.Kron``'s ``block_size`` in sketched mode.
+        rank_a: subspace rank k_A of factor A (per block), ≥ 1.
+        rank_b: subspace rank k_B of factor B (per block), ≥ 1.
+        sketch_rank: sketch rank ℓ ≥ max(k_A, k_B) (each factor keeps min(ℓ, its dimension)).
+    """
+
+    block_size: int
+    rank_a: int
+    rank_b: int
+    sketch_rank: int
+
+    def to_json(self) -> dict[str, int]:
+        """The choice as a JSON-ready dict."""
+        return {
+            "block_size": self.block_size,
+            "rank_a": self.rank_a,
+            "rank_b": self.rank_b,
+            "sketch_rank": self.sketch_rank,
+        }
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> SketchTuning:
+        """Parse an entry's ``sketch`` object; ``where`` prefixes every error message.
+
+        Raises:
+            TuningFileError: not an object, a missing field, a non-positive value or ℓ < max(k_A, k_B).
+        """
+        keys = ("block_size", "rank_a", "rank_b", "sketch_rank")
+        if not isinstance(data, dict) or not all(_is_int(data.get(key), 1) for key in keys):
+            raise TuningFileError(
+                f"{where}: sketch must be an object of positive ints {list(keys)}; got {data!r}"
+            )
+        if data["sketch_rank"] < max(data["rank_a"], data["rank_b"]):
+            raise TuningFileError(f"{where}: sketch.sketch_rank must be >= rank_a and rank_b; got {data!r}")
+        return cls(data["block_size"], data["rank_a"], data["rank_b"], data["sketch_rank"])
+
+
+@dataclass(frozen=True)
 class TuningEntry:
     """The tuned choices for one parameter shape and dtype.
 
@@ -149,6 +200,7 @@ class TuningEntry:
         kernels: Triton launch config per op (``{"precondition": {"BLOCK_M": 64, ...}}``).
         knobs: algorithmic and CPU choices (e.g. ``ns_steps_a``, ``root_method``, ``cpu_threads``).
         predicted: measured or computed predictions (step milliseconds, state megabytes).
+        sketch: the choice for ``sketch=True`` (:class:`SketchTuning`), or None when not tuned.
     """
 
     shape: tuple[int, int]
@@ -159,10 +211,11 @@ class TuningEntry:
     kernels: dict[str, dict[str, int]] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)
     predicted: dict[str, float | None] = field(default_factory=dict)
+    sketch: SketchTuning | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as a JSON-ready dict (the schema in the module docstring)."""
-        return {
+        """The entry as a JSON-ready dict (the schema in the module docstring; no ``sketch`` when None)."""
+        data = {
             "shape": list(self.shape),
             "dtype": self.dtype,
             "block_size": self.block_size,
@@ -172,6 +225,9 @@ class TuningEntry:
             "knobs": dict(sorted(self.knobs.items())),
             "predicted": dict(sorted(self.predicted.items())),
         }
+        if self.sketch is not None:
+            data["sketch"] = self.sketch.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: object, where: str) -> TuningEntry:
@@ -206,6 +262,7 @@ class TuningEntry:
         predicted = data.get("predicted", {})
         if not (isinstance(predicted, dict) and all(_is_number(v) for v in predicted.values())):
             raise TuningFileError(f"{where}: predicted must map names to numbers or null")
+        sketch = data.get("sketch")
         return cls(
             shape=(shape[0], shape[1]),
             dtype=data["dtype"],
@@ -215,6 +272,7 @@ class TuningEntry:
             kernels={op: dict(cfg) for op, cfg in kernels.items()},
             knobs=dict(knobs),
             predicted=dict(predicted),
+            sketch=None if sketch is None else SketchTuning.from_json(sketch, where),
         )
 
 
@@ -452,6 +510,33 @@ def ranks_for(
     return entry.rank_a, entry.rank_b, entry.block_size
 
 
+def sketch_tuning_for(
+    table: TuningTable | None, shape: Iterable[int], dtype: torch.dtype | str, device: str | None = None
+) -> SketchTuning | None:
+    """The tuned ``sketch=True`` choice of one parameter, or None (the caller falls back).
+
+    None without a table or an entry (:func:`ranks_for` warns about those); an entry without a
+    ``sketch`` choice (a file written before it existed, or tuned with ``--no-sketch``) warns once.
+
+    Args:
+        table: a loaded tuning table, or None.
+        shape: the parameter's shape (≥ 2 dims).
+        dtype: the parameter's dtype.
+        device: device name (:func:`device_name`), or None to skip the device check.
+    """
+    entry = table.lookup(shape, dtype, device) if table is not None else None
+    if entry is None:
+        return None
+    if entry.sketch is None:
+        _warn_once(
+            (str(table.path), "no-sketch", str(entry.shape), entry.dtype),
+            f"tuning file {table.path} has no sketch choice for shape {list(entry.shape)} {entry.dtype}; "
+            "sketch=True uses its dense ranks with sketch_rank = 2·max(rank_a, rank_b) (re-run "
+            "`python -m autotune` to tune the sketched mode).",
+        )
+    return entry.sketch
+
+
 def single_rank(rank_a: int | None, rank_b: int | None) -> int | None:
     """One ``rank=`` for ``tk.Kron`` (which takes one rank for both factors): the larger of the two.
 
@@ -471,10 +556,11 @@ def tuned_param_groups(
 ) -> list[dict[str, Any]]:
     """Param groups for ``tk.Kron`` with each matrix parameter's tuned rank and block size.
 
-    Until ``tk.Kron`` takes ``rank="auto"`` itself, ``tk.Kron(tuned_param_groups(model.parameters(),
-    table), lr=...)`` applies a table: one group per matrix parameter with ``rank`` =
-    :func:`single_rank` of its tuned ranks and its tuned ``block_size``; tensors with fewer than
-    2 dims share one group (they take the AdamW path).
+    An explicit alternative to ``tk.Kron(rank="auto", tuning=table)`` that a user can edit per
+    group: ``tk.Kron(tuned_param_groups(model.parameters(), table), lr=...)`` gets one group per
+    matrix parameter with ``rank`` = :func:`single_rank` of its tuned ranks (``rank="auto"`` keeps
+    the two factor ranks apart) and its tuned ``block_size``; tensors with fewer than 2 dims share
+    one group (they take the AdamW path).
 
     Args:
         params: tensors or ``(name, tensor)`` pairs.

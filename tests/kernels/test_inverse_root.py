@@ -20,18 +20,18 @@ import torch
 from torch import Tensor
 
 import tritonkron.kernels.inverse_root as kernel_module
-import tritonkron.reference.inverse_root as reference_module
+import tritonkron.reference.newton_schulz as reference_module
 from tritonkron.kernels.inverse_root import (
     _keep_newton_schulz,
     coupled_newton_step_triton,
     newton_schulz_configs,
     newton_schulz_triton,
 )
-from tritonkron.reference.inverse_root import (
+from tritonkron.reference.eigh_root import inverse_root_eigh
+from tritonkron.reference.newton_schulz import (
     RootStatus,
     coupled_newton_init,
     coupled_newton_step,
-    inverse_root_eigh,
     newton_schulz_inverse_root,
 )
 

@@ -19,12 +19,14 @@ from torch import Tensor
 
 from tritonkron._env import triton_interpret
 from tritonkron.divergences import Coupling, track_eigenvalues
+from tritonkron.kernels.bmm import keep_bmm_config
 from tritonkron.kernels.precondition import (
-    _keep_precondition,
-    _keep_track_eigenvalues,
     eigenbasis_precondition_triton,
     precondition_configs,
     spike_and_flat_triton,
+)
+from tritonkron.kernels.track_eigenvalues import (
+    _keep_track_eigenvalues,
     track_eigenvalues_configs,
     track_eigenvalues_triton,
 )
@@ -176,7 +178,7 @@ def test_track_eigenvalues_strided_in_place_float_scales() -> None:
 
 def test_config_spaces_are_legal() -> None:
     cfgs = precondition_configs()
-    assert cfgs and all(_keep_precondition({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages})
+    assert cfgs and all(keep_bmm_config({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages})
                         for c in cfgs)  # fmt: skip
     tcfgs = track_eigenvalues_configs()
     assert tcfgs and all(

@@ -176,14 +176,14 @@ def test_batch_schedule_is_deterministic_and_covers_each_epoch() -> None:
 def test_demo_smoke_run_writes_a_table(tmp_path: Path) -> None:
     out = tmp_path / "results" / "demo.md"
     args = ["--dataset", "digits", "--steps", "12", "--seeds", "1", "--lrs", "1e-3", "--batch-size", "64"]
-    args += ["--precondition-every", "5", "--rank", "8", "--out", str(out)]
+    args += ["--precondition-every", "5", "--rank", "8", "--tune-steps", "3", "--out", str(out)]
     assert demo.main(args) == 0
     text = out.read_text(encoding="utf-8")
-    for label in ("AdamW", "Kron logdet", "Kron von_neumann", "Kron frobenius", "Kron logdet rank=8"):
+    labels = ("AdamW", "Kron logdet", "Kron von_neumann", "Kron frobenius", "Kron logdet rank=8")
+    for label in (*labels, "Kron logdet rank=auto", "Kron logdet rank=auto sketch"):
         assert f"| {label} " in text
     assert "dataset: `digits`" in text and "steps: 12" in text and "torch " in text
-    summary_rows = [
-        line for line in text.split("## All grid points")[0].splitlines() if line.startswith("| ")
-    ]
-    assert len(summary_rows) == 6  # header + 5 optimizers
+    assert (out.parent / "tuning.json").is_file()  # the autotune step writes next to the report
+    summary_rows = [line for line in text.split("## Autotune")[0].splitlines() if line.startswith("| ")]
+    assert len(summary_rows) == 8  # header + 7 optimizers
     assert all("nan" not in row.lower() for row in summary_rows), summary_rows

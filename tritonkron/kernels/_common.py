@@ -5,16 +5,18 @@
 - :data:`TORCH_TO_TL`: torch → ``tl`` dtype map for the float dtypes the kernels accept.
 - :func:`split_float`: a Python float as an fp32 (hi, lo) pair, for fp64 kernels (Triton passes
   every Python float argument as fp32).
-- :func:`normalize_config`: an explicit ``dict`` / ``triton.Config`` as a flat dict.
-- :func:`check_tensor`, :func:`check_shape`, :func:`check_float`, :func:`may_overlap`: launcher
-  argument checks that raise ``ValueError`` naming the parameter.
+- :func:`normalize_config`, :func:`resolve_config`: an explicit ``dict`` / ``triton.Config`` as a
+  flat dict, and merged over a heuristic default and validated.
+- :func:`check_tensor`, :func:`check_operand`, :func:`check_shape`, :func:`check_float`,
+  :func:`check_range`, :func:`out_or_empty`, :func:`may_overlap`: launcher argument checks that
+  raise ``ValueError`` naming the parameter.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import triton
@@ -24,9 +26,12 @@ from torch import Tensor
 from tritonkron._env import triton_interpret
 
 __all__ = [
+    "FLOATS",
     "SMEM_BUDGET",
     "TORCH_TO_TL",
     "check_float",
+    "check_operand",
+    "check_range",
     "check_shape",
     "check_tensor",
     "interpreting",
@@ -34,6 +39,8 @@ __all__ = [
     "may_overlap",
     "next_power_of_2",
     "normalize_config",
+    "out_or_empty",
+    "resolve_config",
     "split_float",
     "tile_size",
 ]
@@ -42,6 +49,9 @@ _FP32_MAX = 3.4028234663852886e38
 
 # Shared-memory budget for pipelined operand tiles (bytes): fits sm80 (164 KiB) and later.
 SMEM_BUDGET = 160 * 1024
+
+# Operand dtypes of the fp32-accumulating launchers (precondition, eigenvalue tracking, sketches).
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 TORCH_TO_TL: dict[torch.dtype, tl.dtype] = {
     torch.float16: tl.float16,
@@ -97,6 +107,31 @@ def normalize_config(config: Mapping[str, int] | triton.Config) -> dict[str, int
     return dict(config)
 
 
+def resolve_config(
+    config: Mapping[str, int] | triton.Config | None,
+    default: dict[str, int],
+    keys: tuple[str, ...],
+    keep: Callable[[Mapping[str, int]], bool],
+    kind: str = "tile",
+) -> dict[str, int]:
+    """An explicit config merged over the heuristic ``default`` and validated; ``default`` if None.
+
+    Raises:
+        ValueError: a key outside ``keys``, or a merged config that ``keep`` rejects (the message
+            says "config is not a legal {kind} config").
+    """
+    if config is None:
+        return default
+    cfg = normalize_config(config)
+    unknown = sorted(set(cfg) - set(keys))
+    if unknown:
+        raise ValueError(f"config has unknown keys {unknown}; allowed: {list(keys)}")
+    merged = {**default, **cfg}
+    if not keep(merged):
+        raise ValueError(f"config is not a legal {kind} config: {merged}")
+    return merged
+
+
 def check_tensor(
     name: str, t: object, ndim: int, dtypes: tuple[torch.dtype, ...], device: torch.device
 ) -> Tensor:
@@ -117,6 +152,33 @@ def check_tensor(
     return t
 
 
+def check_operand(name: str, t: object, ndim: int, device: torch.device | None = None) -> Tensor:
+    """Return ``t`` if it is an ``ndim``-D float32/float16/bfloat16 tensor (on ``device`` if given).
+
+    Raises:
+        ValueError: naming ``name`` and what is wrong.
+    """
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {tuple(t.shape)}")
+    if t.dtype not in FLOATS:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16; got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device}; got {t.device}")
+    return t
+
+
+def out_or_empty(out: Tensor | None, shape: tuple[int, ...], like: Tensor, name: str = "out") -> Tensor:
+    """``out`` checked with :func:`check_operand` to have ``shape`` on ``like``'s device, or a new
+    empty tensor of that shape with ``like``'s dtype."""
+    if out is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    check_operand(name, out, len(shape), like.device)
+    check_shape(name, out, shape)
+    return out
+
+
 def check_shape(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``t.shape == shape``."""
     if tuple(t.shape) != shape:
@@ -128,6 +190,16 @@ def check_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a Python float; got {type(value).__name__}")
     return float(value)
+
+
+def check_range(name: str, value: object, lo: float, hi: float = float("inf")) -> float:
+    """``value`` as a float if it is a Python int or float in ``[lo, hi]``."""
+    if isinstance(value, Tensor) or not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a Python float; got {type(value).__name__}")
+    value = float(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must lie in [{lo}, {hi}]; got {value}")
+    return value
 
 
 def may_overlap(a: Tensor, b: Tensor) -> bool:

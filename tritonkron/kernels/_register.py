@@ -11,12 +11,9 @@ import torch
 from torch import Tensor
 
 from tritonkron.kernels.factor_update import factor_update_triton
-from tritonkron.kernels.precondition import (
-    eigenbasis_precondition_triton,
-    spike_and_flat_triton,
-    track_eigenvalues_triton,
-)
+from tritonkron.kernels.precondition import eigenbasis_precondition_triton, spike_and_flat_triton
 from tritonkron.kernels.sketch import sketch_precondition_triton, sketch_update_triton
+from tritonkron.kernels.track_eigenvalues import track_eigenvalues_triton
 
 
 @torch.library.custom_op("tritonkron::factor_update", mutates_args=())

@@ -27,15 +27,17 @@ strides), so that the increment is always 𝒢 W 𝒢ᵀ of size d × d. The blo
    its pair, so the result is bitwise symmetric (also on diagonal tiles, where acc itself is
    not symmetric in floating point).
 
-Weighted forms: the thin product P is formed by a separate batched GEMM (``_bmm_kernel``) into
-an fp32 (fp64 for fp64 X) ``[B, d, k]`` buffer, and the symmetric kernel then reads it. The
-eigen-form keeps w as an explicit per-column scaling of A inside the symmetric kernel rather than
-scaling P by √w: that is valid for every sign of w (the Frobenius coupling has w = b ≥ 0 and
-LogDet w = 1/b > 0, but nothing else enforces it), costs one multiply per loaded element, and
-reproduces the reference's (𝒢Q) diag(w) (𝒢Q)ᵀ without a square-root rounding. Dense W is not
-assumed definite (no square root): the symmetric kernel computes the upper tiles of P 𝒢ᵀ, and
-the GEMM symmetrises W on the fly (it loads W and Wᵀ), which is what the reference's final
-½(out + outᵀ) computes for a non-symmetric W.
+Both GEMMs are shared kernels: the symmetric one of :mod:`tritonkron.kernels.sym_gemm` (with
+C = X, α = s and the eigen-form weights w) and, for the weighted forms, the batched GEMM of
+:mod:`tritonkron.kernels.bmm`, which forms the thin product P into an fp32 (fp64 for fp64 X)
+``[B, d, k]`` buffer that the symmetric kernel then reads. The eigen-form keeps w as an explicit
+per-column scaling of A inside the symmetric kernel rather than scaling P by √w: that is valid
+for every sign of w (the Frobenius coupling has w = b ≥ 0 and LogDet w = 1/b > 0, but nothing
+else enforces it), costs one multiply per loaded element, and reproduces the reference's
+(𝒢Q) diag(w) (𝒢Q)ᵀ without a square-root rounding. Dense W is not assumed definite (no square
+root): the symmetric kernel computes the upper tiles of P 𝒢ᵀ, and the GEMM symmetrises W on the
+fly (``sym_b``: it loads W and Wᵀ), which is what the reference's final ½(out + outᵀ) computes
+for a non-symmetric W.
 
 Differences from the reference (only these):
 
@@ -53,8 +55,8 @@ Dtypes: X and ``out`` float32 with G in {float32, float16, bfloat16} (bfloat16 n
 interpreter has no bf16 arithmetic), or X and ``out`` float64 with G of any of these four
 (converted exactly). Weights may be any of the four float dtypes.
 
-No GROUP_M swizzle: the upper-tile enumeration is column by column (j outer, i ≤ j inner), so
-consecutive programs share the C operand's j rows.
+The upper-tile enumeration is column by column (j outer, i ≤ j inner), so consecutive programs
+share the C operand's j rows; the thin GEMM runs without GROUP_M swizzling (GROUP_M = 1).
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ from typing import Literal
 
 import torch
 import triton
-import triton.language as tl
 from torch import Tensor
 
 from tritonkron.kernels._common import (
@@ -76,10 +77,11 @@ from tritonkron.kernels._common import (
     interpreting,
     is_pow2_tile,
     may_overlap,
-    normalize_config,
-    split_float,
+    resolve_config,
     tile_size,
 )
+from tritonkron.kernels.bmm import launch_bmm
+from tritonkron.kernels.sym_gemm import launch_sym_gemm
 
 __all__ = ["factor_update_configs", "factor_update_triton"]
 
@@ -88,184 +90,7 @@ Weight = Tensor | tuple[Tensor, Tensor] | None
 
 _G_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _X_DTYPES = (torch.float32, torch.float64)
-_LOW = (torch.float16, torch.bfloat16)
 _KEYS = ("BLOCK_M", "BLOCK_K", "num_warps", "num_stages")
-
-
-@triton.jit
-def _factor_update_kernel(
-    # Pointers: X (read, upper triangle), operands A and C, weights w, per-block scales, output.
-    x_ptr,
-    a_ptr,
-    c_ptr,
-    w_ptr,
-    scale_ptr,
-    out_ptr,
-    # Scalars: β and a float scale, each as an fp32 (hi, lo) pair (fp64 precision for fp64 X).
-    beta_hi,
-    beta_lo,
-    scale_hi,
-    scale_lo,
-    # Sizes: the output is [D, D] and A, C are [D, K] per batch element.
-    D,
-    K,
-    # Strides: stride_xy is how far a pointer moves when index y of tensor x grows by one.
-    stride_xb,
-    stride_xm,
-    stride_xn,
-    stride_ab,
-    stride_am,
-    stride_ak,
-    stride_cb,
-    stride_cm,
-    stride_ck,
-    stride_wb,
-    stride_wk,
-    stride_sb,
-    stride_ob,
-    stride_om,
-    stride_on,
-    # Meta-parameters.
-    HAS_W: tl.constexpr,
-    PER_BLOCK_SCALE: tl.constexpr,
-    NATIVE_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """out[b] = β·X[b] + s_b·A[b] diag(w[b]) C[b]ᵀ on one upper tile pair, stored mirrored.
-
-    Tile mapping: pid = b·T(T+1)/2 + j(j+1)/2 + i with 0 ≤ i ≤ j < T = cdiv(D, BLOCK_M); the
-    program owns output rows i·BLOCK_M… and columns j·BLOCK_M…. Masking: rows/cols ≥ D and the
-    K tail load as 0; X is loaded on or above the diagonal only; the direct store covers row ≤ col
-    and the transposed store row < col, so no element is written twice.
-    """
-    ACC: tl.constexpr = out_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    num_pid = tl.cdiv(D, BLOCK_M)
-    num_pairs = num_pid * (num_pid + 1) // 2
-    pid_b = (pid // num_pairs).to(tl.int64)
-    pid_t = pid % num_pairs
-    # Invert t = j(j+1)/2 + i: j = ⌊(√(8t+1) − 1)/2⌋, then correct a possible ±1 rounding error.
-    pid_n = ((tl.sqrt(8.0 * pid_t.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
-    pid_n = tl.where(pid_n * (pid_n + 1) // 2 > pid_t, pid_n - 1, pid_n)
-    pid_n = tl.where((pid_n + 1) * (pid_n + 2) // 2 <= pid_t, pid_n + 1, pid_n)
-    pid_m = pid_t - pid_n * (pid_n + 1) // 2
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < D
-    mask_n = offs_n < D
-    a_ptrs = a_ptr + pid_b * stride_ab + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    c_ptrs = c_ptr + pid_b * stride_cb + offs_k[:, None] * stride_ck + offs_n[None, :] * stride_cm  # Cᵀ
-    w_ptrs = w_ptr + pid_b * stride_wb + offs_k * stride_wk
-
-    acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=ACC)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        mask_k = offs_k < K - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        c = tl.load(c_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if NATIVE_DOT:
-            # fp16/bf16 operands: tensor cores, exact products, fp32 sums.
-            acc = tl.dot(a, c, acc)
-        else:
-            a = a.to(ACC)
-            if HAS_W:
-                w = tl.load(w_ptrs, mask=mask_k, other=0.0)
-                a = a * w.to(ACC)[None, :]
-            acc = tl.dot(a, c.to(ACC), acc, input_precision="ieee")
-        a_ptrs += BLOCK_K * stride_ak
-        c_ptrs += BLOCK_K * stride_ck
-        w_ptrs += BLOCK_K * stride_wk
-
-    # Epilogue while acc is still in the accumulator dtype: β·X (upper triangle) + s·acc.
-    if PER_BLOCK_SCALE:
-        scale = tl.load(scale_ptr + pid_b * stride_sb).to(ACC)
-    else:
-        scale = tl.cast(scale_hi, ACC) + tl.cast(scale_lo, ACC)
-    beta = tl.cast(beta_hi, ACC) + tl.cast(beta_lo, ACC)
-    upper = offs_m[:, None] <= offs_n[None, :]
-    mask = mask_m[:, None] & mask_n[None, :] & upper
-    x_ptrs = x_ptr + pid_b * stride_xb + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn
-    x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
-    acc = beta * x + scale * acc
-
-    out_base = out_ptr + pid_b * stride_ob
-    tl.store(out_base + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on, acc, mask=mask)
-    # Mirror: element (r, c) with r < c also lands at (c, r).
-    acc_t = tl.trans(acc)  # [BLOCK_M (rows offs_n), BLOCK_M (cols offs_m)]
-    mask_t = mask_n[:, None] & mask_m[None, :] & (offs_m[None, :] < offs_n[:, None])
-    tl.store(out_base + offs_n[:, None] * stride_om + offs_m[None, :] * stride_on, acc_t, mask=mask_t)
-
-
-@triton.jit
-def _bmm_kernel(
-    # Pointers: C = A @ B̃ with B̃ = B, or ½(B + Bᵀ) when SYM_B (B square).
-    a_ptr,
-    b_ptr,
-    c_ptr,
-    # Sizes: A is [M, K], B is [K, N], C is [M, N] per batch element.
-    M,
-    N,
-    K,
-    # Strides.
-    stride_ab,
-    stride_am,
-    stride_ak,
-    stride_bb,
-    stride_bk,
-    stride_bn,
-    stride_cb,
-    stride_cm,
-    stride_cn,
-    # Meta-parameters.
-    SYM_B: tl.constexpr,
-    NATIVE_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """Batched C[b] = A[b] @ B̃[b]; one program per (batch, BLOCK_M × BLOCK_N tile) of C.
-
-    Masking: rows ≥ M, columns ≥ N and the K tail load as 0; stores outside C are skipped.
-    """
-    ACC: tl.constexpr = c_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_b = (pid // (num_pid_m * num_pid_n)).to(tl.int64)
-    pid_t = pid % (num_pid_m * num_pid_n)
-    pid_m = pid_t // num_pid_n
-    pid_n = pid_t % num_pid_n
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    a_ptrs = a_ptr + pid_b * stride_ab + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + pid_b * stride_bb + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-    bt_ptrs = b_ptr + pid_b * stride_bb + offs_k[:, None] * stride_bn + offs_n[None, :] * stride_bk
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        mask_k = offs_k < K - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if NATIVE_DOT:
-            acc = tl.dot(a, b, acc)
-        else:
-            b = b.to(ACC)
-            if SYM_B:
-                bt = tl.load(bt_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                b = 0.5 * (b + bt.to(ACC))
-            acc = tl.dot(a.to(ACC), b, acc, input_precision="ieee")
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-        bt_ptrs += BLOCK_K * stride_bn
-
-    c_ptrs = c_ptr + pid_b * stride_cb + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    tl.store(c_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +99,7 @@ def _bmm_kernel(
 
 
 def _keep_factor_update(config: Mapping[str, int]) -> bool:
-    """Whether a config is legal for both kernels of this module.
+    """Whether a config is legal for both GEMMs of the update (the symmetric one and the thin one).
 
     Rules: BLOCK_M, BLOCK_K powers of two ≥ 16 (``tl.dot``'s minimum); num_warps in {1, …, 16};
     num_stages ≥ 1; the fp32 operand tiles of the symmetric kernel (A: BLOCK_M × BLOCK_K and
@@ -331,19 +156,10 @@ def _heuristic(d: int, k: int, acc_dtype: torch.dtype) -> dict[str, int]:
     }
 
 
-def _resolve_config(
-    config: Mapping[str, int] | triton.Config | None, default: dict[str, int]
-) -> dict[str, int]:
-    if config is None:
-        return default
-    cfg = normalize_config(config)
-    unknown = sorted(set(cfg) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"config has unknown keys {unknown}; allowed: {list(_KEYS)}")
-    merged = {**default, **cfg}
-    if not _keep_factor_update(merged):
-        raise ValueError(f"config is not a legal factor-update config: {merged}")
-    return merged
+def _thin_gemm_config(cfg: Mapping[str, int]) -> dict[str, int]:
+    """The batched-GEMM config of the thin product P: BLOCK_M × BLOCK_K output tiles, BLOCK_K deep."""
+    return {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_K"], "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": 1,
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,24 +185,6 @@ def _check_out(out: Tensor | None, X: Tensor, inputs: dict[str, Tensor]) -> Tens
 # ---------------------------------------------------------------------------------------------
 # Launchers.
 # ---------------------------------------------------------------------------------------------
-
-
-def _launch_bmm(a: Tensor, b: Tensor, c: Tensor, cfg: dict[str, int], sym_b: bool) -> None:
-    """c[b] = a[b] @ b̃[b] for 3-D operands (any strides); b̃ = ½(b + bᵀ) when ``sym_b``."""
-    Bsz, M, K = a.shape
-    N = b.shape[-1]
-    if c.numel() == 0:
-        return
-    native = a.dtype == b.dtype and a.dtype in _LOW and c.dtype == torch.float32 and not sym_b
-    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_K"]
-    grid = (Bsz * triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _bmm_kernel[grid](
-        a, b, c,
-        M, N, K,
-        *a.stride(), *b.stride(), *c.stride(),
-        SYM_B=sym_b, NATIVE_DOT=native, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
 
 
 def factor_update_triton(
@@ -438,7 +236,7 @@ def factor_update_triton(
     check_shape("X", X, (Bsz, d, d))
     if G.dtype == torch.float64 and X.dtype != torch.float64:
         raise ValueError("G is float64 but X is float32: use a float64 X (or a float32 G)")
-    beta_hi, beta_lo = split_float(check_float("beta", beta))
+    beta = check_float("beta", beta)
     inputs = {"G": G}
 
     if isinstance(scale, Tensor):
@@ -447,12 +245,10 @@ def factor_update_triton(
             raise ValueError(
                 f"scale must be a float or a tensor with B = {Bsz} elements; got {list(scale.shape)}"
             )
-        scale_t = scale.reshape(Bsz)
-        scale_hi = scale_lo = 0.0
+        alpha: Tensor | float = scale.reshape(Bsz)
         inputs["scale"] = scale
     else:
-        scale_t = None
-        scale_hi, scale_lo = split_float(check_float("scale", scale))
+        alpha = check_float("scale", scale)
 
     dense = isinstance(weight, Tensor)
     if weight is None:
@@ -473,7 +269,7 @@ def factor_update_triton(
         )
 
     out = _check_out(out, X, inputs)
-    cfg = _resolve_config(config, _heuristic(d, k, X.dtype))
+    cfg = resolve_config(config, _heuristic(d, k, X.dtype), _KEYS, _keep_factor_update, "factor-update")
     if out.numel() == 0:
         return out
 
@@ -483,24 +279,7 @@ def factor_update_triton(
         a_op = c_op = g_op
     else:
         a_op = torch.empty((Bsz, d, k), dtype=X.dtype, device=X.device)  # P = 𝒢 Q or 𝒢 ½(W + Wᵀ)
-        _launch_bmm(g_op, Q, a_op, cfg, sym_b=dense)
+        launch_bmm(g_op, Q, a_op, _thin_gemm_config(cfg), sym_b=dense)
         c_op = g_op if dense else a_op
-    native = Q is None and G.dtype in _LOW and X.dtype == torch.float32
-    w_t = w if w is not None else out  # dummy pointer when HAS_W is False
-    s_t = scale_t if scale_t is not None else out
-
-    num_pid = triton.cdiv(d, cfg["BLOCK_M"])
-    grid = (Bsz * num_pid * (num_pid + 1) // 2,)
-    _factor_update_kernel[grid](
-        X, a_op, c_op, w_t, s_t, out,
-        beta_hi, beta_lo, scale_hi, scale_lo,
-        d, k,
-        *X.stride(), *a_op.stride(), *c_op.stride(),
-        *(w.stride() if w is not None else (0, 0)),
-        scale_t.stride(0) if scale_t is not None else 0,
-        *out.stride(),
-        HAS_W=w is not None, PER_BLOCK_SCALE=scale_t is not None, NATIVE_DOT=native,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+    launch_sym_gemm(a_op, c_op.transpose(1, 2), out, cfg, w=w, c=X, alpha=alpha, beta=beta)
     return out

@@ -1,6 +1,6 @@
 """Coupled Newton iteration for the inverse p-th root A^{-1/p}, p ∈ {2, 4} (batched, symmetric).
 
-Triton twin of ``tritonkron.reference.inverse_root.newton_schulz_inverse_root`` and its single
+Triton twin of ``tritonkron.reference.newton_schulz.newton_schulz_inverse_root`` and its single
 step ``coupled_newton_step``. With the reference's scaling c (so that spec(A/cᵖ) ⊂ (0, 1]):
 
     X₀ = I / c,   M₀ = A / cᵖ
@@ -8,7 +8,8 @@ step ``coupled_newton_step``. With the reference's scaling c (so that spec(A/c�
     X_k → A^{-1/p},  M_k → I,  residual r_k = ‖M_k − I‖_F / √d
 
 Every iterate is a polynomial in A, so X, M, T and all their products are symmetric and commute.
-One iteration is a few launches of one symmetric batched GEMM kernel with a polynomial epilogue,
+One iteration is a few launches of the symmetric batched GEMM of :mod:`tritonkron.kernels.sym_gemm`
+with a polynomial epilogue,
 
     out = α·(P Q) + β·C + γ·I      (only tiles with tile_m ≤ tile_n; each is mirrored)
 
@@ -20,7 +21,7 @@ used as (q = p + 1)::
     p = 4:  W = T² M ;  M_new = T² W              # + fused residual partial sums
 
 so an iteration costs 3 (p = 2) or 4 (p = 4) half-GEMMs. The residual of M_new is reduced per
-tile in the last GEMM's epilogue (off-diagonal tiles counted twice) into a ``[B, tiles]`` buffer
+tile in the last GEMM's epilogue (off-diagonal tiles counted twice) into a ``[B, T²]`` buffer
 that torch sums; the Python loop stops when every batch element has r ≤ tol.
 """
 
@@ -33,79 +34,14 @@ from collections.abc import Mapping
 
 import torch
 import triton
-import triton.language as tl
 from torch import Tensor
 
 from tritonkron._env import triton_interpret
-from tritonkron.reference.inverse_root import InverseRootResult, NewtonProgress, RootScaling, RootStatus
+from tritonkron.kernels._common import SMEM_BUDGET, is_pow2_tile, resolve_config
+from tritonkron.kernels.sym_gemm import launch_sym_gemm
+from tritonkron.reference.newton_schulz import InverseRootResult, NewtonProgress, RootScaling, RootStatus
 
 __all__ = ["coupled_newton_step_triton", "newton_schulz_configs", "newton_schulz_triton"]
-
-
-@triton.jit
-def _sym_gemm_kernel(
-    # Pointers: out = α·(P @ Q) + β·C + γ·I; res receives per-tile Σ (out − I)² when RESIDUAL.
-    p_ptr, q_ptr, c_ptr, out_ptr, res_ptr, alpha, beta, gamma,
-    # Size: every operand is [D, D] per batch element.
-    D,
-    # Strides: stride_xy is how far a pointer moves when index y of tensor x grows by one.
-    stride_pb, stride_pm, stride_pk, stride_qb, stride_qk, stride_qn, stride_cb, stride_cm, stride_cn,
-    stride_ob, stride_om, stride_on, stride_rb,
-    # Meta-parameters.
-    HAS_C: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """Symmetric batched GEMM with the polynomial epilogue; one program per (batch, tile pair).
-
-    Only tiles with tile_m ≤ tile_n compute (the others exit at once). The result is stored at
-    (i, j) for i ≤ j and mirrored to (j, i) for i < j, so ``out`` is exactly symmetric. Rows,
-    columns and the K tail beyond D are masked.
-    """
-    pid = tl.program_id(0)
-    num_t = tl.cdiv(D, BLOCK)
-    pid_b = (pid // (num_t * num_t)).to(tl.int64)
-    pid_m = (pid % (num_t * num_t)) // num_t
-    pid_n = pid % num_t
-    if pid_m > pid_n:
-        return
-
-    offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
-    offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < D
-    mask_n = offs_n < D
-    p_ptrs = p_ptr + pid_b * stride_pb + offs_m[:, None] * stride_pm + offs_k[None, :] * stride_pk
-    q_ptrs = q_ptr + pid_b * stride_qb + offs_k[:, None] * stride_qk + offs_n[None, :] * stride_qn
-    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
-    for k in range(0, tl.cdiv(D, BLOCK_K)):
-        mask_k = offs_k < D - k * BLOCK_K
-        a = tl.load(p_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(q_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        # fp32 products without TF32: the iteration amplifies product errors near convergence.
-        acc = tl.dot(a, b, acc, input_precision="ieee")
-        p_ptrs += BLOCK_K * stride_pk
-        q_ptrs += BLOCK_K * stride_qk
-
-    # Polynomial epilogue, while the accumulator is fp32.
-    eye = offs_m[:, None] == offs_n[None, :]
-    acc = alpha * acc + gamma * eye.to(tl.float32)
-    if HAS_C:
-        c_ptrs = c_ptr + pid_b * stride_cb + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-        acc += beta * tl.load(c_ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
-
-    valid = mask_m[:, None] & mask_n[None, :]
-    upper = offs_m[:, None] <= offs_n[None, :]
-    strict = offs_m[:, None] < offs_n[None, :]
-    out_base = out_ptr + pid_b * stride_ob
-    out_ptrs = out_base + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    tl.store(out_ptrs, acc, mask=valid & upper)
-    mirror_ptrs = out_base + offs_n[None, :] * stride_om + offs_m[:, None] * stride_on  # (j, i)
-    tl.store(mirror_ptrs, acc, mask=valid & strict)
-
-    if RESIDUAL:
-        r = acc - eye.to(tl.float32)
-        weight = tl.where(strict, 2.0, 1.0)  # mirrored entries appear twice in ‖M − I‖²_F
-        part = tl.sum(tl.sum(tl.where(valid & upper, weight * r * r, 0.0), axis=1), axis=0)
-        tl.store(res_ptr + pid_b * stride_rb + pid_m * num_t + pid_n, part)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,22 +49,17 @@ def _sym_gemm_kernel(
 # ---------------------------------------------------------------------------------------------
 
 _KEYS = ("BLOCK", "BLOCK_K", "num_warps", "num_stages")
-_SMEM_BUDGET = 160 * 1024  # bytes of pipelined fp32 operand tiles; conservative for sm80 and later
-
-
-def _pow2_at_least_16(x: object) -> bool:
-    return isinstance(x, int) and x >= 16 and (x & (x - 1)) == 0
 
 
 def _keep_newton_schulz(cfg: Mapping[str, int]) -> bool:
     """Whether a config is legal: square power-of-two output tiles ≥ 16 (the mirror store needs
     BLOCK_M = BLOCK_N, so there is a single BLOCK), BLOCK_K ≥ 16, warps in {1, …, 16}, and fp32
     operand tiles × stages within the shared-memory budget."""
-    if not (_pow2_at_least_16(cfg["BLOCK"]) and _pow2_at_least_16(cfg["BLOCK_K"])):
+    if not (is_pow2_tile(cfg["BLOCK"]) and is_pow2_tile(cfg["BLOCK_K"])):
         return False
     if cfg["num_warps"] not in (1, 2, 4, 8, 16) or cfg["num_stages"] < 1:
         return False
-    return 4 * cfg["num_stages"] * cfg["BLOCK_K"] * 2 * cfg["BLOCK"] <= _SMEM_BUDGET
+    return 4 * cfg["num_stages"] * cfg["BLOCK_K"] * 2 * cfg["BLOCK"] <= SMEM_BUDGET
 
 
 def newton_schulz_configs() -> list[triton.Config]:
@@ -156,18 +87,8 @@ def _heuristic(d: int) -> dict[str, int]:
 
 
 def _resolve(config: Mapping[str, int] | triton.Config | None, d: int) -> dict[str, int]:
-    default = _heuristic(d)
-    if config is None:
-        return default
-    if isinstance(config, triton.Config):
-        config = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-    unknown = sorted(set(config) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"config has unknown keys {unknown}; allowed: {list(_KEYS)}")
-    merged = {**default, **config}
-    if not _keep_newton_schulz(merged):
-        raise ValueError(f"config is not a legal tile config: {merged}")
-    return merged
+    """An explicit config merged over :func:`_heuristic` and validated."""
+    return resolve_config(config, _heuristic(d), _KEYS, _keep_newton_schulz)
 
 
 def _sym_gemm(
@@ -182,17 +103,9 @@ def _sym_gemm(
     res: Tensor | None = None,
 ) -> None:
     """out = α·(P Q) + β·C + γ·I for symmetric results; ``res[b, t]`` gets tile partials of ‖out − I‖²."""
-    Bsz, D, _ = P.shape
-    num_t = triton.cdiv(D, cfg["BLOCK"])
-    grid = (Bsz * num_t * num_t,)
-    _sym_gemm_kernel[grid](
-        P, Q, C if C is not None else out, out, res if res is not None else out, alpha, beta, gamma,
-        D,
-        *P.stride(), *Q.stride(), *(C.stride() if C is not None else (0, 0, 0)), *out.stride(),
-        res.stride(0) if res is not None else 0,
-        HAS_C=C is not None, RESIDUAL=res is not None, BLOCK=cfg["BLOCK"], BLOCK_K=cfg["BLOCK_K"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+    sym_cfg = {"BLOCK_M": cfg["BLOCK"], "BLOCK_K": cfg["BLOCK_K"], "num_warps": cfg["num_warps"],
+               "num_stages": cfg["num_stages"]}  # fmt: skip
+    launch_sym_gemm(P, Q, out, sym_cfg, c=C, alpha=alpha, beta=beta, gamma=gamma, res=res)
 
 
 def _step(
@@ -231,7 +144,7 @@ def _frobenius(A: Tensor) -> Tensor:
 
 
 def _spectral_bound(S: Tensor, scaling: RootScaling, cfg: dict[str, int]) -> Tensor:
-    """β ≥ λ_max(S) per member ``[B]`` as ``reference.inverse_root.spectral_bound`` computes it;
+    """β ≥ λ_max(S) per member ``[B]`` as ``reference.newton_schulz.spectral_bound`` computes it;
     the squarings of the "lambda_max" rule run through the symmetric GEMM kernel."""
     s = S.abs().amax(dim=(-2, -1))  # normalise first so that the squares cannot overflow
     B = S / torch.where(s > 0, s, 1.0)[..., None, None]
@@ -294,7 +207,7 @@ def coupled_newton_step_triton(
     out: tuple[Tensor, Tensor] | None = None,
     config: Mapping[str, int] | triton.Config | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Computes ``reference.inverse_root.coupled_newton_step``: with T = ((p+1) I − M)/p,
+    """Computes ``reference.newton_schulz.coupled_newton_step``: with T = ((p+1) I − M)/p,
 
         X ← X T,   M ← Tᵖ M.
 
@@ -341,7 +254,7 @@ def newton_schulz_triton(
     out: Tensor | None = None,
     config: Mapping[str, int] | triton.Config | None = None,
 ) -> InverseRootResult:
-    """Computes ``reference.inverse_root.newton_schulz_inverse_root`` for p ∈ {2, 4}:
+    """Computes ``reference.newton_schulz.newton_schulz_inverse_root`` for p ∈ {2, 4}:
 
         X₀ = I/c,  M₀ = A/cᵖ (cᵖ = β ≥ λ_max(A));   T_k = ((p+1) I − M_k)/p,
         X_{k+1} = X_k T_k,  M_{k+1} = T_kᵖ M_k,  r_k = ‖M_k − I‖_F/√d.

@@ -1,9 +1,9 @@
 """Thin batched GEMMs of the low-rank-plus-isotropic factor sketches (issue 9, PAPER §4.4).
 
 Triton twins of :mod:`tritonkron.reference.sketch`. Every heavy product is thin — one side is the
-sketch rank ℓ (or 2ℓ), never d × d — and runs on the batched GEMM kernel of
-:mod:`tritonkron.kernels.precondition` (``_bmm_kernel``: fp32 accumulation, ``input_precision=
-"ieee"`` for fp32 operands, fused epilogues), through :func:`_launch_bmm`. Launchers:
+sketch rank ℓ (or 2ℓ), never d × d — and runs on the batched GEMM of
+:mod:`tritonkron.kernels.bmm` (fp32 accumulation, ``input_precision="ieee"`` for fp32 operands,
+fused epilogues). Launchers:
 
 ``increment_apply_triton``      K X = s·G_s W (G_sᵀ X):   P = G_sᵀ X; P ← s W P (spike-and-flat
                                  kernel: two thin GEMMs); out = G_s P.
@@ -34,17 +34,9 @@ import torch
 import triton
 from torch import Tensor
 
-from tritonkron.kernels._common import check_float, check_shape, check_tensor
-from tritonkron.kernels.precondition import (
-    _EPI_AXPY,
-    _EPI_ROW_SHIFT,
-    _GEMM_KEYS,
-    _gemm_heuristic,
-    _keep_precondition,
-    _launch_bmm,
-    _resolve,
-    spike_and_flat_triton,
-)
+from tritonkron.kernels._common import FLOATS, check_float, check_shape, check_tensor
+from tritonkron.kernels.bmm import Epilogue, bmm_config, launch_bmm
+from tritonkron.kernels.precondition import spike_and_flat_triton
 
 __all__ = [
     "increment_apply_triton",
@@ -54,12 +46,8 @@ __all__ = [
     "sketch_update_triton",
 ]
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = FLOATS
 Config = Mapping[str, int] | triton.Config | None
-
-
-def _cfg(config: Config, M: int, N: int, K: int) -> dict[str, int]:
-    return _resolve(config, _gemm_heuristic(M, N, K), _GEMM_KEYS, _keep_precondition)
 
 
 def _oriented(G: Tensor, side: str) -> Tensor:
@@ -88,7 +76,7 @@ def _weighted_projection(Gs: Tensor, X: Tensor, V: Tensor, w: Tensor, w_tau: Ten
     Bsz, d, e = Gs.shape
     p = X.shape[-1]
     P = torch.empty((Bsz, e, p), dtype=torch.float32, device=Gs.device)
-    _launch_bmm(Gs.transpose(1, 2), X, P, _cfg(config, e, p, d))
+    launch_bmm(Gs.transpose(1, 2), X, P, bmm_config(config, e, p, d))
     s = scale.to(torch.float32)
     WP = spike_and_flat_triton(V, w * s.unsqueeze(-1), w_tau * s, P, config=config)
     return P, WP
@@ -115,7 +103,7 @@ def increment_apply_triton(
         G: ``[B, m, n]``; X: ``[B, d, p]``; V: ``[B, e, ℓ']``; w: ``[B, ℓ']``; w_tau, scale: ``[B]``.
         side: "left" (d = m, e = n) or "right" (d = n, e = m).
         out: optional ``[B, d, p]`` output (must not alias X or G).
-        config: GEMM tile config (keys of ``precondition_configs``); None → heuristic.
+        config: GEMM tile config (keys of ``bmm.BMM_KEYS``); None → heuristic.
 
     Raises:
         ValueError: on a wrong type, shape, dtype or device (naming the parameter).
@@ -131,7 +119,7 @@ def increment_apply_triton(
     check_tensor("out", out, 3, _DTYPES, G.device)
     check_shape("out", out, tuple(X.shape))
     _, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config)
-    _launch_bmm(Gs, WP, out, _cfg(config, d, X.shape[-1], Gs.shape[-1]))
+    launch_bmm(Gs, WP, out, bmm_config(config, d, X.shape[-1], Gs.shape[-1]))
     return out
 
 
@@ -165,7 +153,7 @@ def increment_rayleigh_triton(
     check_shape("out", out, (Bsz, p, p))
     P, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config)
     H = torch.empty((Bsz, p, p), dtype=torch.float32, device=G.device)
-    _launch_bmm(P.transpose(1, 2), WP, H, _cfg(config, p, p, e))
+    launch_bmm(P.transpose(1, 2), WP, H, bmm_config(config, p, p, e))
     out.copy_(0.5 * (H + H.transpose(1, 2)))
     return out
 
@@ -182,7 +170,7 @@ def increment_trace_triton(
     _check_weight(Gs, V, w, w_tau, scale)
     Bsz, d, e = Gs.shape
     GV = torch.empty((Bsz, d, V.shape[-1]), dtype=torch.float32, device=G.device)
-    _launch_bmm(Gs, V, GV, _cfg(config, d, V.shape[-1], e))
+    launch_bmm(Gs, V, GV, bmm_config(config, d, V.shape[-1], e))
     sq_g = torch.linalg.vector_norm(G, dim=(1, 2), dtype=torch.float32).square()
     w32, wt32 = w.to(torch.float32), w_tau.to(torch.float32)
     total = wt32 * sq_g + ((w32 - wt32.unsqueeze(-1)) * GV.square().sum(1)).sum(-1)
@@ -323,14 +311,15 @@ def sketch_precondition_triton(
     g_A, g_B = f(sA * cB), f(cA * sB)
     k = k_A + k_B
     R = torch.empty((Bsz, k_A, n), dtype=f32, device=dev)
-    _launch_bmm(U_A.transpose(1, 2), M, R, _cfg(config, k_A, n, m))
+    launch_bmm(U_A.transpose(1, 2), M, R, bmm_config(config, k_A, n, m))
     L = torch.empty((Bsz, m, k), dtype=f32, device=dev)
     L[..., :k_A] = U_A
     L_top = L[..., k_A:].transpose(1, 2)  # [B, k_B, m] view: (g_B − h) ⊙ U_Bᵀ Mᵀ
-    _launch_bmm(U_B.transpose(1, 2), M.transpose(1, 2), L_top, _cfg(config, k_B, m, n), _EPI_ROW_SHIFT,
-                row=g_B, shift=h.reshape(Bsz))  # fmt: skip
+    cfg_top = bmm_config(config, k_B, m, n)
+    launch_bmm(U_B.transpose(1, 2), M.transpose(1, 2), L_top, cfg_top, epilogue=Epilogue.ROW_SHIFT, row=g_B,
+               shift=h.reshape(Bsz))  # fmt: skip
     C = torch.empty((Bsz, k_A, k_B), dtype=f32, device=dev)
-    _launch_bmm(R, U_B, C, _cfg(config, k_A, k_B, n))
+    launch_bmm(R, U_B, C, bmm_config(config, k_A, k_B, n))
     K_c = C * (
         f(sA.unsqueeze(-1) * sB.unsqueeze(-2)) - g_A.unsqueeze(-1) - g_B.unsqueeze(-2) + h.unsqueeze(-1)
     )
@@ -338,6 +327,7 @@ def sketch_precondition_triton(
     T = torch.empty((Bsz, k, n), dtype=f32, device=dev)
     T[:, k_A:] = U_B.transpose(1, 2)
     ones = torch.ones(Bsz, dtype=f32, device=dev)
-    _launch_bmm(K_c, U_B.transpose(1, 2), T[:, :k_A], _cfg(config, k_A, n, k_B), _EPI_AXPY, y=R, shift=ones)
-    _launch_bmm(L, T, out, _cfg(config, m, n, k), _EPI_AXPY, y=M, shift=h.reshape(Bsz))
+    cfg_core = bmm_config(config, k_A, n, k_B)
+    launch_bmm(K_c, U_B.transpose(1, 2), T[:, :k_A], cfg_core, epilogue=Epilogue.AXPY, y=R, shift=ones)
+    launch_bmm(L, T, out, bmm_config(config, m, n, k), epilogue=Epilogue.AXPY, y=M, shift=h.reshape(Bsz))
     return out
