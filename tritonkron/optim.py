@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 
 from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
 from tritonkron.config import parse_divergence, parse_tail_rule
+from tritonkron.distributed import DistributedPlan, resolve_distributed
 from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
@@ -39,6 +40,8 @@ class KronUnit(NamedTuple):
 
 
 AUTO = "auto"
+
+_COMM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 # Keys torch.optim and LR schedulers put into param groups themselves.
 _EXTRA_GROUP_KEYS = {"params", "param_names", "name", "initial_lr"}
@@ -232,6 +235,12 @@ class Kron(Optimizer):
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
             pass the same file when resuming.
+        distributed: split the preconditioner work over the ranks of the default ``torch.distributed``
+            process group (each Kronecker parameter gets one owner rank, directions are broadcast; see
+            :mod:`tritonkron.distributed`). None: on when a group with more than one rank is initialised
+            at construction; True: required; False: every rank computes everything.
+        comm_dtype: dtype of the broadcast directions (None: float32, float64 for float64 parameters);
+            ``torch.bfloat16`` halves the traffic at the cost of rounding the update.
 
     Example:
         >>> import torch, tritonkron as tk
@@ -262,6 +271,8 @@ class Kron(Optimizer):
         sketch: bool = False,
         sketch_rank: int | None = None,
         tuning: str | os.PathLike[str] | TuningTable | None = None,
+        distributed: bool | None = None,
+        comm_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -282,7 +293,14 @@ class Kron(Optimizer):
             "sketch_rank": sketch_rank,
         }
         validate_group(defaults)
+        if comm_dtype is not None and comm_dtype not in _COMM_DTYPES:
+            raise ValueError(
+                f"comm_dtype must be None or one of {sorted(map(str, _COMM_DTYPES))}; got {comm_dtype!r}"
+            )
         super().__init__(params, defaults)
+        self._plan = (
+            DistributedPlan.from_process_group(comm_dtype) if resolve_distributed(distributed) else None
+        )
         self._tuning: TuningTable | None = None
         self._tuned: dict[tuple, tuple[int | None, int | None, int, int | None]] = {}
         if tuning is not None or any(g["rank"] == AUTO for g in self.param_groups):
@@ -352,10 +370,38 @@ class Kron(Optimizer):
         return loss
 
     def _run_kron(self, units: list[KronUnit]) -> None:
-        """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient)."""
-        for unit in units:
-            update, ok = self._kron_update(unit)
+        """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).
+
+        With a :class:`~tritonkron.distributed.DistributedPlan` each rank computes the directions of
+        the parameters it owns and the directions are broadcast (:mod:`tritonkron.distributed`).
+        """
+
+        def apply(unit: KronUnit, update: Tensor, ok: Tensor) -> None:
             self._apply(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
+
+        if self._plan is None:
+            for unit in units:
+                apply(unit, *self._kron_update(unit))
+            return
+        every = [
+            (p, group, _settings(group))
+            for group in self.param_groups
+            for p in group["params"]
+            if self.uses_kron(p, group)
+        ]
+        layouts = [self._resolve(p, group, settings)[1] for p, group, settings in every]
+        periods = [group["precondition_every"] for _, group, _ in every]
+        self._plan.assign([p for p, _, _ in every], layouts, periods)
+        self._plan.run(units, self._kron_update, apply)
+
+    def _resolve(
+        self, p: Tensor, group: dict[str, Any], settings: KronSettings
+    ) -> tuple[KronSettings, BlockLayout]:
+        """The settings (tuned for ``rank="auto"``) and block layout of ``p``."""
+        block_size = group["block_size"]
+        if group["rank"] == AUTO:
+            settings, block_size = self._auto_settings(p, settings)
+        return settings, _layout(tuple(p.shape), block_size)
 
     def _auto_settings(self, p: Tensor, settings: KronSettings) -> tuple[KronSettings, int]:
         """Per-factor ranks, block size and sketch rank of ``p`` from the tuning table (``rank="auto"``).
@@ -397,10 +443,7 @@ class Kron(Optimizer):
         counted in ``state["skipped_steps"]`` (masked, not branched, so the step stays one graph).
         """
         p, group, settings = unit
-        block_size = group["block_size"]
-        if group["rank"] == AUTO:
-            settings, block_size = self._auto_settings(p, settings)
-        layout = _layout(tuple(p.shape), block_size)
+        settings, layout = self._resolve(p, group, settings)
         m, n = layout.matrix
         dtype = _stats_dtype(p)
         state = self.state[p]
@@ -415,7 +458,7 @@ class Kron(Optimizer):
                 for g in layout.groups
             ]
         else:
-            self._check_state(p, state, layout, block_size, settings)
+            self._check_state(p, state, layout, settings)
         grad = p.grad.to(dtype).reshape(m, n)
         ok = count_nonfinite(grad, state)
         state[STEP].add_(ok.to(state[STEP].dtype))
@@ -434,14 +477,13 @@ class Kron(Optimizer):
         return update, ok
 
     @staticmethod
-    def _check_state(
-        p: Tensor, state: dict[str, Any], layout: BlockLayout, block_size: int, settings: KronSettings
-    ) -> None:
+    def _check_state(p: Tensor, state: dict[str, Any], layout: BlockLayout, settings: KronSettings) -> None:
         """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode."""
         if tuple(state[MOMENTUM].shape) != layout.matrix or len(state[BLOCKS]) != len(layout.groups):
             raise ValueError(
                 f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
-                f"(block_size={block_size}); was the state loaded from another model or block_size?"
+                f"({len(layout.groups)} block group(s) of a {layout.matrix[0]} × {layout.matrix[1]} matrix); "
+                "was the state loaded from another model or block_size?"
             )
         if any(is_sketch_state(b) != settings.sketch for b in state[BLOCKS]):
             raise ValueError(
