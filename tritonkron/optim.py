@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
 from tritonkron.config import parse_divergence, parse_tail_rule
 from tritonkron.distributed import DistributedPlan, resolve_distributed
-from tritonkron.preconditioner import KronSettings, block_group_step, new_group_state
+from tritonkron.preconditioner import FAILURES, KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
 from tritonkron.tuning import (
@@ -63,7 +63,10 @@ _DEFAULTS: dict[str, Any] = {
     "init_floor": 0.1,
     "sketch": False,
     "sketch_rank": None,
+    "nonfinite": "skip",
+    "max_refresh_failures": 10,
 }
+NONFINITE_POLICIES = ("skip", "raise")
 
 
 def _check_number(
@@ -121,6 +124,9 @@ def validate_group(group: dict[str, Any]) -> None:
     _check_number("eig_floor", group["eig_floor"], 0.0, 1.0)
     _check_number("init_floor", group["init_floor"], 0.0, 1.0)
     _validate_sketch(group)
+    _check_positive_int("max_refresh_failures", group["max_refresh_failures"])
+    if group["nonfinite"] not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {group['nonfinite']!r}")
 
 
 def _validate_sketch(group: dict[str, Any]) -> None:
@@ -231,6 +237,14 @@ class Kron(Optimizer):
             ``block_size`` to the largest dim to sketch them whole. See :mod:`tritonkron.sketch`;
             ``precondition_every`` is ignored (the sketch is re-diagonalised at every step).
         sketch_rank: ℓ ≥ rank, the sketch rank (default 2·rank); only used with ``sketch=True``.
+        nonfinite: "skip" (a NaN/Inf gradient leaves that parameter, its statistics and its step count
+            untouched and is counted in ``state["skipped_steps"]``; a mask, no host read) or "raise"
+            (``FloatingPointError`` naming the parameter before anything is updated; one host read
+            per step, a graph break under ``torch.compile``).
+        max_refresh_failures: a block whose basis refresh gives a non-finite result keeps its last good
+            basis and eigenvalues; after this many consecutive failures of one block, ``step`` raises
+            ``RuntimeError`` naming the parameter, once the whole step has been applied (eager mode only:
+            one host read per step; under ``torch.compile`` the counts are kept but not checked).
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
@@ -270,6 +284,8 @@ class Kron(Optimizer):
         init_floor: float = 0.1,
         sketch: bool = False,
         sketch_rank: int | None = None,
+        nonfinite: str = "skip",
+        max_refresh_failures: int = 10,
         tuning: str | os.PathLike[str] | TuningTable | None = None,
         distributed: bool | None = None,
         comm_dtype: torch.dtype | None = None,
@@ -291,6 +307,8 @@ class Kron(Optimizer):
             "init_floor": init_floor,
             "sketch": sketch,
             "sketch_rank": sketch_rank,
+            "nonfinite": nonfinite,
+            "max_refresh_failures": max_refresh_failures,
         }
         validate_group(defaults)
         if comm_dtype is not None and comm_dtype not in _COMM_DTYPES:
@@ -354,20 +372,75 @@ class Kron(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_gradients()
         units: list[KronUnit] = []
         for group in self.param_groups:
             settings = _settings(group) if group["kron"] else None
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise ValueError("Kron does not support sparse gradients")
                 if settings is not None and self.uses_kron(p, group):
                     units.append(KronUnit(p, group, settings))
                 else:
                     adamw_step(p, group, self.state[p])
         self._run_kron(units)
+        if not torch.compiler.is_compiling():
+            self._check_refresh_failures()
         return loss
+
+    def _param_name(self, group_index: int, param_index: int) -> str:
+        """``named_parameters()`` name of a parameter, else its position and shape."""
+        group = self.param_groups[group_index]
+        names = group.get("param_names")
+        if names is not None and param_index < len(names):
+            return repr(names[param_index])
+        shape = tuple(group["params"][param_index].shape)
+        return f"param_groups[{group_index}]['params'][{param_index}] (shape {shape})"
+
+    def _check_gradients(self) -> None:
+        """Reject unsupported gradients, and non-finite ones under ``nonfinite="raise"``, before any update."""
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse or grad.layout != torch.strided:
+                    raise ValueError(
+                        f"Kron does not support sparse gradients; parameter {self._param_name(gi, pi)} has a "
+                        f"{grad.layout} gradient (use a dense embedding, or a separate sparse optimizer)"
+                    )
+                if p.is_complex() or grad.is_complex():
+                    raise ValueError(
+                        f"Kron does not support complex parameters; parameter {self._param_name(gi, pi)} is "
+                        f"{p.dtype} (optimise torch.view_as_real(p) instead)"
+                    )
+                if group["nonfinite"] == "raise" and not bool(torch.isfinite(grad).all()):
+                    raise FloatingPointError(
+                        f"non-finite gradient (NaN or Inf) for parameter {self._param_name(gi, pi)}; nothing was "
+                        "updated (nonfinite='raise'; use nonfinite='skip' to skip such steps)"
+                    )
+
+    def _check_refresh_failures(self) -> None:
+        """Raise ``RuntimeError`` naming a parameter one of whose blocks failed ``max_refresh_failures``
+        consecutive basis refreshes (one host read for the whole optimizer)."""
+        counts, where = [], []
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                for blocks in self.state.get(p, {}).get(BLOCKS, []):
+                    if FAILURES in blocks:
+                        counts.append(blocks[FAILURES].max() >= group["max_refresh_failures"])
+                        where.append((gi, pi))
+        if not counts:
+            return
+        failed = torch.stack([c.cpu() for c in counts])
+        if bool(failed.any()):
+            gi, pi = where[int(failed.nonzero()[0])]
+            raise RuntimeError(
+                f"the preconditioner basis of parameter {self._param_name(gi, pi)} failed "
+                f"{self.param_groups[gi]['max_refresh_failures']} consecutive refreshes (non-finite factors or "
+                "eigenvalues); the last good basis is still in use and the step was applied. Lower the learning "
+                "rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
+            )
 
     def _run_kron(self, units: list[KronUnit]) -> None:
         """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).

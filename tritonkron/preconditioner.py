@@ -8,6 +8,7 @@ a dict of tensors (checkpoint-friendly: ``torch.load(weights_only=True)`` reads 
     eig_a    [B, m],    eig_b    [B, n]      tracked eigenvalues a, b = diag(Qᵀ X Q)
     trace    [B]                             τ = EMA of ‖G‖²_F (von Neumann normaliser)
     ready    [B] bool                        block initialised from a non-zero gradient
+    refresh_failures [B]                     consecutive refreshes whose result was not finite
 
 The step for each block, in order (PAPER §4.3): (1) the direction U = P_A M P_B from the
 pre-update statistics, (2) the statistics update with the current gradient, so a gradient never
@@ -34,7 +35,8 @@ FACTOR_A, FACTOR_B = "factor_a", "factor_b"
 BASIS_A, BASIS_B = "basis_a", "basis_b"
 EIG_A, EIG_B = "eig_a", "eig_b"
 TRACE, READY = "trace", "ready"
-GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY)
+FAILURES = "refresh_failures"
+GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def new_group_state(
         EIG_B: torch.ones(count, n, **kw),
         TRACE: torch.ones(count, **kw),
         READY: torch.zeros(count, dtype=torch.bool, device=device),
+        FAILURES: torch.zeros(count, dtype=torch.int32, device=device),
     }
 
 
@@ -228,21 +231,28 @@ def _refreshed_bases(
     basis_b: Tensor,
     eig_a: Tensor,
     eig_b: Tensor,
+    failures: Tensor,
     factor_a: Tensor,
     factor_b: Tensor,
     ready: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """New (Q_A, Q_B, a, b): one power step + QR per factor for ready blocks with a finite result (pure)."""
+) -> tuple[Tensor, ...]:
+    """New (Q_A, Q_B, a, b, failures): one power step + QR per factor for ready blocks (pure).
+
+    A ready block whose new bases or eigenvalues are not finite keeps its previous ones and counts
+    one more consecutive failure; an accepted refresh resets its count.
+    """
     left = subspace_iteration(factor_a, basis_a)
     right = subspace_iteration(factor_b, basis_b)
     new = (left.vectors, right.vectors, left.values, right.values)
     finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in new]).all(0)
     accept = ready & finite
     old = (basis_a, basis_b, eig_a, eig_b)
-    return tuple(_where(accept, n, o) for n, o in zip(new, old, strict=True))
+    kept = tuple(_where(accept, n, o) for n, o in zip(new, old, strict=True))
+    counted = torch.where(accept, torch.zeros_like(failures), failures + (ready & ~finite).to(failures.dtype))
+    return (*kept, counted)
 
 
-_REFRESH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B)
+_REFRESH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, FAILURES)
 
 
 def refresh_bases(state: dict[str, Tensor], when: Tensor | bool = True) -> None:
@@ -250,8 +260,11 @@ def refresh_bases(state: dict[str, Tensor], when: Tensor | bool = True) -> None:
 
     Runs only when ``when`` holds (a bool, or a one-element bool tensor so that the decision stays
     on the device under ``torch.compile``). A block whose new basis or eigenvalues are not finite
-    keeps its previous ones; blocks that are not ready keep theirs.
+    keeps its previous ones and its ``refresh_failures`` count grows (reset by a good refresh);
+    blocks that are not ready keep theirs. State written before the count existed gets it here.
     """
+    if FAILURES not in state:
+        state[FAILURES] = torch.zeros(state[READY].shape, dtype=torch.int32, device=state[READY].device)
     pred = when if isinstance(when, Tensor) else torch.tensor(bool(when))
     values = run_if(
         pred,
