@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up, then compare AdamW with tritonkron.Kron on real images (arguments go to perf.demo;
-# see `bash scripts/demo.sh --help`). Writes perf/results/demo.md by default.
+# Set up, autotune the demo MLP, then train it with tritonkron.Kron (tuned and untuned) and AdamW on
+# real images and write the report (arguments go to perf.demo; see `bash scripts/demo.sh --help`).
+# Writes perf/results/demo.md and perf/results/tuning.json by default.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
