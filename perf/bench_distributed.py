@@ -1,68 +1,83 @@
-"""Preconditioner work per rank and bytes communicated per step of data-parallel ``tk.Kron``.
+"""Preconditioner work per rank and bytes communicated per step of distributed ``tk.Kron``.
 
 Usage (from the repository root)::
 
-    python -m perf.bench_distributed [--model gpt2-small|llama-7b] [--ranks 1 2 4 8] [--comm-dtype float32]
+    python -m perf.bench_distributed [--model gpt2-small llama-7b] [--ranks 1 2 3 4 5 6 7 8]
+                                     [--comm-dtype float32|bfloat16] [--measure 1 2 3 | --measure]
 
-For 1–8 ranks this applies :mod:`tritonkron.distributed`'s owner assignment (greedy LPT over its
-cost model, the same code the optimizer runs) to every Kronecker matrix of the model's transformer
-blocks (the embedding takes its own path: see the README) and reports
+Two parts:
 
-* the modelled preconditioner work of the busiest rank against the mean (1.00 = perfect balance)
-  and the speed-up of the preconditioner work over one rank (total / busiest);
-* the parameters' directions broadcast per step: Σ numel · sizeof(comm_dtype), sent once in total
-  (each owner sends its share), i.e. the same bytes as one all-gather of the updates;
-* the optimizer state held per rank (factors, bases, eigenvalues, momentum of the owned matrices).
+* **cost model** (any world size): :mod:`tritonkron.distributed`'s owner assignment (greedy LPT
+  over its cost model, the code the optimizer runs) applied to every Kronecker matrix of the
+  model's transformer blocks ("blocks"), and for GPT-2-small also with the 50257 × 768 token
+  embedding ("blocks+wte"). Per world size W it reports the modelled preconditioner work of the
+  busiest rank over the mean (1.00 = perfect balance), the speed-up of that work over one rank
+  (total / busiest), the optimizer state per rank, and the bytes moved per step, summed over ranks:
+  DDP (every direction broadcast to the W − 1 other ranks: (W − 1) · Σ numel · sizeof(comm_dtype))
+  and FSDP2 (gradient rows to the owner and update rows back: 2 (W − 1)/W · Σ numel · sizeof).
+* **measured** (real gloo processes on this machine): GPT-2-small's 48 block matrices scaled by
+  1/16 per dim (48 × 144, 48 × 48, 48 × 192, 192 × 48, block size 64), a few DDP steps with
+  ``precondition_every=2``. It reports the directions each rank computed (the plan's counter), the
+  bytes the plan counted against the model's prediction, and the seconds each rank spent in its
+  own preconditioner work (max/mean). Processes beyond the core count share cores, so the
+  seconds are contended; the counts and bytes are exact.
 
-Distributed Shampoo (``/work/shared/ANCHORS.md``) also gives each block one owner and all-gathers
-the search directions, and reports at most ~10 % per-step overhead over Adam-like methods under
-DDP; the same structure here means per-rank preconditioner work falls ~1/world_size while the
-communicated bytes stay one copy of the parameters per step. This is a cost model, not a timing:
-no multi-process timing is taken on a 2-core machine.
+The table is printed (pandas + tabulate) and written to ``perf/results/distributed.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from perf.shapes import DEFAULT_BLOCK_SIZE, GPT2_SMALL, LLAMA_7B
-from tritonkron.distributed import assign_owners, block_cost
+import tritonkron as tk
+from perf.shapes import DEFAULT_BLOCK_SIZE, GPT2_SMALL, LLAMA_7B, ModelShapes
+from tritonkron.distributed import assign_owners, layout_cost
 from tritonkron.reference.blocking import BlockLayout
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"gpt2-small": GPT2_SMALL, "llama-7b": LLAMA_7B}
 PERIOD = 10
+SCALE, MEASURE_STEPS, MEASURE_PERIOD = 16, 4, 2
 
 
-def _matrices(model_name: str) -> list[tuple[str, int, int]]:
-    model = MODELS[model_name]
+def _matrices(model: ModelShapes, embedding: bool, scale: int = 1) -> list[tuple[int, int]]:
+    """Every Kronecker matrix (rows, cols) of the model, in model order."""
     return [
-        (layer.name, layer.rows, layer.cols)
-        for layer in model.transformer_block()
+        (layer.rows // scale, layer.cols // scale)
+        for layer in model.layers
+        if layer.in_block or embedding
         for _ in range(layer.count)
     ]
 
 
 def _state_floats(layout: BlockLayout) -> int:
-    """Floats of dense Kron state: per block 2(m² + n²) + m + n + 2, plus the m × n momentum."""
+    """Floats of dense Kron state: per block 2(m² + n²) + m + n + 3, plus the m × n momentum."""
     m, n = layout.matrix
-    per_block = sum(
-        (2 * (a * a + b * b) + a + b + 2) * len(g.offsets) for g in layout.groups for a, b in [g.shape]
+    blocks = sum(
+        (2 * (a * a + b * b) + a + b + 3) * len(g.offsets) for g in layout.groups for a, b in [g.shape]
     )
-    return per_block + m * n
+    return blocks + m * n
 
 
-def run(model_name: str, ranks: list[int], comm_dtype: torch.dtype) -> pd.DataFrame:
-    """One row per world size."""
-    mats = _matrices(model_name)
-    layouts = [BlockLayout.build((m, n), DEFAULT_BLOCK_SIZE) for _, m, n in mats]
-    costs = [sum(block_cost(*g.shape, PERIOD) * len(g.offsets) for g in lay.groups) for lay in layouts]
+def model_rows(
+    name: str, embedding: bool, ranks: list[int], comm_dtype: torch.dtype
+) -> list[dict[str, object]]:
+    """Cost-model rows, one per world size."""
+    mats = _matrices(MODELS[name], embedding)
+    layouts = [BlockLayout.build(shape, DEFAULT_BLOCK_SIZE) for shape in mats]
+    costs = [layout_cost(lay, PERIOD) for lay in layouts]
     state = [_state_floats(lay) for lay in layouts]
-    numel = sum(m * n for _, m, n in mats)
+    numel = sum(m * n for m, n in mats)
     itemsize = torch.empty((), dtype=comm_dtype).element_size()
     rows = []
     for world in ranks:
@@ -71,31 +86,116 @@ def run(model_name: str, ranks: list[int], comm_dtype: torch.dtype) -> pd.DataFr
         held = [sum(s for s, o in zip(state, owners, strict=True) if o == r) for r in range(world)]
         rows.append(
             {
-                "model": model_name,
+                "source": "model",
+                "model": name,
+                "matrices": f"{'blocks+wte' if embedding else 'blocks'} ({len(mats)})",
                 "ranks": world,
-                "matrices": len(mats),
                 "max/mean work": max(work) / (sum(work) / world),
                 "precond speed-up": sum(work) / max(work),
-                "broadcast MB/step": numel * itemsize / 2**20,
-                "state GB/rank (max)": max(held) * 4 / 2**30,
-                "state GB/rank (1 rank)": sum(state) * 4 / 2**30,
+                "state GiB/rank (max)": max(held) * 4 / 2**30,
+                "DDP MiB/step": (world - 1) * numel * itemsize / 2**20,
+                "FSDP2 MiB/step": 2 * (world - 1) / world * numel * itemsize / 2**20,
             }
         )
-    return pd.DataFrame(rows)
+    return rows
+
+
+def _measure_worker(rank: int, world: int, port: int, comm_dtype: torch.dtype, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(m, n)) for m, n in _matrices(GPT2_SMALL, False, SCALE)]
+        opt = tk.Kron(
+            params,
+            lr=1e-3,
+            precondition_every=MEASURE_PERIOD,
+            block_size=DEFAULT_BLOCK_SIZE // SCALE,
+            distributed=world > 1,
+            comm_dtype=comm_dtype,
+        )
+        seconds = 0.0
+        inner = opt._kron_update
+
+        def timed(unit: object) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal seconds
+            start = time.perf_counter()
+            result = inner(unit)
+            seconds += time.perf_counter() - start
+            return result
+
+        opt._kron_update = timed  # the instance attribute shadows the method for this benchmark only
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(MEASURE_STEPS):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        plan = opt._plan
+        counts = (
+            (plan.computed, plan.sent_bytes, plan.received_bytes)
+            if plan
+            else (MEASURE_STEPS * len(params), 0, 0)
+        )
+        torch.save((*counts, seconds), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def measured_rows(worlds: list[int], comm_dtype: torch.dtype, scratch: Path) -> list[dict[str, object]]:
+    """Rows from real gloo processes on the scaled GPT-2-small matrices."""
+    mats = _matrices(GPT2_SMALL, False, SCALE)
+    numel = sum(m * n for m, n in mats)
+    itemsize = torch.empty((), dtype=comm_dtype).element_size()
+    rows = []
+    for world in worlds:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_measure_worker, args=(world, port, comm_dtype, str(scratch)), nprocs=world, join=True)
+        per_rank = [torch.load(scratch / f"rank{r}.pt") for r in range(world)]
+        computed = [r[0] for r in per_rank]
+        seconds = [r[3] for r in per_rank]
+        moved = sum(r[2] for r in per_rank) / MEASURE_STEPS
+        rows.append(
+            {
+                "source": "measured",
+                "model": f"gpt2-small/{SCALE}",
+                "matrices": f"blocks ({len(mats)})",
+                "ranks": world,
+                "directions/rank": "/".join(str(c // MEASURE_STEPS) for c in computed),
+                "max/mean seconds": max(seconds) / (sum(seconds) / world),
+                "DDP MiB/step": moved / 2**20,
+                "DDP MiB/step (model)": (world - 1) * numel * itemsize / 2**20,
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point: prints the table and writes ``perf/results/distributed.csv``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), nargs="+", default=sorted(MODELS))
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--ranks", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--comm-dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--measure", type=int, nargs="*", default=[1, 2, 3], help="world sizes run as processes (none: skip)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "distributed.csv")
     args = parser.parse_args(argv)
-    if any(r < 1 for r in args.ranks):
-        parser.error("--ranks must be positive")
-    table = pd.concat([run(m, args.ranks, getattr(torch, args.comm_dtype)) for m in args.model])
-    print(table.to_markdown(index=False, floatfmt=".3g"))
+    if any(r < 1 for r in args.ranks + args.measure):
+        parser.error("--ranks and --measure must be positive")
+    comm_dtype = getattr(torch, args.comm_dtype)
+    rows = []
+    for name in args.model:
+        for embedding in (False, True) if name == "gpt2-small" else (False,):
+            rows += model_rows(name, embedding, args.ranks, comm_dtype)
+    if args.measure:
+        with tempfile.TemporaryDirectory() as scratch:
+            rows += measured_rows(args.measure, comm_dtype, Path(scratch))
+    table = pd.DataFrame(rows)
+    for source, part in table.groupby("source", sort=False):
+        print(f"\n{source}:\n" + part.dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".3g"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     print(f"wrote {args.out}")

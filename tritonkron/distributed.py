@@ -1,45 +1,66 @@
-"""Data-parallel preconditioning on ``torch.distributed``: each rank owns a share of the parameters.
+"""Preconditioning on ``torch.distributed``: each Kronecker parameter has one owner rank.
 
-Under DDP every rank holds the same parameters and, after the gradient all-reduce, the same
-gradients; recomputing every preconditioner on every rank would repeat the expensive work
-world-size times. Here each Kronecker parameter gets one **owner** rank, and on each step:
+Under data parallelism (DDP) every rank holds the same parameters and, after the gradient
+all-reduce, the same gradients; recomputing every preconditioner on every rank repeats the
+expensive work world-size times. Here each Kronecker parameter (the unit of ownership: all block
+groups of one parameter share its momentum and step count, so they stay together) gets one
+**owner** rank, and on each step:
 
 1. every rank runs the AdamW path for its non-matrix parameters (cheap, replicated);
 2. each rank advances the statistics and computes the search direction of the parameters it owns
-   (only the owner holds their optimizer state: the memory of the preconditioners is split too);
-3. each rank broadcasts the directions it computed, packed into one flat buffer (one collective per
-   rank and step, in ``comm_dtype``); every rank applies every update, so the parameters stay equal.
+   (only the owner holds their optimizer state, so the preconditioner memory is split too);
+3. replicated parameters: each rank broadcasts the directions it computed, packed into one flat
+   buffer in ``comm_dtype`` (one collective per rank and step); every rank applies every update,
+   so the parameters stay equal;
+4. FSDP2 parameters (``fully_shard``: DTensors sharded on dim 0 of a 1-D mesh), lossless: the
+   gradient shards are gathered to the owner only (``dist.gather``), the owner preconditions the
+   full matrix, and the update is scattered back as shards (``dist.scatter``), so every rank
+   applies its own rows. Parameters stay sharded; the owner briefly holds one full gradient and
+   one full update.
 
-Owners are chosen by greedy longest-processing-time over a cost model: parameter p with blocks of
+Owners are chosen by greedy longest-processing-time over a cost model: a parameter with blocks of
 shapes m_b × n_b costs
 
-    c(p) = Σ_b [ 2 m_b n_b (m_b + n_b) · 5  +  (m_b³ + n_b³) · 10 / T ]
+    c(p) = Σ_b [ 10 m_b n_b (m_b + n_b)  +  10 (m_b³ + n_b³) / T ]
 
 (≈ five m·n·(m+n) GEMMs per step for direction, statistics and eigenvalue tracking, plus the
 power step, QR and Rayleigh quotients of each refresh amortised over the period T), and the
 heaviest unassigned parameter goes to the least-loaded rank. The assignment depends only on the
-parameter shapes and options, so every rank computes the same one.
+parameter shapes, their order and options, and the world size, so every rank computes the same one.
 
-Bytes communicated per step: Σ_p numel(p) · sizeof(comm_dtype) broadcast in total (each rank sends
-its own share); the gradient all-reduce is DDP's.
-
-Checkpoints: ``state_dict()`` on a rank holds the state of the parameters that rank owns (and of
-the AdamW-path parameters). Save one file per rank and resume with the same world size and the
-same parameters (the assignment is then the same); :func:`owner_of` tells which rank holds what.
+Checkpoints: ``opt.state_dict()`` on a rank holds the state of the parameters it owns and of the
+AdamW-path parameters (replicated). ``torch.distributed.checkpoint.save`` of it writes each entry
+once; :func:`load_checkpoint` reads back what this rank owns under the *current* world size, so a
+checkpoint resumes on any number of ranks. :func:`gather_state_dict` collects the full state on
+one rank (for ``torch.save``), and :func:`load_full_state_dict` keeps this rank's share of one.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import Tensor
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.tensor import DTensor, Shard
 
 from tritonkron.reference.blocking import BlockLayout
 
-__all__ = ["DistributedPlan", "assign_owners", "block_cost", "resolve_distributed"]
+__all__ = [
+    "DistributedPlan",
+    "assign_owners",
+    "block_cost",
+    "gather_state_dict",
+    "kept_state_ids",
+    "load_checkpoint",
+    "load_full_state_dict",
+    "resolve_distributed",
+]
 
 
 def block_cost(m: int, n: int, precondition_every: int) -> float:
@@ -47,11 +68,19 @@ def block_cost(m: int, n: int, precondition_every: int) -> float:
     return 10.0 * m * n * (m + n) + 10.0 * (m**3 + n**3) / precondition_every
 
 
+def layout_cost(layout: BlockLayout, precondition_every: int) -> float:
+    """Modelled cost of one parameter: Σ over its blocks of :func:`block_cost`."""
+    return sum(block_cost(*g.shape, precondition_every) * len(g.offsets) for g in layout.groups)
+
+
 def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
     """Greedy longest-processing-time assignment: heaviest item first, to the least-loaded rank.
 
     Ties go to the lower rank and, among equal costs, the lower index comes first, so the result is
     deterministic. LPT's makespan is at most 4/3 − 1/(3·world_size) times the optimum.
+
+    Raises:
+        ValueError: ``world_size`` < 1.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1; got {world_size}")
@@ -83,15 +112,29 @@ def resolve_distributed(distributed: bool | None) -> bool:
     return distributed
 
 
+def _stats_dtype(p: Tensor) -> torch.dtype:
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _is_sharded(p: Tensor) -> bool:
+    return isinstance(p, DTensor)
+
+
 @dataclass
 class DistributedPlan:
     """The owner of every Kronecker parameter and the collectives of one step.
 
     Attributes:
         rank, world_size: this process and the group size.
-        comm_dtype: dtype of the broadcast directions (None: each parameter's statistics dtype).
+        comm_dtype: dtype of the communicated directions (None: each parameter's statistics dtype).
         owners: parameter → owner rank, filled on first use.
-        computed: how many directions this rank has computed (work counter for tests/benchmarks).
+        computed: directions this rank has computed (work counter for tests and benchmarks).
+        sent_bytes, received_bytes: payload this rank has sent / received in the optimizer's
+            collectives (directions, FSDP2 gradient shards and update shards).
     """
 
     rank: int
@@ -99,6 +142,8 @@ class DistributedPlan:
     comm_dtype: torch.dtype | None = None
     owners: dict[Tensor, int] = field(default_factory=dict)
     computed: int = 0
+    sent_bytes: int = 0
+    received_bytes: int = 0
 
     @classmethod
     def from_process_group(cls, comm_dtype: torch.dtype | None = None) -> DistributedPlan:
@@ -112,11 +157,19 @@ class DistributedPlan:
         new = [i for i, p in enumerate(params) if p not in self.owners]
         if not new:
             return
-        costs = [
-            sum(block_cost(*g.shape, periods[i]) * len(g.offsets) for g in layouts[i].groups) for i in new
-        ]
+        costs = [layout_cost(layouts[i], periods[i]) for i in new]
         for i, owner in zip(new, assign_owners(costs, self.world_size), strict=True):
             self.owners[params[i]] = owner
+
+    def assign_optimizer(self, opt: Any) -> None:
+        """Assign owners to every Kronecker-path parameter of ``opt`` (a :class:`tritonkron.Kron`)."""
+        from tritonkron.optim import _settings  # the optimizer imports this module
+
+        every = [(p, group) for group in opt.param_groups for p in group["params"] if opt.uses_kron(p, group)]
+        if all(p in self.owners for p, _ in every):
+            return
+        layouts = [opt._resolve(p, group, _settings(group))[1] for p, group in every]
+        self.assign([p for p, _ in every], layouts, [g["precondition_every"] for _, g in every])
 
     def owner_of(self, p: Tensor) -> int:
         """The rank that owns ``p``'s preconditioner state."""
@@ -125,40 +178,227 @@ class DistributedPlan:
     def run(
         self,
         units: Sequence,
-        compute: Callable[[object], tuple[Tensor, Tensor]],
-        apply: Callable[[object, Tensor, Tensor], None],
+        compute: Callable[[Any], tuple[Tensor, Tensor]],
+        apply: Callable[[Any, Tensor, Tensor], None],
+        state: dict[Tensor, Any],
     ) -> None:
-        """Compute the owned directions, broadcast them rank by rank, apply all updates.
+        """Compute the owned directions, share them, apply every update on every rank.
 
         Args:
-            units: the step's Kronecker units (``.param`` each), in the same order on every rank.
-            compute: ``unit → (update shaped like the parameter, ok)``, run for owned units only.
-            apply: ``(unit, update, ok)``, run for every unit on every rank.
+            units: the step's Kronecker units (NamedTuples with ``.param``), in the same order on every rank.
+            compute: ``unit → (update shaped like the parameter, ok)``, run for owned units only; it may
+                read the unit's parameter's shape, dtype, device, ``grad`` and ``state[param]`` only.
+            apply: ``(unit, update, ok)``, run for every unit on every rank (on the local shard for FSDP2).
+            state: the optimizer's per-parameter state (full-size state of owned FSDP2 parameters is
+                kept under the DTensor parameter).
         """
+        sharded = [u for u in units if _is_sharded(u.param)]
+        full_grads = {id(u): self._gather_grad(u) for u in sharded}
+        updates: dict[int, tuple[Tensor, Tensor]] = {}
+        for unit in units:
+            if self.owners[unit.param] == self.rank:
+                updates[id(unit)] = self._compute(unit, compute, state, full_grads.get(id(unit)))
+                self.computed += 1
+        self._broadcast_and_apply([u for u in units if not _is_sharded(u.param)], updates, apply)
+        for unit in sharded:
+            self._scatter_and_apply(unit, updates.get(id(unit)), apply)
+
+    @staticmethod
+    def _compute(
+        unit: Any, compute: Callable[[Any], tuple[Tensor, Tensor]], state: dict, full_grad: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Run ``compute``; an FSDP2 parameter is presented as a full-size plain tensor with the full gradient."""
+        if full_grad is None:
+            return compute(unit)
+        p = unit.param
+        proxy = torch.empty(p.shape, dtype=p.dtype, device=full_grad.device)  # values never read
+        proxy.grad = full_grad
+        state[proxy] = state.pop(p, {})
+        try:
+            return compute(unit._replace(param=proxy))
+        finally:
+            state[p] = state.pop(proxy)
+
+    def _broadcast_and_apply(self, units: Sequence, updates: dict, apply: Callable) -> None:
+        """One broadcast per source rank of its directions (flat, ``comm_dtype``), then every update applied."""
         by_rank: list[list] = [[] for _ in range(self.world_size)]
         for unit in units:
             by_rank[self.owners[unit.param]].append(unit)
-        updates: dict[int, Tensor] = {}
-        for unit in by_rank[self.rank]:
-            update, _ = compute(unit)
-            updates[id(unit)] = update
-            self.computed += 1
         for src, members in enumerate(by_rank):
             if not members:
                 continue
             dtype = self.comm_dtype or _stats_dtype(members[0].param)
-            device = members[0].param.device
             sizes = [u.param.numel() for u in members]
             if src == self.rank:
-                flat = torch.cat([updates[id(u)].reshape(-1).to(dtype) for u in members])
+                flat = torch.cat([updates[id(u)][0].reshape(-1).to(dtype) for u in members])
+                self.sent_bytes += _nbytes(flat)
             else:
-                flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+                flat = torch.empty(sum(sizes), dtype=dtype, device=members[0].param.device)
+                self.received_bytes += _nbytes(flat)
             dist.broadcast(flat, src=src)
             for unit, chunk in zip(members, flat.split(sizes), strict=True):
                 p = unit.param
                 ok = torch.isfinite(p.grad).all()  # gradients are equal on every rank after DDP
                 apply(unit, chunk.reshape(p.shape).to(_stats_dtype(p)), ok)
 
+    def _shard_rows(self, p: DTensor) -> int:
+        """Rows per (padded) dim-0 shard of an FSDP2 parameter; raises for other layouts."""
+        mesh = p.device_mesh
+        if mesh.ndim != 1 or tuple(p.placements) != (Shard(0),) or mesh.size() != self.world_size:
+            raise ValueError(
+                "distributed Kron supports DTensor parameters sharded on dim 0 over a 1-D mesh of all ranks "
+                f"(FSDP2 fully_shard); got placements {tuple(p.placements)} on a mesh of shape {tuple(mesh.shape)}"
+            )
+        return -(-p.shape[0] // self.world_size)
 
-def _stats_dtype(p: Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
+    def _gather_grad(self, unit: Any) -> Tensor | None:
+        """Gather an FSDP2 gradient's shards (padded to equal rows) to the owner; the full gradient there."""
+        p = unit.param
+        rows, owner = self._shard_rows(p), self.owners[p]
+        local = p.grad.to_local()
+        padded = local.new_zeros((rows, *p.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == owner else None
+        dist.gather(padded, parts, dst=owner)
+        if self.rank != owner:
+            self.sent_bytes += _nbytes(padded)
+            return None
+        self.received_bytes += _nbytes(padded) * (self.world_size - 1)
+        return torch.cat(parts)[: p.shape[0]]
+
+    def _scatter_and_apply(self, unit: Any, owned: tuple[Tensor, Tensor] | None, apply: Callable) -> None:
+        """Scatter an FSDP2 update's row shards (with the ``ok`` flag as a last element) and apply the local one."""
+        p = unit.param
+        rows, owner = self._shard_rows(p), self.owners[p]
+        local = p.to_local()  # a view of this rank's shard: the update is written through it
+        dtype = self.comm_dtype or _stats_dtype(p)
+        shard_numel = rows * p[0].numel() if p.shape[0] else 0
+        received = torch.empty(shard_numel + 1, dtype=dtype, device=local.device)
+        parts = None
+        if self.rank == owner:
+            update, ok = owned
+            padded = update.new_zeros((rows * self.world_size, *p.shape[1:]))
+            padded[: p.shape[0]] = update
+            flag = ok.reshape(1).to(dtype)
+            parts = [torch.cat([c.reshape(-1).to(dtype), flag]) for c in padded.split(rows)]
+            self.sent_bytes += _nbytes(received) * (self.world_size - 1)
+        else:
+            self.received_bytes += _nbytes(received)
+        dist.scatter(received, parts, src=owner)
+        update = received[:-1].reshape(rows, *p.shape[1:])[: local.shape[0]]
+        apply(unit._replace(param=local), update.to(_stats_dtype(p)), received[-1] != 0)
+
+
+def _plan(opt: Any) -> DistributedPlan | None:
+    plan = getattr(opt, "_plan", None)
+    if plan is not None:
+        plan.assign_optimizer(opt)
+    return plan
+
+
+def kept_state_ids(opt: Any) -> set[int]:
+    """``state_dict`` ids (0, 1, … over the param groups) of the parameters whose state this rank keeps.
+
+    That is every parameter without distribution; with it, the Kronecker parameters this rank owns
+    plus every AdamW-path parameter (replicated).
+    """
+    plan = _plan(opt)
+    ids: set[int] = set()
+    index = 0
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if plan is None or not opt.uses_kron(p, group) or plan.owner_of(p) == plan.rank:
+                ids.add(index)
+            index += 1
+    return ids
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def gather_state_dict(opt: Any, dst: int = 0) -> dict[str, Any] | None:
+    """The full, single-process-equivalent ``state_dict`` of ``opt`` on rank ``dst`` (None elsewhere).
+
+    Every rank must call it. Communication: each rank's owned state, pickled (``gather_object``),
+    moved to the CPU first. The result loads into a single-process :class:`tritonkron.Kron`, or into
+    a distributed one of any world size with :func:`load_full_state_dict`.
+    """
+    sd = opt.state_dict()
+    plan = _plan(opt)
+    if plan is None:
+        return sd
+    mine = {i: _to_cpu(v) for i, v in sd["state"].items() if i in kept_state_ids(opt)}
+    parts: list | None = [None] * plan.world_size if plan.rank == dst else None
+    dist.gather_object(mine, parts, dst=dst)
+    if plan.rank != dst:
+        return None
+    full: dict[int, Any] = {}
+    for part in parts:
+        full.update(part)
+    return {"state": dict(sorted(full.items())), "param_groups": sd["param_groups"]}
+
+
+def load_full_state_dict(opt: Any, state_dict: dict[str, Any]) -> None:
+    """Load a full state dict (e.g. from :func:`gather_state_dict`), keeping only this rank's share."""
+    kept = kept_state_ids(opt)
+    opt.load_state_dict({**state_dict, "state": {i: v for i, v in state_dict["state"].items() if i in kept}})
+
+
+def _child(node: Any, key: Any, empty: Any) -> Any:
+    """``node[key]``, created as ``empty`` when missing (``node`` a dict, or a list grown with None)."""
+    if isinstance(node, list):
+        node.extend([None] * (key + 1 - len(node)))
+        if node[key] is None:
+            node[key] = empty
+        return node[key]
+    return node.setdefault(key, empty)
+
+
+def _nest(items: dict[tuple, Any]) -> dict[str, Any]:
+    """Rebuild a nested value from ``path → leaf`` (str path items are dict keys, int items list indices)."""
+    root: dict[str, Any] = {}
+    for path, value in items.items():
+        node: Any = root
+        for key, nxt in zip(path[:-1], path[1:], strict=True):
+            node = _child(node, key, [] if isinstance(nxt, int) else {})
+        _child(node, path[-1], None)
+        node[path[-1]] = value
+    return root
+
+
+def load_checkpoint(opt: Any, checkpoint_id: str | os.PathLike[str], key: str = "optim") -> None:
+    """Load ``opt``'s state from a ``torch.distributed.checkpoint`` directory saved with
+    ``dcp.save({..., key: opt.state_dict()}, checkpoint_id=...)`` on any number of ranks.
+
+    Each rank reads only the entries it keeps under the current world size and owners
+    (:func:`kept_state_ids`), so the checkpoint re-shards to a different world size, or loads in a
+    single process. Every rank of the current group must call it.
+
+    Raises:
+        ValueError: the checkpoint has no entry under ``key``.
+    """
+    reader = dcp.FileSystemReader(checkpoint_id)
+    metadata = reader.read_metadata()
+    kept = {str(i) for i in kept_state_ids(opt)}
+    template: dict[str, Any] = {}
+    paths: dict[str, tuple] = {}
+    for fqn, meta in metadata.state_dict_metadata.items():
+        path = tuple(metadata.planner_data.get(fqn, (fqn,)))
+        if path[0] != key or (len(path) > 2 and path[1] == "state" and path[2] not in kept):
+            continue
+        paths[fqn] = path[1:]
+        is_tensor = isinstance(meta, TensorStorageMetadata)
+        template[fqn] = torch.empty(meta.size, dtype=meta.properties.dtype) if is_tensor else None
+    if not paths:
+        raise ValueError(f"checkpoint {checkpoint_id!s} has no entry under key={key!r}")
+    dcp.load(template, storage_reader=reader, no_dist=not dist.is_initialized())
+    loaded = _nest({paths[fqn]: value for fqn, value in template.items()})
+    loaded["state"] = {int(i): v for i, v in loaded.get("state", {}).items()}
+    opt.load_state_dict(loaded)

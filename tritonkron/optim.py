@@ -250,10 +250,11 @@ class Kron(Optimizer):
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
             pass the same file when resuming.
         distributed: split the preconditioner work over the ranks of the default ``torch.distributed``
-            process group (each Kronecker parameter gets one owner rank, directions are broadcast; see
-            :mod:`tritonkron.distributed`). None: on when a group with more than one rank is initialised
-            at construction; True: required; False: every rank computes everything.
-        comm_dtype: dtype of the broadcast directions (None: float32, float64 for float64 parameters);
+            process group (each Kronecker parameter gets one owner rank, which alone keeps its state;
+            directions are broadcast, or scattered as shards for FSDP2 ``fully_shard`` parameters; see
+            :mod:`tritonkron.distributed` and docs/distributed.md). None: on when a group with more than
+            one rank is initialised at construction; True: required; False: every rank computes everything.
+        comm_dtype: dtype of the shared directions (None: float32, float64 for float64 parameters);
             ``torch.bfloat16`` halves the traffic at the cost of rounding the update.
 
     Example:
@@ -446,7 +447,8 @@ class Kron(Optimizer):
         """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).
 
         With a :class:`~tritonkron.distributed.DistributedPlan` each rank computes the directions of
-        the parameters it owns and the directions are broadcast (:mod:`tritonkron.distributed`).
+        the parameters it owns and shares them (broadcast, or a scatter of shards for FSDP2
+        parameters); see :mod:`tritonkron.distributed`.
         """
 
         def apply(unit: KronUnit, update: Tensor, ok: Tensor) -> None:
@@ -456,16 +458,8 @@ class Kron(Optimizer):
             for unit in units:
                 apply(unit, *self._kron_update(unit))
             return
-        every = [
-            (p, group, _settings(group))
-            for group in self.param_groups
-            for p in group["params"]
-            if self.uses_kron(p, group)
-        ]
-        layouts = [self._resolve(p, group, settings)[1] for p, group, settings in every]
-        periods = [group["precondition_every"] for _, group, _ in every]
-        self._plan.assign([p for p, _, _ in every], layouts, periods)
-        self._plan.run(units, self._kron_update, apply)
+        self._plan.assign_optimizer(self)
+        self._plan.run(units, self._kron_update, apply, self.state)
 
     def _resolve(
         self, p: Tensor, group: dict[str, Any], settings: KronSettings
