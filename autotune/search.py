@@ -62,8 +62,8 @@ from tritonkron.tuning import (
     TuningTable,
     device_name,
     dtype_name,
-    single_rank,
 )
+from tritonkron.tuning_lookup import single_rank
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from perf import report
+from perf.cli import nonnegative_int, positive_int
 from perf.peers import OptimizerEntry, available, build_registry
 from perf.train import WORKLOADS, RunRecord, build_workload, run_benchmark
 
@@ -253,20 +254,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.split("\n\n")[0])
@@ -284,20 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     train.add_argument("--optimizers", nargs="+", default=None, help="labels to run (default all)")
     train.add_argument(
-        "--seeds", type=_positive_int, default=None, help="seeds at the best lr (default 2 quick, 3 full)"
+        "--seeds", type=positive_int, default=None, help="seeds at the best lr (default 2 quick, 3 full)"
     )
     train.add_argument("--no-ablations", action="store_true", help="skip the tritonkron ablation configs")
     train.add_argument("--list", action="store_true", help="print the optimizer labels and exit")
     train.add_argument(
         "--extend-edges",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         default=None,
         help="extra lrs tried past an edge of the grid while the best lies there (default 1 quick, 2 full)",
     )
     step = sub.add_parser("step", parents=[common], help="step time against layer size")
     step.add_argument("--full", action="store_true", help="add Llama-7B's whole 4096×4096 matrix")
     step.add_argument("--optimizers", nargs="+", default=None)
-    step.add_argument("--steps", type=_positive_int, default=20, help="timed steps per case (default 20)")
+    step.add_argument("--steps", type=positive_int, default=20, help="timed steps per case (default 20)")
     step.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     rep = sub.add_parser("report", parents=[common], help="render perf/REPORT.md from the CSVs")
     rep.add_argument("--session", default=None, help="training session id (default: the latest)")

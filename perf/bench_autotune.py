@@ -56,13 +56,8 @@ from autotune.search import SearchOptions, tune_model
 from perf.demo import batch_schedule, evaluate, make_mlp
 from perf.workloads import FASHION_MNIST_ROOT, Dataset, load_digits_dataset, load_image_classification
 from tritonkron.optim import BLOCKS
-from tritonkron.tuning import (
-    TuningTable,
-    device_name,
-    load_tuning,
-    sketch_tuning_for,
-    tuned_param_groups,
-)
+from tritonkron.tuning import TuningTable, device_name, load_tuning
+from tritonkron.tuning_lookup import sketch_tuning_for, tuned_param_groups
 
 BETAS = (0.9, 0.98)
 GOAL_MEMORY = 3.0

@@ -39,6 +39,7 @@ import tritonkron as tk
 from autotune.__main__ import summary_frame
 from autotune.measure import cpu_threads
 from autotune.search import SearchOptions, TuneResult, tune_model
+from perf.cli import positive_int
 from perf.workloads import (
     FASHION_MNIST_ROOT,
     Dataset,
@@ -386,13 +387,6 @@ def _parse_hidden(text: str) -> list[int]:
     return hidden
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``python -m perf.demo``."""
     parser = argparse.ArgumentParser(
@@ -400,10 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare AdamW with tritonkron.Kron on a small MLP trained on real images.",
     )
     parser.add_argument(
-        "--steps", type=_positive_int, default=150, help="optimizer steps per run (default 150)"
+        "--steps", type=positive_int, default=150, help="optimizer steps per run (default 150)"
     )
-    parser.add_argument("--seeds", type=_positive_int, default=2, help="seeds per learning rate (default 2)")
-    parser.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size (default 128)")
+    parser.add_argument("--seeds", type=positive_int, default=2, help="seeds per learning rate (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="minibatch size (default 128)")
     parser.add_argument(
         "--lrs",
         type=_parse_lrs,
@@ -421,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=10_000,
         help="Fashion-MNIST examples kept per split (default 10000)",
     )
@@ -432,14 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated hidden widths (default 128,64 for Fashion-MNIST, 64 for digits)",
     )
     parser.add_argument(
-        "--rank", type=_positive_int, default=16, help="rank of the subspace Kron config (default 16)"
+        "--rank", type=positive_int, default=16, help="rank of the subspace Kron config (default 16)"
     )
     parser.add_argument(
-        "--precondition-every", type=_positive_int, default=10, help="Kron basis refresh period (default 10)"
+        "--precondition-every", type=positive_int, default=10, help="Kron basis refresh period (default 10)"
     )
     parser.add_argument(
         "--tune-steps",
-        type=_positive_int,
+        type=positive_int,
         default=30,
         help="calibration steps of the autotune step; its tuning.json goes next to --out (default 30)",
     )

@@ -49,6 +49,7 @@ from torch import Tensor
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, Shard
 
+from tritonkron.options import kron_settings, statistics_dtype
 from tritonkron.reference.blocking import BlockLayout
 
 __all__ = [
@@ -112,10 +113,6 @@ def resolve_distributed(distributed: bool | None) -> bool:
     return distributed
 
 
-def _stats_dtype(p: Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
-
-
 def _nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -163,12 +160,11 @@ class DistributedPlan:
 
     def assign_optimizer(self, opt: Any) -> None:
         """Assign owners to every Kronecker-path parameter of ``opt`` (a :class:`tritonkron.Kron`)."""
-        from tritonkron.optim import _settings  # the optimizer imports this module
 
         every = [(p, group) for group in opt.param_groups for p in group["params"] if opt.uses_kron(p, group)]
         if all(p in self.owners for p, _ in every):
             return
-        layouts = [opt._resolve(p, group, _settings(group))[1] for p, group in every]
+        layouts = [opt._resolve(p, group, kron_settings(group))[1] for p, group in every]
         self.assign([p for p, _ in every], layouts, [g["precondition_every"] for _, g in every])
 
     def owner_of(self, p: Tensor) -> int:
@@ -227,7 +223,7 @@ class DistributedPlan:
         for src, members in enumerate(by_rank):
             if not members:
                 continue
-            dtype = self.comm_dtype or _stats_dtype(members[0].param)
+            dtype = self.comm_dtype or statistics_dtype(members[0].param)
             sizes = [u.param.numel() for u in members]
             if src == self.rank:
                 flat = torch.cat([updates[id(u)][0].reshape(-1).to(dtype) for u in members])
@@ -239,7 +235,7 @@ class DistributedPlan:
             for unit, chunk in zip(members, flat.split(sizes), strict=True):
                 p = unit.param
                 ok = torch.isfinite(p.grad).all()  # gradients are equal on every rank after DDP
-                apply(unit, chunk.reshape(p.shape).to(_stats_dtype(p)), ok)
+                apply(unit, chunk.reshape(p.shape).to(statistics_dtype(p)), ok)
 
     def _shard_rows(self, p: DTensor) -> int:
         """Rows per (padded) dim-0 shard of an FSDP2 parameter; raises for other layouts."""
@@ -271,7 +267,7 @@ class DistributedPlan:
         p = unit.param
         rows, owner = self._shard_rows(p), self.owners[p]
         local = p.to_local()  # a view of this rank's shard: the update is written through it
-        dtype = self.comm_dtype or _stats_dtype(p)
+        dtype = self.comm_dtype or statistics_dtype(p)
         shard_numel = rows * p[0].numel() if p.shape[0] else 0
         received = torch.empty(shard_numel + 1, dtype=dtype, device=local.device)
         parts = None
@@ -286,7 +282,7 @@ class DistributedPlan:
             self.received_bytes += _nbytes(received)
         dist.scatter(received, parts, src=owner)
         update = received[:-1].reshape(rows, *p.shape[1:])[: local.shape[0]]
-        apply(unit._replace(param=local), update.to(_stats_dtype(p)), received[-1] != 0)
+        apply(unit._replace(param=local), update.to(statistics_dtype(p)), received[-1] != 0)
 
 
 def _plan(opt: Any) -> DistributedPlan | None:

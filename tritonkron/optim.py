@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -14,21 +13,24 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
-from tritonkron.config import parse_divergence, parse_tail_rule
 from tritonkron.distributed import DistributedPlan, resolve_distributed
-from tritonkron.preconditioner import FAILURES, KronSettings, block_group_step, new_group_state
+from tritonkron.guards import check_gradients, check_refresh_failures
+from tritonkron.options import (
+    AUTO,
+    COMM_DTYPES,
+    DEFAULTS,
+    EXTRA_GROUP_KEYS,
+    kron_settings,
+    statistics_dtype,
+    validate_group,
+)
+from tritonkron.preconditioner import BLOCKS, KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
-from tritonkron.tuning import (
-    TuningTable,
-    TuningWarning,
-    device_name,
-    ranks_for,
-    resolve_tuning,
-    sketch_tuning_for,
-)
+from tritonkron.tuning import TuningTable, TuningWarning, device_name
+from tritonkron.tuning_lookup import ranks_for, resolve_tuning, sketch_tuning_for
 
-MOMENTUM, BLOCKS = "momentum", "blocks"
+MOMENTUM = "momentum"
 
 
 class KronUnit(NamedTuple):
@@ -37,132 +39,6 @@ class KronUnit(NamedTuple):
     param: Tensor
     group: dict[str, Any]
     settings: KronSettings
-
-
-AUTO = "auto"
-
-_COMM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-# Keys torch.optim and LR schedulers put into param groups themselves.
-_EXTRA_GROUP_KEYS = {"params", "param_names", "name", "initial_lr"}
-
-_DEFAULTS: dict[str, Any] = {
-    "lr": 3e-4,
-    "betas": (0.9, 0.98),
-    "eps": 1e-8,
-    "weight_decay": 0.0,
-    "divergence": "logdet",
-    "rank": None,
-    "tail": "mean",
-    "alpha": 1.0,
-    "precondition_every": 10,
-    "block_size": 1024,
-    "kron": True,
-    "flat_tail_in_stats": False,
-    "eig_floor": 1e-8,
-    "init_floor": 0.1,
-    "sketch": False,
-    "sketch_rank": None,
-    "nonfinite": "skip",
-    "max_refresh_failures": 10,
-}
-NONFINITE_POLICIES = ("skip", "raise")
-
-
-def _check_number(
-    name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False
-) -> None:
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(
-                f"{name} must be a number or a one-element tensor; got a tensor of shape {tuple(value.shape)}"
-            )
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number; got {value!r}")
-    below = value <= low if low_open else value < low
-    if below or value > high or math.isnan(value):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}]; got {value!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-
-
-def validate_group(group: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first invalid hyperparameter of a param group."""
-    unknown = set(group) - set(_DEFAULTS) - _EXTRA_GROUP_KEYS
-    if unknown:
-        raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
-    _check_number("lr", group["lr"], 0.0)
-    betas = group["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1); got {betas!r}")
-    _check_number("betas[0]", betas[0], 0.0, 1.0 - 1e-12)
-    _check_number("betas[1]", betas[1], 0.0, 1.0 - 1e-12)
-    _check_number("eps", group["eps"], 0.0)
-    _check_number("weight_decay", group["weight_decay"], 0.0)
-    parse_divergence(group["divergence"], "divergence")
-    rank = group["rank"]
-    if (
-        rank is not None
-        and rank != AUTO
-        and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1)
-    ):
-        raise ValueError(
-            f"rank must be None (full preconditioning), a positive int or 'auto' (from the tuning file); got {rank!r}"
-        )
-    parse_tail_rule(group["tail"], "tail")
-    _check_number("alpha", group["alpha"], 0.0, low_open=True)
-    _check_positive_int("precondition_every", group["precondition_every"])
-    _check_positive_int("block_size", group["block_size"])
-    for flag in ("kron", "flat_tail_in_stats"):
-        if not isinstance(group[flag], bool):
-            raise ValueError(f"{flag} must be True or False; got {group[flag]!r}")
-    _check_number("eig_floor", group["eig_floor"], 0.0, 1.0)
-    _check_number("init_floor", group["init_floor"], 0.0, 1.0)
-    _validate_sketch(group)
-    _check_positive_int("max_refresh_failures", group["max_refresh_failures"])
-    if group["nonfinite"] not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {group['nonfinite']!r}")
-
-
-def _validate_sketch(group: dict[str, Any]) -> None:
-    """The ``sketch`` / ``sketch_rank`` options: sketching needs an int rank k and ℓ ≥ k."""
-    if not isinstance(group["sketch"], bool):
-        raise ValueError(f"sketch must be True or False; got {group['sketch']!r}")
-    ell = group["sketch_rank"]
-    if ell is not None and (isinstance(ell, bool) or not isinstance(ell, int) or ell < 1):
-        raise ValueError(f"sketch_rank must be None (2·rank) or a positive int; got {ell!r}")
-    if not group["sketch"]:
-        return
-    rank = group["rank"]
-    if rank is None:
-        raise ValueError(
-            "sketch=True needs rank=k (an int): the sketch keeps only the top-k subspace and a tail"
-        )
-    if ell is not None and isinstance(rank, int) and ell < rank:
-        raise ValueError(f"sketch_rank must be >= rank ({rank}); got {ell!r}")
-
-
-def _settings(group: dict[str, Any]) -> KronSettings:
-    return KronSettings(
-        divergence=parse_divergence(group["divergence"]),
-        rank=group["rank"],
-        tail=parse_tail_rule(group["tail"]),
-        alpha=float(group["alpha"]),
-        beta2=float(group["betas"][1]),
-        eps=float(group["eps"]),
-        eig_floor=float(group["eig_floor"]),
-        init_floor=float(group["init_floor"]),
-        flat_tail_in_stats=group["flat_tail_in_stats"],
-        sketch=group["sketch"],
-        sketch_rank=(group["sketch_rank"] or 2 * group["rank"])
-        if group["sketch"] and group["rank"] != AUTO
-        else None,
-    )
 
 
 _LAYOUTS: dict[tuple[tuple[int, ...], int], BlockLayout] = {}
@@ -174,10 +50,6 @@ def _layout(shape: tuple[int, ...], block_size: int) -> BlockLayout:
     if key not in _LAYOUTS:
         _LAYOUTS[key] = BlockLayout.build(shape, block_size)
     return _LAYOUTS[key]
-
-
-def _stats_dtype(p: Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -312,9 +184,9 @@ class Kron(Optimizer):
             "max_refresh_failures": max_refresh_failures,
         }
         validate_group(defaults)
-        if comm_dtype is not None and comm_dtype not in _COMM_DTYPES:
+        if comm_dtype is not None and comm_dtype not in COMM_DTYPES:
             raise ValueError(
-                f"comm_dtype must be None or one of {sorted(map(str, _COMM_DTYPES))}; got {comm_dtype!r}"
+                f"comm_dtype must be None or one of {sorted(map(str, COMM_DTYPES))}; got {comm_dtype!r}"
             )
         super().__init__(params, defaults)
         self._plan = (
@@ -333,16 +205,16 @@ class Kron(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its options are validated at once (a typo fails here)."""
-        unknown = set(param_group) - set(_DEFAULTS) - _EXTRA_GROUP_KEYS
+        unknown = set(param_group) - set(DEFAULTS) - EXTRA_GROUP_KEYS
         if unknown:
-            raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
+            raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
         super().add_param_group(param_group)
         validate_group(self.param_groups[-1])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in _DEFAULTS.items():
+            for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -373,10 +245,10 @@ class Kron(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_gradients()
+        check_gradients(self.param_groups)
         units: list[KronUnit] = []
         for group in self.param_groups:
-            settings = _settings(group) if group["kron"] else None
+            settings = kron_settings(group) if group["kron"] else None
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -386,62 +258,8 @@ class Kron(Optimizer):
                     adamw_step(p, group, self.state[p])
         self._run_kron(units)
         if not torch.compiler.is_compiling():
-            self._check_refresh_failures()
+            check_refresh_failures(self.param_groups, self.state)
         return loss
-
-    def _param_name(self, group_index: int, param_index: int) -> str:
-        """``named_parameters()`` name of a parameter, else its position and shape."""
-        group = self.param_groups[group_index]
-        names = group.get("param_names")
-        if names is not None and param_index < len(names):
-            return repr(names[param_index])
-        shape = tuple(group["params"][param_index].shape)
-        return f"param_groups[{group_index}]['params'][{param_index}] (shape {shape})"
-
-    def _check_gradients(self) -> None:
-        """Reject unsupported gradients, and non-finite ones under ``nonfinite="raise"``, before any update."""
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                grad = p.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse or grad.layout != torch.strided:
-                    raise ValueError(
-                        f"Kron does not support sparse gradients; parameter {self._param_name(gi, pi)} has a "
-                        f"{grad.layout} gradient (use a dense embedding, or a separate sparse optimizer)"
-                    )
-                if p.is_complex() or grad.is_complex():
-                    raise ValueError(
-                        f"Kron does not support complex parameters; parameter {self._param_name(gi, pi)} is "
-                        f"{p.dtype} (optimise torch.view_as_real(p) instead)"
-                    )
-                if group["nonfinite"] == "raise" and not bool(torch.isfinite(grad).all()):
-                    raise FloatingPointError(
-                        f"non-finite gradient (NaN or Inf) for parameter {self._param_name(gi, pi)}; nothing was "
-                        "updated (nonfinite='raise'; use nonfinite='skip' to skip such steps)"
-                    )
-
-    def _check_refresh_failures(self) -> None:
-        """Raise ``RuntimeError`` naming a parameter one of whose blocks failed ``max_refresh_failures``
-        consecutive basis refreshes (one host read for the whole optimizer)."""
-        counts, where = [], []
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                for blocks in self.state.get(p, {}).get(BLOCKS, []):
-                    if FAILURES in blocks:
-                        counts.append(blocks[FAILURES].max() >= group["max_refresh_failures"])
-                        where.append((gi, pi))
-        if not counts:
-            return
-        failed = torch.stack([c.cpu() for c in counts])
-        if bool(failed.any()):
-            gi, pi = where[int(failed.nonzero()[0])]
-            raise RuntimeError(
-                f"the preconditioner basis of parameter {self._param_name(gi, pi)} failed "
-                f"{self.param_groups[gi]['max_refresh_failures']} consecutive refreshes (non-finite factors or "
-                "eigenvalues); the last good basis is still in use and the step was applied. Lower the learning "
-                "rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
-            )
 
     def _run_kron(self, units: list[KronUnit]) -> None:
         """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).
@@ -512,7 +330,7 @@ class Kron(Optimizer):
         p, group, settings = unit
         settings, layout = self._resolve(p, group, settings)
         m, n = layout.matrix
-        dtype = _stats_dtype(p)
+        dtype = statistics_dtype(p)
         state = self.state[p]
         if not state:
             state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
@@ -533,6 +351,10 @@ class Kron(Optimizer):
         momentum = state[MOMENTUM]
         momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
         refresh = state[STEP] % group["precondition_every"] == 0
+        if not torch.compiler.is_compiling():
+            refresh = bool(
+                refresh
+            )  # one host read per parameter; non-refresh steps then skip the refresh test
         group_step = sketch_group_step if settings.sketch else block_group_step
         directions = [
             group_step(block_state, G, M, settings, refresh, ok)

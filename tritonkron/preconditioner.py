@@ -36,6 +36,7 @@ BASIS_A, BASIS_B = "basis_a", "basis_b"
 EIG_A, EIG_B = "eig_a", "eig_b"
 TRACE, READY = "trace", "ready"
 FAILURES = "refresh_failures"
+BLOCKS = "blocks"  # per-parameter state key: the list of its block groups' states
 GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
 
 
@@ -100,11 +101,12 @@ def new_group_state(
     }
 
 
-def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+def masked_where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` for the blocks selected by ``mask [B]``, ``old`` elsewhere (any trailing shape)."""
     return torch.where(mask.reshape(-1, *([1] * (old.dim() - 1))), new, old)
 
 
-def _flatten_tail(x: Tensor, rank: int | None) -> Tensor:
+def flatten_tail(x: Tensor, rank: int | None) -> Tensor:
     """Replace x_i for i > k by the tail mean (the spike-and-flat eigenvalues)."""
     if rank is None or rank >= x.shape[-1]:
         return x
@@ -138,7 +140,7 @@ def _initial_values(
     B = (Q_B * b.unsqueeze(-2)) @ Q_B.transpose(-1, -2)
     new = (A, B, Q_A, Q_B, a, b, sq_norm)
     old = (factor_a, factor_b, basis_a, basis_b, eig_a, eig_b, trace)
-    return tuple(_where(mask, n, o) for n, o in zip(new, old, strict=True))
+    return tuple(masked_where(mask, n, o) for n, o in zip(new, old, strict=True))
 
 
 _INIT_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE)
@@ -214,7 +216,7 @@ def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     a = floor_eigenvalues(state[EIG_A], settings.eig_floor)
     b = floor_eigenvalues(state[EIG_B], settings.eig_floor)
     if settings.flat_tail_in_stats:
-        a, b = _flatten_tail(a, settings.rank_a), _flatten_tail(b, settings.rank_b)
+        a, b = flatten_tail(a, settings.rank_a), flatten_tail(b, settings.rank_b)
     rule = coupling(settings.divergence, a, b)
     beta = settings.beta2
     A, B = update_factors(state[FACTOR_A], state[FACTOR_B], G, Q_A, Q_B, rule, beta)
@@ -223,7 +225,7 @@ def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     trace = beta * state[TRACE] + (1 - beta) * (G * G).sum((-1, -2))
     updates = {FACTOR_A: A, FACTOR_B: B, EIG_A: eig_a, EIG_B: eig_b, TRACE: trace}
     for key, value in updates.items():
-        state[key] = _where(mask, value, state[key])
+        state[key] = masked_where(mask, value, state[key])
 
 
 def _refreshed_bases(
@@ -247,7 +249,7 @@ def _refreshed_bases(
     finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in new]).all(0)
     accept = ready & finite
     old = (basis_a, basis_b, eig_a, eig_b)
-    kept = tuple(_where(accept, n, o) for n, o in zip(new, old, strict=True))
+    kept = tuple(masked_where(accept, n, o) for n, o in zip(new, old, strict=True))
     counted = torch.where(accept, torch.zeros_like(failures), failures + (ready & ~finite).to(failures.dtype))
     return (*kept, counted)
 
@@ -298,9 +300,10 @@ def block_group_step(
     """
     ready = state[READY]
     active = ready if ok is None else ready & ok
-    U = _where(active, direction(state, M, settings), torch.zeros_like(M))
+    U = masked_where(active, direction(state, M, settings), torch.zeros_like(M))
     update_statistics(state, G, active, settings)
-    refresh_bases(state, active.any() & refresh)
+    if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
+        refresh_bases(state, active.any() & refresh)
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
     if ok is not None:
         fresh = fresh & ok

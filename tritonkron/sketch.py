@@ -38,7 +38,7 @@ from torch import Tensor
 
 from tritonkron import ops
 from tritonkron.divergences import coupling, initial_eigenvalues, preconditioner_eigenvalues
-from tritonkron.preconditioner import KronSettings
+from tritonkron.preconditioner import KronSettings, flatten_tail, masked_where
 from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
 from tritonkron.reference.sketch import top_singular_subspaces, virtual_spectrum
 from tritonkron.traceable import run_if
@@ -87,10 +87,6 @@ def new_sketch_state(
 def sketch_state_bytes(state: dict[str, Tensor]) -> int:
     """Bytes held by one block group's sketch state."""
     return sum(t.numel() * t.element_size() for t in state.values())
-
-
-def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    return torch.where(mask.reshape(-1, *([1] * (old.dim() - 1))), new, old)
 
 
 def _split(x: Tensor, ell: int, d: int) -> tuple[Tensor, Tensor]:
@@ -149,7 +145,7 @@ def _initial_sketch(
     lam_b, tau_b = _split(b, ell_b, n)
     new = (P_A, P_B, lam_a, lam_b, tau_a, tau_b, sq_norm)
     old = (basis_a, basis_b, eig_a, eig_b, tail_a, tail_b, trace)
-    return tuple(_where(mask, v.to(o.dtype), o) for v, o in zip(new, old, strict=True))
+    return tuple(masked_where(mask, v.to(o.dtype), o) for v, o in zip(new, old, strict=True))
 
 
 def _scales(x: Tensor, rank: int, settings: KronSettings) -> tuple[Tensor, Tensor]:
@@ -198,14 +194,6 @@ def _coupling_weight(
     return V, w, w_tau
 
 
-def _flatten_tail(x: Tensor, rank: int | None) -> Tensor:
-    """Replace x_i for i > k by their mean (the dense path's ``flat_tail_in_stats`` rule)."""
-    if rank is None or rank >= x.shape[-1]:
-        return x
-    tail = x[..., rank:].mean(-1, keepdim=True).expand(*x.shape[:-1], x.shape[-1] - rank)
-    return torch.cat([x[..., :rank], tail], dim=-1)
-
-
 def update_sketch_statistics(
     state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings
 ) -> None:
@@ -214,7 +202,7 @@ def update_sketch_statistics(
     a = floor_eigenvalues(virtual_spectrum(state[EIG_A], state[TAIL_A], m), settings.eig_floor)
     b = floor_eigenvalues(virtual_spectrum(state[EIG_B], state[TAIL_B], n), settings.eig_floor)
     if settings.flat_tail_in_stats:
-        a, b = _flatten_tail(a, settings.rank_a), _flatten_tail(b, settings.rank_b)
+        a, b = flatten_tail(a, settings.rank_a), flatten_tail(b, settings.rank_b)
     rule = coupling(settings.divergence, a, b)
     beta = settings.beta2
     V_B, w_B, wt_B = _coupling_weight(state[BASIS_B], rule.left_weight, settings)
@@ -238,7 +226,7 @@ def update_sketch_statistics(
         TRACE: trace,
     }
     for key, value in updates.items():
-        state[key] = _where(mask, value.to(state[key].dtype), state[key])
+        state[key] = masked_where(mask, value.to(state[key].dtype), state[key])
 
 
 def sketch_group_step(
@@ -264,7 +252,7 @@ def sketch_group_step(
     del refresh
     ready = state[READY]
     active = ready if ok is None else ready & ok
-    U = _where(active, sketch_direction(state, M, settings), torch.zeros_like(M))
+    U = masked_where(active, sketch_direction(state, M, settings), torch.zeros_like(M))
     update_sketch_statistics(state, G, active, settings)
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
     if ok is not None:

@@ -42,13 +42,13 @@ situation                                             behaviour
 file missing, unreadable, not JSON, wrong fields      :class:`TuningFileError` from :func:`load_tuning` (at
                                                       construction time, naming the path)
 other schema version (older or newer)                 warning; the file is ignored: every shape gets the
-                                                      defaults (:func:`heuristic_entry`)
+                                                      defaults (:func:`~tritonkron.tuning_lookup.heuristic_entry`)
 other torch or triton version                         warning; kernel configs ignored, ranks and blocks kept
 other device                                          warning; kernel configs ignored, ranks and blocks kept
 shape/dtype not in the file                           warning (once per shape); defaults for that shape
 ====================================================  ======================================================
 
-Defaults (:func:`heuristic_entry`): ``block_size`` 1024 (``tk.Kron``'s default), ranks None (full
+Defaults (:func:`~tritonkron.tuning_lookup.heuristic_entry`): ``block_size`` 1024 (``tk.Kron``'s default), ranks None (full
 eigenvalue preconditioning), no kernel configs (each launcher's own heuristic).
 """
 
@@ -66,9 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from tritonkron import _env
 from tritonkron.reference.blocking import matrix_shape
 
 __all__ = [
@@ -81,14 +79,7 @@ __all__ = [
     "TuningWarning",
     "device_name",
     "dtype_name",
-    "heuristic_entry",
     "load_tuning",
-    "ranks_for",
-    "resolve_tuning",
-    "resolve_tuning_path",
-    "single_rank",
-    "sketch_tuning_for",
-    "tuned_param_groups",
 ]
 
 SCHEMA_VERSION = 1
@@ -110,7 +101,7 @@ class TuningWarning(UserWarning):
     """A tuning file is stale or does not cover a case; documented defaults are used instead."""
 
 
-def _warn_once(key: tuple[str, ...], message: str) -> None:
+def warn_once(key: tuple[str, ...], message: str) -> None:
     if key in _WARNED:
         return
     _WARNED.add(key)
@@ -376,7 +367,7 @@ class TuningTable:
         if not _is_int(schema, 0):
             raise TuningFileError(f"tuning file {where}: schema must be an int; got {schema!r}")
         if schema != SCHEMA_VERSION:
-            _warn_once(
+            warn_once(
                 (where, "schema"),
                 f"tuning file {where} has schema version {schema} but this tritonkron reads version "
                 f"{SCHEMA_VERSION}; ignoring it: every shape uses the defaults (block_size="
@@ -411,7 +402,7 @@ class TuningTable:
         installed = (_installed_version("torch"), _installed_version("triton"))
         if (table.torch_version, table.triton_version) != installed:
             table.kernels_valid = False
-            _warn_once(
+            warn_once(
                 (where, "versions"),
                 f"tuning file {where} was tuned with torch {table.torch_version} / triton {table.triton_version}, but "
                 f"torch {installed[0]} / triton {installed[1]} are installed: its kernel configs are "
@@ -437,7 +428,7 @@ class TuningTable:
         kernels_ok = self.kernels_valid
         if device is not None and device != self.device:
             kernels_ok = False
-            _warn_once(
+            warn_once(
                 (str(self.path), "device", device),
                 f"tuning file {self.path} was tuned on {self.device!r}, not {device!r}: its kernel "
                 "configs are ignored (launcher heuristics used); its block sizes and ranks are kept.",
@@ -452,131 +443,3 @@ def load_tuning(path: str | os.PathLike[str]) -> TuningTable:
         TuningFileError: the file is missing, unreadable, not JSON or malformed.
     """
     return TuningTable.load(path)
-
-
-def resolve_tuning_path(explicit: str | os.PathLike[str] | None) -> Path | None:
-    """The tuning file to use: ``explicit`` when given, else ``TRITONKRON_TUNING``, else None.
-
-    The explicit argument wins, as for ``TRITONKRON_BACKEND``: the environment variable sets the
-    default for code that passes none.
-    """
-    if explicit is not None:
-        return Path(explicit)
-    env = _env.tuning_path()
-    return Path(env) if env is not None else None
-
-
-def resolve_tuning(tuning: TuningTable | str | os.PathLike[str] | None) -> TuningTable | None:
-    """A loaded table for ``tuning`` (a table, a path, or None → ``TRITONKRON_TUNING`` → None).
-
-    Raises:
-        TuningFileError: the resolved file is missing or malformed.
-    """
-    if isinstance(tuning, TuningTable):
-        return tuning
-    path = resolve_tuning_path(tuning)
-    return None if path is None else load_tuning(path)
-
-
-def heuristic_entry(shape: Iterable[int], dtype: torch.dtype | str) -> TuningEntry:
-    """The documented defaults for a shape without an entry: block 1024, full rank, no configs."""
-    return TuningEntry(shape=matrix_shape(tuple(shape)), dtype=dtype_name(dtype))
-
-
-def ranks_for(
-    table: TuningTable | None, shape: Iterable[int], dtype: torch.dtype | str, device: str | None = None
-) -> tuple[int | None, int | None, int]:
-    """(rank of factor A, rank of factor B, block_size) for one parameter.
-
-    A missing table or a shape without an entry gives the defaults of :func:`heuristic_entry`
-    (None, None, 1024); a shape missing from a loaded table also warns once. Ranks are per block
-    factor (A: the block's rows, B: its columns); a rank ≥ the factor's dimension means full.
-
-    Args:
-        table: a loaded tuning table, or None.
-        shape: the parameter's shape (≥ 2 dims).
-        dtype: the parameter's dtype.
-        device: device name (:func:`device_name`), or None to skip the device check.
-    """
-    entry = table.lookup(shape, dtype, device) if table is not None else None
-    if entry is None:
-        entry = heuristic_entry(shape, dtype)
-        if table is not None and table.schema == SCHEMA_VERSION:
-            _warn_once(
-                (str(table.path), "missing", str(entry.shape), entry.dtype),
-                f"tuning file {table.path} has no entry for shape {list(entry.shape)} {entry.dtype}; "
-                f"using the defaults (block_size={DEFAULT_BLOCK_SIZE}, full rank).",
-            )
-    return entry.rank_a, entry.rank_b, entry.block_size
-
-
-def sketch_tuning_for(
-    table: TuningTable | None, shape: Iterable[int], dtype: torch.dtype | str, device: str | None = None
-) -> SketchTuning | None:
-    """The tuned ``sketch=True`` choice of one parameter, or None (the caller falls back).
-
-    None without a table or an entry (:func:`ranks_for` warns about those); an entry without a
-    ``sketch`` choice (a file written before it existed, or tuned with ``--no-sketch``) warns once.
-
-    Args:
-        table: a loaded tuning table, or None.
-        shape: the parameter's shape (≥ 2 dims).
-        dtype: the parameter's dtype.
-        device: device name (:func:`device_name`), or None to skip the device check.
-    """
-    entry = table.lookup(shape, dtype, device) if table is not None else None
-    if entry is None:
-        return None
-    if entry.sketch is None:
-        _warn_once(
-            (str(table.path), "no-sketch", str(entry.shape), entry.dtype),
-            f"tuning file {table.path} has no sketch choice for shape {list(entry.shape)} {entry.dtype}; "
-            "sketch=True uses its dense ranks with sketch_rank = 2·max(rank_a, rank_b) (re-run "
-            "`python -m autotune` to tune the sketched mode).",
-        )
-    return entry.sketch
-
-
-def single_rank(rank_a: int | None, rank_b: int | None) -> int | None:
-    """One ``rank=`` for ``tk.Kron`` (which takes one rank for both factors): the larger of the two.
-
-    None (full) when either factor is full, so no factor is preconditioned with fewer directions
-    than tuned.
-    """
-    if rank_a is None or rank_b is None:
-        return None
-    return max(rank_a, rank_b)
-
-
-def tuned_param_groups(
-    params: Iterable[Tensor] | Iterable[tuple[str, Tensor]],
-    table: TuningTable | None,
-    device: str | None = None,
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """Param groups for ``tk.Kron`` with each matrix parameter's tuned rank and block size.
-
-    An explicit alternative to ``tk.Kron(rank="auto", tuning=table)`` that a user can edit per
-    group: ``tk.Kron(tuned_param_groups(model.parameters(), table), lr=...)`` gets one group per
-    matrix parameter with ``rank`` = :func:`single_rank` of its tuned ranks (``rank="auto"`` keeps
-    the two factor ranks apart) and its tuned ``block_size``; tensors with fewer than 2 dims share
-    one group (they take the AdamW path).
-
-    Args:
-        params: tensors or ``(name, tensor)`` pairs.
-        table: a loaded tuning table, or None (defaults everywhere).
-        device: device name for the lookup (None: each parameter's own device).
-        **options: further per-group options (``lr``, ``divergence``, ...) copied into every group.
-    """
-    groups: list[dict[str, Any]] = []
-    rest: list[Tensor] = []
-    for item in params:
-        p = item[1] if isinstance(item, tuple) else item
-        if p.dim() < 2 or p.numel() == 0:
-            rest.append(p)
-            continue
-        rank_a, rank_b, block = ranks_for(table, p.shape, p.dtype, device or device_name(p.device))
-        groups.append({"params": [p], "rank": single_rank(rank_a, rank_b), "block_size": block, **options})
-    if rest:
-        groups.append({"params": rest, **options})
-    return groups

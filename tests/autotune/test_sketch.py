@@ -31,8 +31,8 @@ from tritonkron.tuning import (
     TuningTable,
     TuningWarning,
     load_tuning,
-    sketch_tuning_for,
 )
+from tritonkron.tuning_lookup import sketch_tuning_for
 
 
 def _decaying(d: int, power: float = 1.0, seed: int = 0) -> Tensor:

@@ -19,8 +19,10 @@ from tritonkron.tuning import (
     TuningFileError,
     TuningTable,
     TuningWarning,
-    heuristic_entry,
     load_tuning,
+)
+from tritonkron.tuning_lookup import (
+    heuristic_entry,
     ranks_for,
     resolve_tuning,
     resolve_tuning_path,

@@ -1,0 +1,91 @@
+"""Input and failure checks of :class:`tritonkron.Kron` that raise errors naming the parameter.
+
+Each check makes at most one host read per device for the whole optimizer (flags are stacked on the
+device first), so the eager step does not synchronise once per parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tritonkron.preconditioner import BLOCKS, FAILURES
+
+
+def param_name(groups: Sequence[dict[str, Any]], group_index: int, param_index: int) -> str:
+    """``named_parameters()`` name of a parameter, else its position and shape."""
+    group = groups[group_index]
+    names = group.get("param_names")
+    if names is not None and param_index < len(names):
+        return repr(names[param_index])
+    shape = tuple(group["params"][param_index].shape)
+    return f"param_groups[{group_index}]['params'][{param_index}] (shape {shape})"
+
+
+def first_true(flags: Sequence[Tensor]) -> int | None:
+    """Index of the first one-element bool tensor that holds, with one host read per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, flag in enumerate(flags):
+        by_device.setdefault(flag.device, []).append(i)
+    hits = []
+    for indices in by_device.values():
+        stacked = torch.stack([flags[i].reshape(()) for i in indices])
+        if bool(stacked.any()):
+            hits.append(indices[int(stacked.nonzero()[0])])
+    return min(hits) if hits else None
+
+
+def check_gradients(groups: Sequence[dict[str, Any]]) -> None:
+    """Reject sparse and complex gradients, and non-finite ones in ``nonfinite="raise"`` groups.
+
+    Runs before any update, so a raise leaves parameters and state untouched.
+    """
+    watched, where = [], []
+    for gi, group in enumerate(groups):
+        for pi, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None:
+                continue
+            if grad.layout != torch.strided:
+                raise ValueError(
+                    f"Kron does not support sparse gradients; parameter {param_name(groups, gi, pi)} has a "
+                    f"{grad.layout} gradient (use a dense embedding, or a separate sparse optimizer)"
+                )
+            if p.is_complex() or grad.is_complex():
+                raise ValueError(
+                    f"Kron does not support complex parameters; parameter {param_name(groups, gi, pi)} is "
+                    f"{p.dtype} (optimise torch.view_as_real(p) instead)"
+                )
+            if group["nonfinite"] == "raise":
+                watched.append(~torch.isfinite(grad).all())
+                where.append((gi, pi))
+    bad = first_true(watched) if watched else None
+    if bad is not None:
+        raise FloatingPointError(
+            f"non-finite gradient (NaN or Inf) for parameter {param_name(groups, *where[bad])}; nothing was "
+            "updated (nonfinite='raise'; use nonfinite='skip' to skip such steps)"
+        )
+
+
+def check_refresh_failures(groups: Sequence[dict[str, Any]], state: dict[Tensor, dict[str, Any]]) -> None:
+    """Raise ``RuntimeError`` naming a parameter one of whose blocks failed ``max_refresh_failures``
+    consecutive basis refreshes."""
+    counts, where = [], []
+    for gi, group in enumerate(groups):
+        for pi, p in enumerate(group["params"]):
+            for blocks in state.get(p, {}).get(BLOCKS, []):
+                if FAILURES in blocks:
+                    counts.append(blocks[FAILURES].max() >= group["max_refresh_failures"])
+                    where.append((gi, pi))
+    bad = first_true(counts) if counts else None
+    if bad is not None:
+        gi, pi = where[bad]
+        raise RuntimeError(
+            f"the preconditioner basis of parameter {param_name(groups, gi, pi)} failed "
+            f"{groups[gi]['max_refresh_failures']} consecutive refreshes (non-finite factors or "
+            "eigenvalues); the last good basis is still in use and the step was applied. Lower the learning "
+            "rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
+        )

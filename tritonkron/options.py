@@ -1,0 +1,148 @@
+"""Param-group options of :class:`tritonkron.Kron`: defaults, validation and parsing into settings.
+
+Every option can be overridden per param group; :func:`validate_group` names the first invalid one
+and its allowed values, and :func:`kron_settings` turns a group into the
+:class:`~tritonkron.preconditioner.KronSettings` of the Kronecker path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tritonkron.config import parse_divergence, parse_tail_rule
+from tritonkron.preconditioner import KronSettings
+
+AUTO = "auto"
+
+COMM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+# Keys torch.optim and LR schedulers put into param groups themselves.
+EXTRA_GROUP_KEYS = {"params", "param_names", "name", "initial_lr"}
+
+DEFAULTS: dict[str, Any] = {
+    "lr": 3e-4,
+    "betas": (0.9, 0.98),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "divergence": "logdet",
+    "rank": None,
+    "tail": "mean",
+    "alpha": 1.0,
+    "precondition_every": 10,
+    "block_size": 1024,
+    "kron": True,
+    "flat_tail_in_stats": False,
+    "eig_floor": 1e-8,
+    "init_floor": 0.1,
+    "sketch": False,
+    "sketch_rank": None,
+    "nonfinite": "skip",
+    "max_refresh_failures": 10,
+}
+NONFINITE_POLICIES = ("skip", "raise")
+
+
+def _check_number(
+    name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False
+) -> None:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be a number or a one-element tensor; got a tensor of shape {tuple(value.shape)}"
+            )
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number; got {value!r}")
+    below = value <= low if low_open else value < low
+    if below or value > high or math.isnan(value):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}]; got {value!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def validate_group(group: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of a param group."""
+    unknown = set(group) - set(DEFAULTS) - EXTRA_GROUP_KEYS
+    if unknown:
+        raise ValueError(f"unknown param-group options {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
+    _check_number("lr", group["lr"], 0.0)
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1); got {betas!r}")
+    _check_number("betas[0]", betas[0], 0.0, 1.0 - 1e-12)
+    _check_number("betas[1]", betas[1], 0.0, 1.0 - 1e-12)
+    _check_number("eps", group["eps"], 0.0)
+    _check_number("weight_decay", group["weight_decay"], 0.0)
+    parse_divergence(group["divergence"], "divergence")
+    rank = group["rank"]
+    if (
+        rank is not None
+        and rank != AUTO
+        and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1)
+    ):
+        raise ValueError(
+            f"rank must be None (full preconditioning), a positive int or 'auto' (from the tuning file); got {rank!r}"
+        )
+    parse_tail_rule(group["tail"], "tail")
+    _check_number("alpha", group["alpha"], 0.0, low_open=True)
+    _check_positive_int("precondition_every", group["precondition_every"])
+    _check_positive_int("block_size", group["block_size"])
+    for flag in ("kron", "flat_tail_in_stats"):
+        if not isinstance(group[flag], bool):
+            raise ValueError(f"{flag} must be True or False; got {group[flag]!r}")
+    _check_number("eig_floor", group["eig_floor"], 0.0, 1.0)
+    _check_number("init_floor", group["init_floor"], 0.0, 1.0)
+    _validate_sketch(group)
+    _check_positive_int("max_refresh_failures", group["max_refresh_failures"])
+    if group["nonfinite"] not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {group['nonfinite']!r}")
+
+
+def _validate_sketch(group: dict[str, Any]) -> None:
+    """The ``sketch`` / ``sketch_rank`` options: sketching needs an int rank k and ℓ ≥ k."""
+    if not isinstance(group["sketch"], bool):
+        raise ValueError(f"sketch must be True or False; got {group['sketch']!r}")
+    ell = group["sketch_rank"]
+    if ell is not None and (isinstance(ell, bool) or not isinstance(ell, int) or ell < 1):
+        raise ValueError(f"sketch_rank must be None (2·rank) or a positive int; got {ell!r}")
+    if not group["sketch"]:
+        return
+    rank = group["rank"]
+    if rank is None:
+        raise ValueError(
+            "sketch=True needs rank=k (an int): the sketch keeps only the top-k subspace and a tail"
+        )
+    if ell is not None and isinstance(rank, int) and ell < rank:
+        raise ValueError(f"sketch_rank must be >= rank ({rank}); got {ell!r}")
+
+
+def kron_settings(group: dict[str, Any]) -> KronSettings:
+    """The Kronecker-path settings of a validated param group (``sketch_rank`` defaults to 2·rank)."""
+    return KronSettings(
+        divergence=parse_divergence(group["divergence"]),
+        rank=group["rank"],
+        tail=parse_tail_rule(group["tail"]),
+        alpha=float(group["alpha"]),
+        beta2=float(group["betas"][1]),
+        eps=float(group["eps"]),
+        eig_floor=float(group["eig_floor"]),
+        init_floor=float(group["init_floor"]),
+        flat_tail_in_stats=group["flat_tail_in_stats"],
+        sketch=group["sketch"],
+        sketch_rank=(group["sketch_rank"] or 2 * group["rank"])
+        if group["sketch"] and group["rank"] != AUTO
+        else None,
+    )
+
+
+def statistics_dtype(p: Tensor) -> torch.dtype:
+    """Dtype of a parameter's factors and statistics: float64 for float64 parameters, else float32."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
