@@ -1,4 +1,8 @@
-"""The AdamW path of :class:`tritonkron.Kron` (parameters with < 2 dims and groups with ``kron=False``)."""
+"""The AdamW path of :class:`tritonkron.Kron` (parameters with < 2 dims and groups with ``kron=False``).
+
+DTensor parameters (FSDP2 ``fully_shard``) keep DTensor moments laid out like the parameter and are
+stepped shard by shard (see :mod:`tritonkron.shards`); the caller passes the globally agreed ``ok``.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tritonkron.shards import local
+
 STEP, SKIPPED = "step", "skipped_steps"
 EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
 
 
-def count_nonfinite(grad: Tensor, state: dict[str, Any]) -> Tensor:
+def count_nonfinite(grad: Tensor, state: dict[str, Any], ok: Tensor | None = None) -> Tensor:
     """Return ``ok``, a 0-dim bool tensor: False when ``grad`` has a NaN or Inf, counted in ``skipped_steps``.
 
-    The count is a float32 tensor on the gradient's device (a plain int in checkpoints written by
-    tritonkron < 0.2 is converted on first use), so no host read is needed.
+    ``ok`` may be given (decided elsewhere, e.g. agreed over the shards of a DTensor); it is then
+    only counted. The count is a float32 tensor on the gradient's device (a plain int in checkpoints
+    written by tritonkron < 0.2 is converted on first use), so no host read is needed.
     """
-    ok = torch.isfinite(grad).all()
+    if ok is None:
+        ok = torch.isfinite(grad).all()
     skipped = state.get(SKIPPED)
     if not isinstance(skipped, Tensor):
         skipped = torch.tensor(float(skipped or 0), dtype=torch.float32, device=grad.device)
@@ -26,7 +34,7 @@ def count_nonfinite(grad: Tensor, state: dict[str, Any]) -> Tensor:
     return ok
 
 
-def adamw_step(p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+def adamw_step(p: Tensor, group: dict[str, Any], state: dict[str, Any], ok: Tensor | None = None) -> None:
     r"""One AdamW step (Loshchilov & Hutter), the operations of ``torch.optim.AdamW``'s single-tensor path:
 
     .. math::
@@ -36,6 +44,8 @@ def adamw_step(p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
     Moments are float32 for float16/bfloat16 parameters, else the parameter's dtype. The bias
     corrections are computed in float64 from the step tensor (no host read). A gradient with a
     NaN or Inf leaves the parameter and the moments untouched and is counted (masked, not branched).
+    ``ok`` overrides the local finiteness test (required for DTensor parameters: every shard must
+    make the same decision; :func:`tritonkron.shards.finite_flags`).
     """
     dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
     if not state:
@@ -43,15 +53,16 @@ def adamw_step(p: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
         state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
         state[EXP_AVG] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         state[EXP_AVG_SQ] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-    grad = p.grad.to(dtype)
-    ok = count_nonfinite(grad, state)
+    grad = local(p.grad).to(dtype)
+    ok = count_nonfinite(grad, state, ok)
     grad = torch.where(ok, grad, torch.zeros_like(grad))
     lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
     beta1, beta2 = group["betas"]
     step_tensor = state[STEP]
     step_tensor.add_(ok.to(step_tensor.dtype))
     step = step_tensor.to(torch.float64)
-    exp_avg, exp_avg_sq = state[EXP_AVG], state[EXP_AVG_SQ]
+    exp_avg, exp_avg_sq = local(state[EXP_AVG]), local(state[EXP_AVG_SQ])
+    p = local(p)
     exp_avg.copy_(torch.where(ok, exp_avg.lerp(grad, 1 - beta1), exp_avg))
     exp_avg_sq.copy_(torch.where(ok, exp_avg_sq * beta2 + (1 - beta2) * grad * grad, exp_avg_sq))
     bias_correction1 = 1 - beta1**step

@@ -6,7 +6,9 @@ expensive work world-size times. Here each Kronecker parameter (the unit of owne
 groups of one parameter share its momentum and step count, so they stay together) gets one
 **owner** rank, and on each step:
 
-1. every rank runs the AdamW path for its non-matrix parameters (cheap, replicated);
+1. every rank runs the AdamW path for its non-matrix parameters (cheap: replicated, or on its own
+   shard of FSDP2 DTensors, whose skip decision is agreed by one ``all_reduce``; see
+   :mod:`tritonkron.shards`);
 2. each rank advances the statistics and computes the search direction of the parameters it owns
    (only the owner holds their optimizer state, so the preconditioner memory is split too);
 3. replicated parameters: each rank broadcasts the directions it computed, packed into one flat
@@ -29,7 +31,7 @@ heaviest unassigned parameter goes to the least-loaded rank. The assignment depe
 parameter shapes, their order and options, and the world size, so every rank computes the same one.
 
 Checkpoints: ``opt.state_dict()`` on a rank holds the state of the parameters it owns and of the
-AdamW-path parameters (replicated). ``torch.distributed.checkpoint.save`` of it writes each entry
+AdamW-path parameters (replicated; DTensor moments for FSDP2 parameters). ``torch.distributed.checkpoint.save`` of it writes each entry
 once; :func:`load_checkpoint` reads back what this rank owns under the *current* world size, so a
 checkpoint resumes on any number of ranks. :func:`gather_state_dict` collects the full state on
 one rank (for ``torch.save``), and :func:`load_full_state_dict` keeps this rank's share of one.
@@ -166,6 +168,19 @@ class DistributedPlan:
             return
         layouts = [opt._resolve(p, group, kron_settings(group))[1] for p, group in every]
         self.assign([p for p, _ in every], layouts, [g["precondition_every"] for _, g in every])
+
+    def agree(self, index: int | None, count: int) -> int | None:
+        """The smallest of every rank's ``index`` (None: this rank has none; ``count`` bounds the indices).
+
+        One ``all_reduce(MIN)`` of one integer, so that a decision taken from owned state only (a
+        refresh failure to raise) is taken by every rank together instead of leaving the others
+        waiting in the next collective.
+        """
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        value = torch.tensor(count if index is None else index, dtype=torch.int64, device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        agreed = int(value)
+        return None if agreed >= count else agreed
 
     def owner_of(self, p: Tensor) -> int:
         """The rank that owns ``p``'s preconditioner state."""
@@ -310,6 +325,10 @@ def kept_state_ids(opt: Any) -> set[int]:
 
 
 def _to_cpu(value: Any) -> Any:
+    """A CPU copy of ``value``; DTensors (AdamW-path state of FSDP2 parameters) are gathered whole,
+    a collective, so every rank must convert the same DTensors in the same order."""
+    if isinstance(value, DTensor):
+        return value.full_tensor().detach().cpu()
     if isinstance(value, Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
@@ -323,14 +342,16 @@ def gather_state_dict(opt: Any, dst: int = 0) -> dict[str, Any] | None:
     """The full, single-process-equivalent ``state_dict`` of ``opt`` on rank ``dst`` (None elsewhere).
 
     Every rank must call it. Communication: each rank's owned state, pickled (``gather_object``),
-    moved to the CPU first. The result loads into a single-process :class:`tritonkron.Kron`, or into
-    a distributed one of any world size with :func:`load_full_state_dict`.
+    moved to the CPU first; sharded AdamW-path state (DTensors) is first gathered whole. The result
+    loads into a single-process :class:`tritonkron.Kron`, or into a distributed one of any world
+    size with :func:`load_full_state_dict`.
     """
     sd = opt.state_dict()
     plan = _plan(opt)
     if plan is None:
         return sd
-    mine = {i: _to_cpu(v) for i, v in sd["state"].items() if i in kept_state_ids(opt)}
+    kept = kept_state_ids(opt)
+    mine = {i: _to_cpu(sd["state"][i]) for i in sorted(sd["state"]) if i in kept}
     parts: list | None = [None] * plan.world_size if plan.rank == dst else None
     dist.gather_object(mine, parts, dst=dst)
     if plan.rank != dst:

@@ -6,13 +6,14 @@ device first), so the eager step does not synchronise once per parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tritonkron.preconditioner import BLOCKS, FAILURES
+from tritonkron.shards import finite_flags
 
 
 def param_name(groups: Sequence[dict[str, Any]], group_index: int, param_index: int) -> str:
@@ -60,9 +61,9 @@ def check_gradients(groups: Sequence[dict[str, Any]]) -> None:
                     f"{p.dtype} (optimise torch.view_as_real(p) instead)"
                 )
             if group["nonfinite"] == "raise":
-                watched.append(~torch.isfinite(grad).all())
+                watched.append(grad)
                 where.append((gi, pi))
-    bad = first_true(watched) if watched else None
+    bad = first_true([~ok for ok in finite_flags(watched)]) if watched else None
     if bad is not None:
         raise FloatingPointError(
             f"non-finite gradient (NaN or Inf) for parameter {param_name(groups, *where[bad])}; nothing was "
@@ -70,19 +71,33 @@ def check_gradients(groups: Sequence[dict[str, Any]]) -> None:
         )
 
 
-def check_refresh_failures(groups: Sequence[dict[str, Any]], state: dict[Tensor, dict[str, Any]]) -> None:
+def check_refresh_failures(
+    groups: Sequence[dict[str, Any]],
+    state: dict[Tensor, dict[str, Any]],
+    agree: Callable[[int | None, int], int | None] | None = None,
+) -> None:
     """Raise ``RuntimeError`` naming a parameter one of whose blocks failed ``max_refresh_failures``
-    consecutive basis refreshes."""
+    consecutive basis refreshes.
+
+    ``agree(index, count)`` makes the decision collective when the state is split over ranks: it
+    takes this rank's first failing parameter index (over all groups, None for none) and the number
+    of parameters, and returns the first over every rank, so that every rank raises together.
+    """
     counts, where = [], []
+    position: list[tuple[int, int]] = []
     for gi, group in enumerate(groups):
         for pi, p in enumerate(group["params"]):
+            position.append((gi, pi))
             for blocks in state.get(p, {}).get(BLOCKS, []):
                 if FAILURES in blocks:
                     counts.append(blocks[FAILURES].max() >= group["max_refresh_failures"])
-                    where.append((gi, pi))
+                    where.append(len(position) - 1)
     bad = first_true(counts) if counts else None
-    if bad is not None:
-        gi, pi = where[bad]
+    index = None if bad is None else where[bad]
+    if agree is not None:
+        index = agree(index, len(position))
+    if index is not None:
+        gi, pi = position[index]
         raise RuntimeError(
             f"the preconditioner basis of parameter {param_name(groups, gi, pi)} failed "
             f"{groups[gi]['max_refresh_failures']} consecutive refreshes (non-finite factors or "

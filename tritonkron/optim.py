@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
@@ -26,6 +27,7 @@ from tritonkron.options import (
 )
 from tritonkron.preconditioner import BLOCKS, KronSettings, block_group_step, new_group_state
 from tritonkron.reference.blocking import BlockLayout
+from tritonkron.shards import finite_flags, like_param
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
 from tritonkron.tuning import TuningTable, TuningWarning, device_name
 from tritonkron.tuning_lookup import ranks_for, resolve_tuning, sketch_tuning_for
@@ -231,7 +233,10 @@ class Kron(Optimizer):
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
             for saved_id, p in zip(saved["params"], group["params"], strict=True):
                 if saved_id in state_dict["state"]:
-                    self.state[p] = _to_device(state_dict["state"][saved_id], p.device)
+                    value = _to_device(state_dict["state"][saved_id], p.device)
+                    if not self.uses_kron(p, group):  # AdamW moments follow a DTensor parameter's layout
+                        value = {k: like_param(v, p) for k, v in value.items()}
+                    self.state[p] = value
 
     @staticmethod
     def uses_kron(p: Tensor, group: dict[str, Any]) -> bool:
@@ -247,6 +252,7 @@ class Kron(Optimizer):
                 loss = closure()
         check_gradients(self.param_groups)
         units: list[KronUnit] = []
+        elementwise: list[tuple[Tensor, dict[str, Any]]] = []
         for group in self.param_groups:
             settings = kron_settings(group) if group["kron"] else None
             for p in group["params"]:
@@ -255,11 +261,22 @@ class Kron(Optimizer):
                 if settings is not None and self.uses_kron(p, group):
                     units.append(KronUnit(p, group, settings))
                 else:
-                    adamw_step(p, group, self.state[p])
+                    elementwise.append((p, group))
+        self._run_adamw(elementwise)
         self._run_kron(units)
         if not torch.compiler.is_compiling():
-            check_refresh_failures(self.param_groups, self.state)
+            check_refresh_failures(
+                self.param_groups, self.state, None if self._plan is None else self._plan.agree
+            )
         return loss
+
+    def _run_adamw(self, params: list[tuple[Tensor, dict[str, Any]]]) -> None:
+        """AdamW steps of ``params``; DTensor (FSDP2) parameters are stepped shard by shard, their
+        finiteness agreed over the mesh in one collective (:mod:`tritonkron.shards`)."""
+        sharded = [i for i, (p, _) in enumerate(params) if isinstance(p.grad, DTensor)]
+        agreed = dict(zip(sharded, finite_flags([params[i][0].grad for i in sharded]), strict=True))
+        for i, (p, group) in enumerate(params):
+            adamw_step(p, group, self.state[p], agreed.get(i))
 
     def _run_kron(self, units: list[KronUnit]) -> None:
         """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).

@@ -1,7 +1,7 @@
 """FSDP2 (``fully_shard``, DTensor parameters) with distributed ``tk.Kron`` on gloo: lossless, parameters stay sharded.
 
-The models here have no biases: the AdamW path (parameters with < 2 dims) does not take DTensor
-parameters yet (see docs/distributed.md, "Limits").
+The models here have no biases, so every parameter takes the Kronecker path; sharded biases (the
+AdamW path) are covered by tests/distributed/test_fsdp_elementwise.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ SAVE_AT = 3
 RESUMED = {"divergence": "von_neumann", "rank": 2}
 
 
-def _sharded_model(world: int) -> tuple[torch.nn.Module, object]:
+def _sharded_model(world: int, bias: bool = False) -> tuple[torch.nn.Module, object]:
+    """:func:`make_model` with every Linear and the whole model under ``fully_shard`` on a 1-D mesh."""
     mesh = init_device_mesh("cpu", (world,))
-    model = make_model(bias=False)
+    model = make_model(bias=bias)
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer, mesh=mesh)
