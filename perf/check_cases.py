@@ -185,9 +185,23 @@ def _setup_inverse_root(case: Case, g: torch.Generator, exact: bool) -> Prepared
     return Prepared(fn, (_spd(g, B, d),), 0.0)
 
 
+def _setup_rotate(case: Case, g: torch.Generator, exact: bool) -> Prepared:
+    """X̂ = Q_Aᵀ X Q_B ("forward") or X = Q_A X̂ Q_Bᵀ ("back") on the case's block."""
+    B, m, n = case.block.shape
+    dt = case.dtype
+    tensors = (randn(g, B, m, n), _basis(g, B, m, m, exact), _basis(g, B, n, n, exact))
+    rotate = ops.rotate_back if case.variant == "back" else ops.rotate
+
+    def fn(backend: str, *t: Tensor) -> Tensor:
+        return rotate(*t, backend=backend)
+
+    return Prepared(fn, tuple(t.to(dt) for t in tensors), 2.0 * B * (m * m * n + m * n * n))
+
+
 SETUPS: dict[str, Callable[[Case, torch.Generator, bool], Prepared]] = {
     "factor_update": _setup_factor_update,
     "precondition": _setup_precondition,
+    "rotate": _setup_rotate,
     "spike_and_flat": _setup_spike_and_flat,
     "track_eigenvalues": _setup_track_eigenvalues,
     "inverse_root": _setup_inverse_root,
@@ -199,6 +213,7 @@ def op_variants(op: str) -> tuple[str, ...]:
     return {
         "factor_update": FACTOR_VARIANTS,
         "precondition": ("full",),
+        "rotate": ("forward", "back"),
         "spike_and_flat": ("rank=m/8",),
         "track_eigenvalues": ("logdet",),
         "inverse_root": tuple(f"p={p}" for p in NS_POWERS),
@@ -214,7 +229,7 @@ def ns_flops(block: BlockShape, p: int, iterations: int) -> float:
 def correctness_cases(plan: Plan) -> list[Case]:
     """Cases of the correctness section: every op × variant × block × dtype of the plan."""
     cases = []
-    for op in ("factor_update", "precondition", "spike_and_flat", "track_eigenvalues"):
+    for op in ("factor_update", "precondition", "rotate", "spike_and_flat", "track_eigenvalues"):
         if op in plan.ops:
             cases += [
                 Case(op, v, b, dt)
@@ -236,7 +251,7 @@ def timing_cases(plan: Plan) -> list[Case]:
     cases = []
     for b in plan.timing_blocks:
         for dt in plan.timing_dtypes:
-            for op in ("factor_update", "precondition", "spike_and_flat", "track_eigenvalues"):
+            for op in ("factor_update", "precondition", "rotate", "spike_and_flat", "track_eigenvalues"):
                 variants = (
                     LOWP_FACTOR_TIMING if op == "factor_update" and dt in LOW_DTYPES else op_variants(op)
                 )

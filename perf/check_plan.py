@@ -11,7 +11,15 @@ import torch
 from perf import shapes
 from perf.shapes import BlockShape, ModelShapes
 
-OPS = ("factor_update", "precondition", "spike_and_flat", "track_eigenvalues", "inverse_root", "kron_step")
+OPS = (
+    "factor_update",
+    "precondition",
+    "rotate",
+    "spike_and_flat",
+    "track_eigenvalues",
+    "inverse_root",
+    "kron_step",
+)
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 NS_RESIDUAL_TOL = 5e-5
 NS_POWERS = (2, 4)

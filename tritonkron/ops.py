@@ -8,7 +8,8 @@ registered as ``torch.library`` custom ops (``tritonkron::<op>``) so that ``torc
 each launch as one opaque node.
 
 Ops: :func:`factor_update`, :func:`precondition`, :func:`spike_and_flat`,
-:func:`track_eigenvalues`, :func:`inverse_root`, :func:`sketch_update`, :func:`sketch_precondition`.
+:func:`track_eigenvalues`, :func:`rotate`, :func:`rotate_back`, :func:`rotated_statistics`,
+:func:`inverse_root`, :func:`sketch_update`, :func:`sketch_precondition`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tritonkron import _env
 from tritonkron.kernels import HAS_TRITON
 from tritonkron.reference import factor_update as _factor_update_ref
 from tritonkron.reference import precondition as _precondition_ref
+from tritonkron.reference import rotation as _rotation_ref
 
 Backend = Literal["auto", "triton", "reference"]
 Weight = Tensor | tuple[Tensor, Tensor] | None
@@ -127,6 +129,47 @@ def track_eigenvalues(
         a, b, G_hat, left_weight, left_scale, right_weight, right_scale, float(beta)
     )
     return out[0], out[1]
+
+
+def rotate(X: Tensor, Q_A: Tensor, Q_B: Tensor, *, backend: str | None = None) -> Tensor:
+    """X̂ = Q_Aᵀ X Q_B (``[B, m, n]``); see :mod:`tritonkron.reference.rotation`."""
+    if resolve_backend(backend, X, Q_A, Q_B) == "reference":
+        return _rotation_ref.rotate_ref(X, Q_A, Q_B)
+    return torch.ops.tritonkron.rotate(X, Q_A, Q_B, False)
+
+
+def rotate_back(X_hat: Tensor, Q_A: Tensor, Q_B: Tensor, *, backend: str | None = None) -> Tensor:
+    """X = Q_A X̂ Q_Bᵀ (``[B, m, n]``), the inverse of :func:`rotate` for orthogonal bases."""
+    if resolve_backend(backend, X_hat, Q_A, Q_B) == "reference":
+        return _rotation_ref.rotate_back_ref(X_hat, Q_A, Q_B)
+    return torch.ops.tritonkron.rotate(X_hat, Q_A, Q_B, True)
+
+
+def rotated_statistics(
+    A: Tensor,
+    B: Tensor,
+    G: Tensor,
+    Q_A: Tensor,
+    Q_B: Tensor,
+    w_A: Tensor,
+    s_A: Tensor,
+    w_B: Tensor,
+    s_B: Tensor,
+    beta: float,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(A', B', Ĝ): A' = β A + s_A G Q_B diag(w_B) Q_Bᵀ Gᵀ, B' = β B + s_B Gᵀ Q_A diag(w_A) Q_Aᵀ G, Ĝ = Q_Aᵀ G Q_B.
+
+    The reference shares the products G Q_B and Q_Aᵀ G between the three results
+    (:func:`tritonkron.reference.rotation.rotated_statistics_ref`); the Triton path runs the fused
+    factor-update kernel for each factor and the rotation kernel for Ĝ.
+    """
+    if resolve_backend(backend, A, G, Q_A) == "reference":
+        return _rotation_ref.rotated_statistics_ref(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, beta)
+    A_new = factor_update(A, G, beta, s_A, "left", (Q_B, w_B), backend=backend)
+    B_new = factor_update(B, G, beta, s_B, "right", (Q_A, w_A), backend=backend)
+    return A_new, B_new, rotate(G, Q_A, Q_B, backend=backend)
 
 
 def inverse_root(

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
 from tritonkron.distributed import DistributedPlan, resolve_distributed
 from tritonkron.guards import check_gradients, check_refresh_failures
+from tritonkron.momentum import MOMENTUM, convert_momentum
 from tritonkron.options import (
     AUTO,
     COMM_DTYPES,
@@ -25,14 +26,20 @@ from tritonkron.options import (
     statistics_dtype,
     validate_group,
 )
-from tritonkron.preconditioner import BLOCKS, KronSettings, block_group_step, new_group_state
+from tritonkron.preconditioner import (
+    BASIS_A,
+    BASIS_B,
+    BLOCKS,
+    KronSettings,
+    block_group_step,
+    new_group_state,
+)
 from tritonkron.reference.blocking import BlockLayout
+from tritonkron.rotated import rotated_group_step, uses_rotated_momentum
 from tritonkron.shards import finite_flags, like_param
 from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
 from tritonkron.tuning import TuningTable, TuningWarning, device_name
 from tritonkron.tuning_lookup import ranks_for, resolve_tuning, sketch_tuning_for
-
-MOMENTUM = "momentum"
 
 
 class KronUnit(NamedTuple):
@@ -349,35 +356,40 @@ class Kron(Optimizer):
         m, n = layout.matrix
         dtype = statistics_dtype(p)
         state = self.state[p]
+        rotated = [uses_rotated_momentum(settings, *g.shape) for g in layout.groups]
         if not state:
             state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
             state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-            state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
+            if not all(rotated):
+                state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
             state[BLOCKS] = [
                 new_sketch_state(len(g.offsets), *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
                 if settings.sketch
-                else new_group_state(len(g.offsets), *g.shape, dtype=dtype, device=p.device)
-                for g in layout.groups
+                else new_group_state(len(g.offsets), *g.shape, dtype=dtype, device=p.device, rotated=r)
+                for g, r in zip(layout.groups, rotated, strict=True)
             ]
         else:
             self._check_state(p, state, layout, settings)
+            convert_momentum(state, layout, rotated)
         grad = p.grad.to(dtype).reshape(m, n)
         ok = count_nonfinite(grad, state)
         state[STEP].add_(ok.to(state[STEP].dtype))
         grad = torch.where(ok, grad, torch.zeros_like(grad))
-        momentum = state[MOMENTUM]
-        momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
+        momentum = state.get(MOMENTUM)
+        if momentum is not None:
+            momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
         refresh = state[STEP] % group["precondition_every"] == 0
         if not torch.compiler.is_compiling():
             refresh = bool(
                 refresh
             )  # one host read per parameter; non-refresh steps then skip the refresh test
         group_step = sketch_group_step if settings.sketch else block_group_step
+        moments = layout.gather(momentum) if momentum is not None else [None] * len(rotated)
         directions = [
-            group_step(block_state, G, M, settings, refresh, ok)
-            for block_state, G, M in zip(
-                state[BLOCKS], layout.gather(grad), layout.gather(momentum), strict=True
-            )
+            rotated_group_step(block_state, G, settings, refresh, ok)
+            if r
+            else group_step(block_state, G, M, settings, refresh, ok)
+            for block_state, G, M, r in zip(state[BLOCKS], layout.gather(grad), moments, rotated, strict=True)
         ]
         update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
         return update, ok
@@ -385,7 +397,14 @@ class Kron(Optimizer):
     @staticmethod
     def _check_state(p: Tensor, state: dict[str, Any], layout: BlockLayout, settings: KronSettings) -> None:
         """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode."""
-        if tuple(state[MOMENTUM].shape) != layout.matrix or len(state[BLOCKS]) != len(layout.groups):
+        momentum = state.get(MOMENTUM)
+        wrong_matrix = momentum is not None and tuple(momentum.shape) != layout.matrix
+        wrong_blocks = len(state[BLOCKS]) != len(layout.groups) or any(
+            tuple(b[BASIS_A].shape[:2]) != (len(g.offsets), g.shape[0])
+            or tuple(b[BASIS_B].shape[:2]) != (len(g.offsets), g.shape[1])
+            for b, g in zip(state[BLOCKS], layout.groups, strict=False)
+        )
+        if wrong_matrix or wrong_blocks:
             raise ValueError(
                 f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
                 f"({len(layout.groups)} block group(s) of a {layout.matrix[0]} × {layout.matrix[1]} matrix); "

@@ -132,6 +132,7 @@ def kron_settings(group: dict[str, Any]) -> KronSettings:
         tail=parse_tail_rule(group["tail"]),
         alpha=float(group["alpha"]),
         beta2=float(group["betas"][1]),
+        beta1=float(group["betas"][0]),
         eps=float(group["eps"]),
         eig_floor=float(group["eig_floor"]),
         init_floor=float(group["init_floor"]),

@@ -9,6 +9,12 @@ a dict of tensors (checkpoint-friendly: ``torch.load(weights_only=True)`` reads 
     trace    [B]                             τ = EMA of ‖G‖²_F (von Neumann normaliser)
     ready    [B] bool                        block initialised from a non-zero gradient
     refresh_failures [B]                     consecutive refreshes whose result was not finite
+    momentum_hat [B, m, n]                   rotated momentum Q_Aᵀ M Q_B (eigenbasis-form groups only)
+
+Groups whose direction is cheaper in eigenbasis form (full rank, or k near the dimension) keep
+their momentum rotated and step with :func:`tritonkron.rotated.rotated_group_step`, which computes
+every product once; :func:`block_group_step` below is the step of the low-rank direction form
+(:func:`low_rank_is_cheaper`), which reads the parameter's momentum M.
 
 The step for each block, in order (PAPER §4.3): (1) the direction U = P_A M P_B from the
 pre-update statistics, (2) the statistics update with the current gradient, so a gradient never
@@ -36,6 +42,7 @@ BASIS_A, BASIS_B = "basis_a", "basis_b"
 EIG_A, EIG_B = "eig_a", "eig_b"
 TRACE, READY = "trace", "ready"
 FAILURES = "refresh_failures"
+MOMENTUM_HAT = "momentum_hat"
 BLOCKS = "blocks"  # per-parameter state key: the list of its block groups' states
 GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
 
@@ -57,6 +64,7 @@ class KronSettings:
         sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch (:mod:`tritonkron.sketch`).
         sketch_rank: ℓ, the sketch rank (≥ rank); None when ``sketch`` is False.
         factor_ranks: (k_A, k_B) when the two factors have their own ranks (``rank="auto"``).
+        beta1: retention of the momentum (used by the rotated-momentum step, :mod:`tritonkron.rotated`).
     """
 
     divergence: Divergence
@@ -71,6 +79,7 @@ class KronSettings:
     sketch: bool = False
     sketch_rank: int | None = None
     factor_ranks: tuple[int | None, int | None] | None = None
+    beta1: float = 0.9
 
     @property
     def rank_a(self) -> int | None:
@@ -84,11 +93,14 @@ class KronSettings:
 
 
 def new_group_state(
-    count: int, m: int, n: int, dtype: torch.dtype, device: torch.device
+    count: int, m: int, n: int, dtype: torch.dtype, device: torch.device, rotated: bool = False
 ) -> dict[str, Tensor]:
-    """Empty state for ``count`` blocks of shape ``m × n`` (identity bases, not ready)."""
+    """Empty state for ``count`` blocks of shape ``m × n`` (identity bases, not ready); ``rotated``
+    adds the zero rotated momentum of :mod:`tritonkron.rotated`."""
     kw = {"dtype": dtype, "device": device}
+    extra = {MOMENTUM_HAT: torch.zeros(count, m, n, **kw)} if rotated else {}
     return {
+        **extra,
         FACTOR_A: torch.zeros(count, m, m, **kw),
         FACTOR_B: torch.zeros(count, n, n, **kw),
         BASIS_A: torch.eye(m, **kw).expand(count, m, m).clone(),
@@ -114,7 +126,7 @@ def flatten_tail(x: Tensor, rank: int | None) -> Tensor:
     return torch.cat([x[..., :rank], tail], dim=-1)
 
 
-def _initial_values(
+def initial_values(
     factor_a: Tensor,
     factor_b: Tensor,
     basis_a: Tensor,
@@ -143,7 +155,7 @@ def _initial_values(
     return tuple(masked_where(mask, n, o) for n, o in zip(new, old, strict=True))
 
 
-_INIT_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE)
+INIT_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE)
 
 
 def initialize_blocks(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
@@ -155,14 +167,14 @@ def initialize_blocks(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     """
 
     def init(*xs: Tensor) -> tuple[Tensor, ...]:
-        return _initial_values(*xs, settings.divergence, settings.init_floor)
+        return initial_values(*xs, settings.divergence, settings.init_floor)
 
-    values = run_if(mask.any(), init, tuple(state[k] for k in _INIT_KEYS), (G, mask))
-    state.update(zip(_INIT_KEYS, values, strict=True))
+    values = run_if(mask.any(), init, tuple(state[k] for k in INIT_KEYS), (G, mask))
+    state.update(zip(INIT_KEYS, values, strict=True))
     state[READY] = state[READY] | mask
 
 
-def _kept(rank: int | None, d: int) -> int:
+def kept_rank(rank: int | None, d: int) -> int:
     """Directions of a d-dim factor with their own scale: k, or d for full preconditioning."""
     return d if rank is None else min(rank, d)
 
@@ -193,7 +205,7 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     s_A = factor_scales(a, settings.rank_a, settings.tail, settings.alpha)
     s_B = factor_scales(b, settings.rank_b, settings.tail, settings.alpha)
     m, n = M.shape[-2:]
-    k_A, k_B = _kept(settings.rank_a, m), _kept(settings.rank_b, n)
+    k_A, k_B = kept_rank(settings.rank_a, m), kept_rank(settings.rank_b, n)
     if not low_rank_is_cheaper(m, n, k_A, k_B):
         return ops.precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
     # With k = d the constant multiplies I − U Uᵀ = 0, so any of the scales serves.
@@ -228,7 +240,7 @@ def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
         state[key] = masked_where(mask, value, state[key])
 
 
-def _refreshed_bases(
+def refreshed_bases(
     basis_a: Tensor,
     basis_b: Tensor,
     eig_a: Tensor,
@@ -254,7 +266,7 @@ def _refreshed_bases(
     return (*kept, counted)
 
 
-_REFRESH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, FAILURES)
+REFRESH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, FAILURES)
 
 
 def refresh_bases(state: dict[str, Tensor], when: Tensor | bool = True) -> None:
@@ -270,11 +282,11 @@ def refresh_bases(state: dict[str, Tensor], when: Tensor | bool = True) -> None:
     pred = when if isinstance(when, Tensor) else torch.tensor(bool(when))
     values = run_if(
         pred,
-        _refreshed_bases,
-        tuple(state[k] for k in _REFRESH_KEYS),
+        refreshed_bases,
+        tuple(state[k] for k in REFRESH_KEYS),
         (state[FACTOR_A], state[FACTOR_B], state[READY]),
     )
-    state.update(zip(_REFRESH_KEYS, values, strict=True))
+    state.update(zip(REFRESH_KEYS, values, strict=True))
 
 
 def block_group_step(

@@ -11,9 +11,14 @@ import torch
 import tritonkron as tk
 from tritonkron.config import Divergence, TailRule
 from tritonkron.optim import MOMENTUM
-from tritonkron.preconditioner import KronSettings, direction, new_group_state
+from tritonkron.preconditioner import MOMENTUM_HAT, KronSettings, direction, new_group_state
 
 DIVERGENCES = ["logdet", "von_neumann", "frobenius"]
+
+
+def _momentum(state: dict) -> torch.Tensor:
+    """The parameter's momentum M, or the first block group's rotated momentum M̂ (full-rank groups)."""
+    return state[MOMENTUM] if MOMENTUM in state else state["blocks"][0][MOMENTUM_HAT]
 
 
 def _mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -146,9 +151,9 @@ def test_bf16_parameters_keep_float32_statistics_through_checkpoint() -> None:
     fresh = tk.Kron(model.parameters(), lr=1e-2)
     _state_roundtrip(opt, fresh)
     weight = model[0].weight
-    assert fresh.state[weight][MOMENTUM].dtype == torch.float32
+    assert _momentum(fresh.state[weight]).dtype == torch.float32
     assert fresh.state[weight]["blocks"][0]["factor_a"].dtype == torch.float32
-    assert torch.equal(fresh.state[weight][MOMENTUM], opt.state[weight][MOMENTUM])
+    assert torch.equal(_momentum(fresh.state[weight]), _momentum(opt.state[weight]))
 
 
 def test_float64_parameters_keep_float64_statistics() -> None:
@@ -249,13 +254,13 @@ def test_nonfinite_gradient_skips_parameter_without_touching_state() -> None:
     _train(model, opt, _batches(3))
     weight = model[0].weight
     before = weight.detach().clone()
-    momentum = opt.state[weight][MOMENTUM].clone()
+    momentum = _momentum(opt.state[weight]).clone()
     opt.zero_grad()
     (model(_batches(1)[0][0]).sum()).backward()
     weight.grad[0, 0] = float("nan")
     opt.step()
     assert torch.equal(weight, before)
-    assert torch.equal(opt.state[weight][MOMENTUM], momentum)
+    assert torch.equal(_momentum(opt.state[weight]), momentum)
     assert opt.state[weight]["skipped_steps"] == 1
 
 
@@ -290,7 +295,8 @@ def test_conv_weight_is_preconditioned_as_out_by_in_kh_kw() -> None:
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert opt.state[conv.weight][MOMENTUM].shape == (4, 27)
+    assert MOMENTUM not in opt.state[conv.weight]  # full rank: the momentum is kept rotated, per block group
+    assert opt.state[conv.weight]["blocks"][0][MOMENTUM_HAT].shape == (1, 4, 27)
     assert losses[-1] < 0.5 * losses[0]
 
 

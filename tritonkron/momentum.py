@@ -1,0 +1,57 @@
+"""Where a Kronecker parameter's momentum lives, and converting state between the two places.
+
+A block group in eigenbasis form keeps its momentum rotated, M̂ = Q_Aᵀ M Q_B, in its own state
+(``momentum_hat``, :mod:`tritonkron.rotated`); the low-rank and sketched forms read the parameter's
+momentum M ``[m, n]`` (state key ``momentum``), which exists only while some group needs it.
+
+State written by tritonkron < 0.3 (M only), or loaded into a group whose form changed (a new
+``rank``), is converted on the next step by :func:`convert_momentum`, exactly up to rounding:
+M̂ = Q_Aᵀ M Q_B with the group's current bases, and back M = Q_A M̂ Q_Bᵀ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tritonkron import ops
+from tritonkron.preconditioner import BASIS_A, BASIS_B, MOMENTUM_HAT
+from tritonkron.reference.blocking import BlockLayout
+
+MOMENTUM = "momentum"
+
+__all__ = ["MOMENTUM", "convert_momentum"]
+
+
+def convert_momentum(state: dict[str, Any], layout: BlockLayout, rotated: list[bool]) -> None:
+    """Make ``state`` hold M̂ in exactly the groups flagged ``rotated`` and M iff any group is not.
+
+    A no-op (no tensor work) when the state already has that form.
+    """
+    blocks = state["blocks"]
+    need_m = not all(rotated)
+    has_m = MOMENTUM in state
+    fits = all((MOMENTUM_HAT in b) == r for b, r in zip(blocks, rotated, strict=True))
+    if fits and has_m == need_m:
+        return
+    if has_m:
+        M = state[MOMENTUM]
+    else:  # rebuild M from the rotated groups (a group without either starts from zero)
+        like = next(b[MOMENTUM_HAT] for b in blocks if MOMENTUM_HAT in b)
+        parts = [
+            ops.rotate_back(b[MOMENTUM_HAT], b[BASIS_A], b[BASIS_B])
+            if MOMENTUM_HAT in b
+            else torch.zeros(len(g.offsets), *g.shape, dtype=like.dtype, device=like.device)
+            for b, g in zip(blocks, layout.groups, strict=True)
+        ]
+        M = layout.scatter(parts, like.new_empty(layout.matrix))
+    for b, r, M_block in zip(blocks, rotated, layout.gather(M), strict=True):
+        if r and MOMENTUM_HAT not in b:
+            b[MOMENTUM_HAT] = ops.rotate(M_block.contiguous(), b[BASIS_A], b[BASIS_B])
+        elif not r:
+            b.pop(MOMENTUM_HAT, None)
+    if need_m:
+        state[MOMENTUM] = M
+    else:
+        state.pop(MOMENTUM, None)

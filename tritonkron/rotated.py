@@ -1,0 +1,170 @@
+"""The block-group step with the momentum kept in the eigenbasis (the default dense path).
+
+Same mathematics as :func:`tritonkron.preconditioner.block_group_step` with the eigenbasis form of
+the direction, organised so that each product is computed once (:mod:`tritonkron.reference.rotation`):
+
+1. (A', B', Ĝ) from the shared products G Q_B and Q_Aᵀ G (:func:`tritonkron.ops.rotated_statistics`);
+2. M̂ ← β₁ M̂ + (1 − β₁) Ĝ, the rotated momentum M̂ = Q_Aᵀ M Q_B (where the step is not skipped);
+3. U = Q_A (M̂ ⊙ Σ) Q_Bᵀ with Σ from the pre-update eigenvalues, so a gradient never enters its
+   own preconditioner (PAPER §4.3);
+4. statistics written for ready blocks; every T steps the basis refresh, and a block's first
+   non-zero gradient initialises it; both carry M̂ into the new bases exactly,
+   M̂' = Q_A'ᵀ (Q_A M̂ Q_Bᵀ) Q_B'.
+
+Per step this is 3mn(m + n) + mn·min(m, n) multiply-adds instead of 5mn(m + n). The block state is
+that of :func:`tritonkron.preconditioner.new_group_state` plus ``momentum_hat [B, m, n]``; the
+parameter then keeps no momentum of its own. Used when the direction is not cheaper in low-rank
+form (:func:`uses_rotated_momentum`); the low-rank and sketched forms need M itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tritonkron import ops
+from tritonkron.divergences import coupling, preconditioner_eigenvalues
+from tritonkron.preconditioner import (
+    BASIS_A,
+    BASIS_B,
+    EIG_A,
+    EIG_B,
+    FACTOR_A,
+    FACTOR_B,
+    FAILURES,
+    INIT_KEYS,
+    MOMENTUM_HAT,
+    READY,
+    REFRESH_KEYS,
+    TRACE,
+    KronSettings,
+    flatten_tail,
+    initial_values,
+    kept_rank,
+    low_rank_is_cheaper,
+    masked_where,
+    refreshed_bases,
+)
+from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
+from tritonkron.traceable import run_if
+
+__all__ = ["MOMENTUM_HAT", "rotated_group_step", "uses_rotated_momentum"]
+
+
+def uses_rotated_momentum(settings: KronSettings, m: int, n: int) -> bool:
+    """Whether an m × n block group keeps its momentum rotated (dense factors, eigenbasis-form direction)."""
+    k_A, k_B = kept_rank(settings.rank_a, m), kept_rank(settings.rank_b, n)
+    return not settings.sketch and not low_rank_is_cheaper(m, n, k_A, k_B)
+
+
+def _rebase(
+    M_hat: Tensor, old_A: Tensor, old_B: Tensor, new_A: Tensor, new_B: Tensor, mask: Tensor
+) -> Tensor:
+    """M̂ in the new bases for the blocks in ``mask``: Q_A'ᵀ (Q_A M̂ Q_Bᵀ) Q_B'; unchanged elsewhere."""
+    moved = ops.rotate(ops.rotate_back(M_hat, old_A, old_B), new_A, new_B)
+    return masked_where(mask, moved, M_hat)
+
+
+def _damped_sigma(state: dict[str, Tensor], settings: KronSettings) -> Tensor:
+    """Σ = σ/(1 + εσ), σ_ij = s_A,i s_B,j, from the current eigenvalues (see ``preconditioner.direction``)."""
+    a, b = preconditioner_eigenvalues(settings.divergence, state[EIG_A], state[EIG_B], state[TRACE])
+    s_A = factor_scales(
+        floor_eigenvalues(a, settings.eig_floor), settings.rank_a, settings.tail, settings.alpha
+    )
+    s_B = factor_scales(
+        floor_eigenvalues(b, settings.eig_floor), settings.rank_b, settings.tail, settings.alpha
+    )
+    sigma = s_A.unsqueeze(-1) * s_B.unsqueeze(-2)
+    return sigma / (1 + settings.eps * sigma)
+
+
+def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> dict[str, Tensor]:
+    """New factors, tracked eigenvalues, trace and the rotated gradient Ĝ (nothing written)."""
+    a = floor_eigenvalues(state[EIG_A], settings.eig_floor)
+    b = floor_eigenvalues(state[EIG_B], settings.eig_floor)
+    if settings.flat_tail_in_stats:
+        a, b = flatten_tail(a, settings.rank_a), flatten_tail(b, settings.rank_b)
+    rule = coupling(settings.divergence, a, b)
+    beta = settings.beta2
+    w_B = torch.ones_like(b) if rule.left_weight is None else rule.left_weight
+    w_A = torch.ones_like(a) if rule.right_weight is None else rule.right_weight
+    A, B, G_hat = ops.rotated_statistics(
+        state[FACTOR_A],
+        state[FACTOR_B],
+        G,
+        state[BASIS_A],
+        state[BASIS_B],
+        w_A,
+        (1 - beta) * rule.left_scale,
+        w_B,
+        (1 - beta) * rule.right_scale,
+        beta,
+    )
+    eig_a, eig_b = ops.track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
+    trace = beta * state[TRACE] + (1 - beta) * (G * G).sum((-1, -2))
+    return {FACTOR_A: A, FACTOR_B: B, EIG_A: eig_a, EIG_B: eig_b, TRACE: trace, "G_hat": G_hat}
+
+
+def _refresh(*xs: Tensor) -> tuple[Tensor, ...]:
+    """:func:`refreshed_bases` plus M̂ carried into the accepted new bases (pure; run_if body)."""
+    *updated, M_hat, factor_a, factor_b, ready = xs
+    new = refreshed_bases(*updated, factor_a, factor_b, ready)
+    accepted = ready & (new[-1] == 0)  # a ready block's failure count is reset exactly when accepted
+    return (*new, _rebase(M_hat, updated[0], updated[1], new[0], new[1], accepted))
+
+
+def _initialise(*xs: Tensor, settings: KronSettings) -> tuple[Tensor, ...]:
+    """:func:`initial_values` plus M̂ carried from the old (identity) bases into the new ones (pure)."""
+    *updated, M_hat, G, mask = xs
+    new = initial_values(*updated, G, mask, settings.divergence, settings.init_floor)
+    return (*new, _rebase(M_hat, updated[2], updated[3], new[2], new[3], mask))
+
+
+def rotated_group_step(
+    state: dict[str, Tensor],
+    G: Tensor,
+    settings: KronSettings,
+    refresh: Tensor | bool,
+    ok: Tensor | None = None,
+) -> Tensor:
+    """One optimizer step of a block group with rotated momentum; returns the direction ``[B, m, n]``.
+
+    Args:
+        state: the group's state, with ``momentum_hat`` (modified in place).
+        G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite; zero when skipped).
+        settings: hyperparameters (``beta1`` is the momentum's retention).
+        refresh: whether this is a basis-refresh step; bool or one-element bool tensor.
+        ok: one-element bool tensor, False when the step is skipped: statistics and momentum are
+            untouched and the direction is zero. None means True.
+    """
+    ready = state[READY]
+    active = ready if ok is None else ready & ok
+    new = _statistics(state, G, settings)
+    M_hat = state[MOMENTUM_HAT]
+    moved = M_hat.lerp(new.pop("G_hat"), 1 - settings.beta1)
+    M_hat = moved if ok is None else torch.where(ok, moved, M_hat)
+    state[MOMENTUM_HAT] = M_hat
+    U = ops.rotate_back(M_hat * _damped_sigma(state, settings), state[BASIS_A], state[BASIS_B])
+    U = masked_where(active, U, torch.zeros_like(U))
+    for key, value in new.items():
+        state[key] = masked_where(active, value, state[key])
+    if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
+        if FAILURES not in state:
+            state[FAILURES] = torch.zeros(ready.shape, dtype=torch.int32, device=ready.device)
+        pred = refresh if isinstance(refresh, Tensor) else torch.tensor(bool(refresh))
+        keys = (*REFRESH_KEYS, MOMENTUM_HAT)
+        extra = (state[FACTOR_A], state[FACTOR_B], state[READY])
+        values = run_if(active.any() & pred, _refresh, tuple(state[k] for k in keys), extra)
+        state.update(zip(keys, values, strict=True))
+    fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
+    if ok is not None:
+        fresh = fresh & ok
+    keys = (*INIT_KEYS, MOMENTUM_HAT)
+
+    def init(*xs: Tensor) -> tuple[Tensor, ...]:
+        return _initialise(*xs, settings=settings)
+
+    values = run_if(fresh.any(), init, tuple(state[k] for k in keys), (G, fresh))
+    state.update(zip(keys, values, strict=True))
+    state[READY] = state[READY] | fresh
+    return U
