@@ -7,8 +7,10 @@ configurations, and writes them as a versioned JSON tuning file. The library rea
 file through :mod:`tritonkron.tuning` and never imports this package.
 
 Modules: :mod:`autotune.space` (what is searched), :mod:`autotune.measure` (the timing
-primitive), :mod:`autotune.rank` (calibration and the rank rule), :mod:`autotune.search` (the
-per-shape search), :mod:`autotune.__main__` (the CLI).
+primitive), :mod:`autotune.rank` (calibration and the rank rule: :mod:`autotune.calibration`,
+:mod:`autotune.rank_rule`, :mod:`autotune.sketch_choice`), :mod:`autotune.search` (the per-shape
+search: :mod:`autotune.search_types`, :mod:`autotune.step_timing`, :mod:`autotune.rank_search`,
+:mod:`autotune.kernel_search`), :mod:`autotune.__main__` (the CLI).
 """
 
 from autotune.rank import choose_rank

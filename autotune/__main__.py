@@ -24,8 +24,9 @@ from typing import Any, TextIO
 import pandas as pd
 from torch import Tensor, nn
 
-from autotune.rank import DEFAULT_FLATNESS, DEFAULT_MASS, DEFAULT_SKETCH_BUDGET
+from autotune.rank_rule import DEFAULT_FLATNESS, DEFAULT_MASS
 from autotune.search import SearchOptions, ShapeResult, TuneResult, tune_model
+from autotune.sketch_choice import DEFAULT_SKETCH_BUDGET
 
 
 class ProgressBar:

@@ -53,7 +53,7 @@ import tritonkron as tk
 from autotune.__main__ import ProgressBar
 from autotune.measure import state_bytes
 from autotune.search import SearchOptions, tune_model
-from perf.demo import batch_schedule, evaluate, make_mlp
+from perf.demo_training import batch_schedule, evaluate, make_mlp
 from perf.workloads import FASHION_MNIST_ROOT, Dataset, load_digits_dataset, load_image_classification
 from tritonkron.optim import BLOCKS
 from tritonkron.tuning import TuningTable, device_name, load_tuning

@@ -14,6 +14,10 @@ and the report includes the tuner's per-shape summary. Training runs with the tu
 sequence for each seed, over a small learning-rate grid; the learning rate with the lowest mean
 final training loss (full training split, after the last step) is reported. Only ``opt.step()`` is
 timed. The table is printed and written as Markdown to ``--out``.
+
+Modules: :mod:`perf.demo_training` (optimizer configurations, the MLP, one training run),
+:mod:`perf.demo_tables` (the result tables), :mod:`perf.demo_autotune` (the autotune step); this
+module is the command line and writes the report. Their public names are importable from here.
 """
 
 from __future__ import annotations
@@ -23,23 +27,31 @@ import datetime as dt
 import math
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import tritonkron as tk
 from autotune.__main__ import summary_frame
 from autotune.measure import cpu_threads
-from autotune.search import SearchOptions, TuneResult, tune_model
 from perf.cli import positive_int
+from perf.demo_autotune import autotune_demo, autotune_section, tuned_threads
+from perf.demo_tables import grid_table, summary_table, to_markdown
+from perf.demo_training import (
+    BETAS,
+    EPS,
+    OptimizerFactory,
+    OptimizerSpec,
+    RunResult,
+    batch_schedule,
+    evaluate,
+    make_mlp,
+    optimizer_specs,
+    train_run,
+)
 from perf.workloads import (
     FASHION_MNIST_ROOT,
     Dataset,
@@ -48,323 +60,28 @@ from perf.workloads import (
     load_image_classification,
 )
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
-
-BETAS = (0.9, 0.98)
-EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """One optimizer configuration of the comparison.
-
-    Attributes:
-        label: row label in the tables.
-        factory: builds the optimizer from ``(params, lr)``.
-    """
-
-    label: str
-    factory: OptimizerFactory
-
-
-@dataclass
-class RunResult:
-    """Outcome of training one configuration at one learning rate with one seed."""
-
-    label: str
-    lr: float
-    seed: int
-    train_loss: float
-    test_loss: float
-    test_accuracy: float
-    steps_done: int
-    step_times: list[float] = field(repr=False)
-    wall_s: float
-
-
-def optimizer_specs(
-    rank: int, precondition_every: int, tuning: str | os.PathLike[str] | None = None
-) -> list[OptimizerSpec]:
-    """The configurations compared: AdamW, Kron under each divergence, Kron in subspace mode and tuned.
-
-    AdamW and Kron share betas, eps and (zero) weight decay so that only the preconditioner differs.
-
-    Args:
-        rank: the ``rank`` of the subspace-aware Kron configuration.
-        precondition_every: Kron's basis refresh period.
-        tuning: a tuning file; when given, ``Kron(rank="auto")`` and ``Kron(rank="auto",
-            sketch=True)`` on it are added.
-
-    Returns:
-        The specifications, AdamW first.
-    """
-
-    def kron(**options: object) -> OptimizerFactory:
-        def build(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-            return tk.Kron(
-                params,
-                lr=lr,
-                betas=BETAS,
-                eps=EPS,
-                weight_decay=0.0,
-                precondition_every=precondition_every,
-                **options,  # type: ignore[arg-type]
-            )
-
-        return build
-
-    def adamw(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0)
-
-    specs = [
-        OptimizerSpec("AdamW", adamw),
-        OptimizerSpec("Kron logdet", kron(divergence="logdet")),
-        OptimizerSpec("Kron von_neumann", kron(divergence="von_neumann")),
-        OptimizerSpec("Kron frobenius", kron(divergence="frobenius")),
-        OptimizerSpec(f"Kron logdet rank={rank}", kron(divergence="logdet", rank=rank, tail="mean")),
-    ]
-    if tuning is not None:
-        specs += [
-            OptimizerSpec("Kron logdet rank=auto", kron(divergence="logdet", rank="auto", tuning=tuning)),
-            OptimizerSpec(
-                "Kron logdet rank=auto sketch",
-                kron(divergence="logdet", rank="auto", sketch=True, tuning=tuning),
-            ),
-        ]
-    return specs
-
-
-def make_mlp(num_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
-    """A ReLU multilayer perceptron ``num_features → hidden… → num_classes``."""
-    layers: list[nn.Module] = []
-    width = num_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
-
-
-def batch_schedule(num_examples: int, steps: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Minibatch indices for ``steps`` steps: shuffled epochs, identical for every optimizer.
-
-    Args:
-        num_examples: size of the training split.
-        steps: number of minibatches.
-        batch_size: examples per minibatch (capped at ``num_examples``).
-        seed: seed of the shuffles.
-
-    Returns:
-        An int64 tensor of shape ``(steps, min(batch_size, num_examples))``.
-    """
-    batch_size = min(batch_size, num_examples)
-    generator = torch.Generator().manual_seed(10_000 + seed)
-    per_epoch = num_examples // batch_size
-    epochs = -(-steps // per_epoch)
-    orders = [
-        torch.randperm(num_examples, generator=generator)[: per_epoch * batch_size] for _ in range(epochs)
-    ]
-    return torch.cat(orders).view(-1, batch_size)[:steps]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
-    logits = model(x)
-    loss = float(F.cross_entropy(logits, y))
-    accuracy = float((logits.argmax(dim=1) == y).float().mean())
-    return loss, accuracy
-
-
-def train_run(
-    data: Dataset,
-    spec: OptimizerSpec,
-    lr: float,
-    seed: int,
-    batches: torch.Tensor,
-    hidden: Sequence[int],
-) -> RunResult:
-    """Train a fresh MLP with one configuration and report its final losses and step times.
-
-    A run whose minibatch loss becomes non-finite stops there and reports NaN losses.
-    """
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    model = make_mlp(data.num_features, hidden, data.num_classes)
-    opt = spec.factory(model.parameters(), lr)
-    step_times: list[float] = []
-    steps_done = 0
-    diverged = False
-    for idx in batches:
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-        if not math.isfinite(float(loss.detach())):
-            diverged = True
-            break
-        loss.backward()
-        t0 = time.perf_counter()
-        opt.step()
-        step_times.append(time.perf_counter() - t0)
-        steps_done += 1
-    model.eval()
-    train_loss, _ = evaluate(model, data.x_train, data.y_train)
-    test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
-    if diverged or not math.isfinite(train_loss):
-        train_loss = test_loss = test_accuracy = math.nan
-    return RunResult(
-        label=spec.label,
-        lr=lr,
-        seed=seed,
-        train_loss=train_loss,
-        test_loss=test_loss,
-        test_accuracy=test_accuracy,
-        steps_done=steps_done,
-        step_times=step_times,
-        wall_s=time.perf_counter() - start,
-    )
-
-
-def _mean(values: Iterable[float]) -> float:
-    """Mean that is NaN when any value is (a diverged seed spoils its learning rate)."""
-    values = list(values)
-    return math.nan if any(math.isnan(v) for v in values) else statistics.fmean(values)
-
-
-def _std(values: Iterable[float]) -> float:
-    values = list(values)
-    if any(math.isnan(v) for v in values):
-        return math.nan
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def grid_table(results: Sequence[RunResult]) -> pd.DataFrame:
-    """One row per (optimizer, learning rate): seed means of the final metrics."""
-    rows = []
-    keys = dict.fromkeys((r.label, r.lr) for r in results)
-    for label, lr in keys:
-        runs = [r for r in results if r.label == label and r.lr == lr]
-        rows.append(
-            {
-                "optimizer": label,
-                "lr": lr,
-                "train loss": _mean(r.train_loss for r in runs),
-                "test loss": _mean(r.test_loss for r in runs),
-                "test acc %": 100 * _mean(r.test_accuracy for r in runs),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def summary_table(results: Sequence[RunResult]) -> pd.DataFrame:
-    """One row per optimizer at its best learning rate (lowest mean final train loss).
-
-    The step time is the median over every timed step of that optimizer (all learning rates and
-    seeds: it does not depend on the learning rate), and its ratio to AdamW's median of this run.
-    """
-    grid = grid_table(results)
-    labels = list(dict.fromkeys(r.label for r in results))
-    medians = {
-        label: statistics.median(t for r in results if r.label == label for t in r.step_times) * 1e3
-        if any(r.step_times for r in results if r.label == label)
-        else math.nan
-        for label in labels
-    }
-    baseline = medians.get("AdamW", math.nan)
-    rows = []
-    for label in labels:
-        candidates = grid[grid["optimizer"] == label]
-        ranking = candidates["train loss"].fillna(math.inf)
-        best = candidates.loc[ranking.idxmin()]
-        best_runs = [r for r in results if r.label == label and r.lr == best["lr"]]
-        rows.append(
-            {
-                "optimizer": label,
-                "best lr": best["lr"],
-                "train loss": best["train loss"],
-                "± (seeds)": _std(r.train_loss for r in best_runs),
-                "test loss": best["test loss"],
-                "test acc %": best["test acc %"],
-                "step ms (median)": medians[label],
-                "× AdamW": medians[label] / baseline if baseline > 0 else math.nan,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def autotune_demo(
-    data: Dataset,
-    hidden: Sequence[int],
-    out: Path,
-    *,
-    steps: int,
-    batch_size: int,
-    precondition_every: int,
-    seed: int = 0,
-) -> tuple[TuneResult, Path, float]:
-    """Tune the demo MLP (as ``python -m autotune`` would) and write the tuning file to ``out``.
-
-    The calibration trains a fresh MLP (seed ``seed``) for ``steps`` steps on random training
-    batches; kernel configs are searched on CUDA only, and every CPU timing is a single call.
-
-    Args:
-        data: the demo data set.
-        hidden: the MLP's hidden widths.
-        out: the tuning file to write.
-        steps: calibration steps (≥ 2).
-        batch_size: calibration batch size.
-        precondition_every: the refresh period T tuned for.
-        seed: seed of the model and the calibration batches.
-
-    Returns:
-        (the tuner's result, the written path, seconds taken).
-    """
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    model = make_mlp(data.num_features, hidden, data.num_classes)
-    generator = torch.Generator().manual_seed(20_000 + seed)
-    size = min(batch_size, data.x_train.shape[0])
-
-    def loss_fn(m: nn.Module) -> torch.Tensor:
-        idx = torch.randint(0, data.x_train.shape[0], (size,), generator=generator)
-        return F.cross_entropy(m(data.x_train[idx]), data.y_train[idx])
-
-    threads = torch.get_num_threads()
-    try:
-        opts = SearchOptions(steps=steps, precondition_every=precondition_every, cpu_reps=1, seed=seed)
-        result = tune_model(model, loss_fn, opts)
-    finally:
-        torch.set_num_threads(threads)
-    path = result.table.save(out)
-    return result, path, time.perf_counter() - start
-
-
-def tuned_threads(result: TuneResult) -> int:
-    """The tuned ``cpu_threads`` knob of ``result`` (the current torch thread count when absent)."""
-    knobs = [e.knobs.get("cpu_threads") for e in result.table.entries]
-    counts = [k for k in knobs if isinstance(k, int) and not isinstance(k, bool) and k >= 1]
-    return counts[0] if counts else torch.get_num_threads()
-
-
-def autotune_section(result: TuneResult, path: Path, seconds: float) -> list[str]:
-    """Markdown lines of the report's autotune section (the tuner's per-shape summary)."""
-    losses = result.losses
-    return [
-        "## Autotune",
-        "",
-        f"`tune_model` (what `python -m autotune` runs) calibrated the MLP for {len(losses)} steps "
-        f"(loss {losses[0]:.4g} → {losses[-1]:.4g}) and wrote `{path}` in {seconds:.0f} s. "
-        'Per shape: block size and rank per factor for `rank="auto"`, and for `rank="auto", '
-        "sketch=True` the ranks k, the sketch rank ℓ (capped) and the block size; predicted step "
-        "times and state are measured on a stand-alone parameter of that shape.",
-        "",
-        to_markdown(summary_frame(result)),
-        "",
-    ]
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """The table as GitHub Markdown (pandas + tabulate), numbers with 4 significant digits."""
-    return frame.to_markdown(index=False, floatfmt=".4g")
+__all__ = [
+    "BETAS",
+    "DEFAULT_LRS",
+    "EPS",
+    "OptimizerFactory",
+    "OptimizerSpec",
+    "RunResult",
+    "autotune_demo",
+    "autotune_section",
+    "batch_schedule",
+    "build_parser",
+    "evaluate",
+    "grid_table",
+    "load_data",
+    "main",
+    "make_mlp",
+    "optimizer_specs",
+    "summary_table",
+    "to_markdown",
+    "train_run",
+    "tuned_threads",
+]
 
 
 def _parse_lrs(text: str) -> list[float]:

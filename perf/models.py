@@ -1,4 +1,4 @@
-"""Small models for the CPU benchmarks: a character-level GPT, a small CNN, and (from ``perf.demo``) an MLP.
+"""Small models for the CPU benchmarks: a character-level GPT, a small CNN, and (from ``perf.demo_training``) an MLP.
 
 Sizes are chosen so that a run of a few hundred steps takes seconds on 2 CPU cores:
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perf.demo import make_mlp
+from perf.demo_training import make_mlp
 
 __all__ = ["CharGPT", "SmallCNN", "count_parameters", "make_mlp"]
 

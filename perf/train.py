@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perf.demo import make_mlp
+from perf.demo_training import make_mlp
 from perf.models import CharGPT, SmallCNN, count_parameters
 from perf.peers import OptimizerEntry, precond_bytes, state_bytes
 from perf.text import encode_corpus, load_corpus
@@ -135,7 +135,7 @@ def _classification(data: Dataset, val_limit: int) -> tuple[Callable, Callable]:
 def _image_batches(
     data: Dataset, steps: int, batch_size: int
 ) -> Callable[[int], list[tuple[Tensor, Tensor]]]:
-    from perf.demo import batch_schedule
+    from perf.demo_training import batch_schedule
 
     def batches(seed: int) -> list[tuple[Tensor, Tensor]]:
         schedule = batch_schedule(data.x_train.shape[0], steps, batch_size, seed)
