@@ -25,8 +25,9 @@ shapes m_b × n_b costs
 
     c(p) = Σ_b [ 10 m_b n_b (m_b + n_b)  +  10 (m_b³ + n_b³) / T ]
 
-(≈ five m·n·(m+n) GEMMs per step for direction, statistics and eigenvalue tracking, plus the
-power step, QR and Rayleigh quotients of each refresh amortised over the period T), and the
+(the per-step products of direction, statistics and eigenvalue tracking, at most five m·n·(m+n)
+multiply-adds — 3mn(m+n) + mn·min(m,n) with the rotated momentum of :mod:`tritonkron.rotated`; a
+relative cost, so the upper bound serves — plus the power step, QR and Rayleigh quotients of each refresh amortised over the period T), and the
 heaviest unassigned parameter goes to the least-loaded rank. The assignment depends only on the
 parameter shapes, their order and options, and the world size, so every rank computes the same one.
 
