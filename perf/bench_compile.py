@@ -8,7 +8,8 @@ Usage (from the repository root)::
 graph (plus one for the first call, which creates the state); inductor then fuses the many small
 elementwise ops between the GEMMs (masks, eigenvalue EMAs, scales). This benchmark measures what
 that buys on this machine, with AdamW — eager and compiled — measured in the same run as the
-baseline. Every optimizer steps the parameters of :class:`perf.models.CharGPT` (≈ 0.42 M scalars,
+baseline, and heavyball's SOAP (eager, its compilation off) as the peer when it is installed.
+Every optimizer steps the parameters of :class:`perf.models.CharGPT` (≈ 0.42 M scalars,
 matrices 80 × 128 … 512 × 128) with fixed N(0, 1) gradients: ``warmup`` steps first (state, initial
 eigendecompositions and, when compiled, compilation: its wall time is reported separately), then
 ``steps`` timed steps. With ``precondition_every=10`` the timed window holds ``steps / 10`` basis
@@ -33,6 +34,7 @@ import torch
 
 import tritonkron as tk
 from perf.models import CharGPT, count_parameters
+from perf.peers import available, heavyball_eager
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,9 +47,18 @@ OPTIMIZERS: dict[str, Factory] = {
 }
 
 
-def _time_steps(step: Callable[[], object], count: int) -> list[float]:
+def _soap(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    heavyball = heavyball_eager()
+    return heavyball.SOAP(ps, lr=1e-3, precondition_frequency=10)
+
+
+PEERS: dict[str, Factory] = {"heavyball SOAP": _soap}  # eager only (heavyball's own compile is off)
+
+
+def _time_steps(step: Callable[[], object], count: int, prepare: Callable[[], None]) -> list[float]:
     times = []
     for _ in range(count):
+        prepare()  # untimed: heavyball clears .grad after each step
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
@@ -60,17 +71,21 @@ def measure(name: str, factory: Factory, compiled: bool, warmup: int, steps: int
     model = CharGPT(80)
     params = list(model.parameters())
     generator = torch.Generator().manual_seed(1)
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=generator)
+    grads = [torch.randn(p.shape, generator=generator) for p in params]
+
+    def prepare() -> None:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+
     opt = factory(params)
     step = torch.compile(opt.step) if compiled else opt.step
     torch._dynamo.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         start = time.perf_counter()
-        _time_steps(step, warmup)
+        _time_steps(step, warmup, prepare)
         warmup_s = time.perf_counter() - start
-        times = [1000 * t for t in _time_steps(step, steps)]
+        times = [1000 * t for t in _time_steps(step, steps, prepare)]
     return {
         "optimizer": name,
         "mode": "compiled (inductor)" if compiled else "eager",
@@ -83,15 +98,16 @@ def measure(name: str, factory: Factory, compiled: bool, warmup: int, steps: int
 
 
 def run(steps: int, warmup: int) -> pd.DataFrame:
-    """All optimizers × {eager, compiled}; ratios against eager AdamW of the same run."""
+    """All optimizers × {eager, compiled}, installed peers eager; ratios against eager AdamW of the same run."""
     rows = []
-    for name, factory in OPTIMIZERS.items():
-        for compiled in (False, True):
-            rows.append(measure(name, factory, compiled, warmup, steps))
-            print(
-                f"  {rows[-1]['optimizer']:<20} {rows[-1]['mode']:<20} {rows[-1]['median_ms']:.2f} ms",
-                flush=True,
-            )
+    runs = [(name, factory, compiled) for name, factory in OPTIMIZERS.items() for compiled in (False, True)]
+    if available("heavyball"):
+        runs += [(name, factory, False) for name, factory in PEERS.items()]
+    for name, factory, compiled in runs:
+        rows.append(measure(name, factory, compiled, warmup, steps))
+        print(
+            f"  {rows[-1]['optimizer']:<20} {rows[-1]['mode']:<20} {rows[-1]['median_ms']:.2f} ms", flush=True
+        )
     table = pd.DataFrame(rows)
     baseline = table.loc[(table.optimizer == "AdamW") & (table["mode"] == "eager"), "mean_ms"].item()
     table["mean_vs_adamw_eager"] = table["mean_ms"] / baseline
