@@ -1,30 +1,17 @@
 """Per-shape search: block size, calibrated ranks, kernel configs and CPU knobs → tuning entries.
 
-For each distinct (matrix shape, dtype) of a model's matrix parameters, in this order:
+For each distinct (matrix shape, dtype) of a model's matrix parameters, in this order (each step's
+rule is written once, in the module that runs it):
 
-1. **Block size** (:func:`choose_block_size`): every candidate of
-   :func:`autotune.space.block_size_candidates` is run as a real ``tk.Kron`` step on a
-   stand-alone parameter of that shape (fresh per candidate), timed over whole refresh cycles,
-   and its optimizer state counted. Larger blocks precondition more cross-correlations (a
-   block ignores those between blocks), so the choice is the *largest* candidate whose state
-   stays within ``memory_budget`` floats per parameter element and whose step time stays within
-   ``time_budget`` × the fastest candidate's; the least-memory candidate if none fits.
-2. **Ranks** (:mod:`autotune.rank`): one calibration run of the user's model and data with
-   ``tk.Kron(rank=None)`` at the chosen block sizes, then the rank rule per factor.
-3. **Newton–Schulz steps**: iterations of the coupled Newton inverse square root to reach the
-   residual target ``ns_tol`` on the calibrated factors (``knobs["ns_steps_a"/"ns_steps_b"]``).
-4. **Sketched ranks** (``sketch``, on by default): the choice for ``tk.Kron(rank="auto",
-   sketch=True)``. Its block size is :func:`autotune.space.sketch_block_size` (the unsplit
-   largest dim up to 4096); when that differs from the dense block of some shape, a second
-   calibration from the same initial weights gives the spectra at the sketched layout. Then
-   :func:`autotune.sketch_choice.sketch_ranks` picks k_A, k_B and the sketch rank ℓ under the
-   cost cap ℓ ≤ max(``sketch_budget`` · max(m, n), 32).
-5. **Kernel configs** (CUDA, or forced): every op of :data:`autotune.space.KERNEL_OPS` on the
-   largest block stack, each config timed on its own fresh inputs; the winner is kept only when
-   its output matches the default launch's on identical inputs.
-6. **Predictions**: step time and optimizer-state bytes at full rank, at the tuned rank (dense
-   factors) and with ``sketch=True`` at the sketched choice (without it: the dense ranks, ℓ = 2k).
-7. **CPU knobs** (CPU only): thread count and inverse-root method (eigh vs Newton–Schulz).
+1. **Block size**: the largest candidate within the memory and time budgets
+   (:mod:`autotune.step_timing`).
+2. **Ranks**: one calibration run, then the rank rule per factor (:mod:`autotune.rank_search`).
+3. **Newton–Schulz steps** to the residual target ``ns_tol`` (:mod:`autotune.rank_search`).
+4. **Sketched ranks** for ``tk.Kron(rank="auto", sketch=True)`` (:mod:`autotune.rank_search`).
+5. **Kernel configs** (CUDA, or forced), each checked against the default launch
+   (:mod:`autotune.kernel_search`).
+6. **Predictions** of step time and state bytes (:mod:`autotune.step_timing`).
+7. **CPU knobs**: threads and inverse-root method (:mod:`autotune.step_timing`).
 
 This module runs the steps in that order (:func:`tune_model`). The steps themselves live in
 :mod:`autotune.step_timing` (1, 6, 7), :mod:`autotune.rank_search` (2–4) and

@@ -27,31 +27,31 @@ shapes m_b × n_b costs
 
 (the per-step products of direction, statistics and eigenvalue tracking, at most five m·n·(m+n)
 multiply-adds — 3mn(m+n) + mn·min(m,n) with the rotated momentum of :mod:`tritonkron.rotated`; a
-relative cost, so the upper bound serves — plus the power step, QR and Rayleigh quotients of each refresh amortised over the period T), and the
-heaviest unassigned parameter goes to the least-loaded rank. The assignment depends only on the
+relative cost, so the upper bound serves — plus the power step, QR and Rayleigh quotients of each
+refresh amortised over the period T), and the heaviest unassigned parameter goes to the least-loaded rank. The assignment depends only on the
 parameter shapes, their order and options, and the world size, so every rank computes the same one.
 
-Checkpoints: ``opt.state_dict()`` on a rank holds the state of the parameters it owns and of the
-AdamW-path parameters (replicated; DTensor moments for FSDP2 parameters). ``torch.distributed.checkpoint.save`` of it writes each entry
-once; :func:`load_checkpoint` reads back what this rank owns under the *current* world size, so a
-checkpoint resumes on any number of ranks. :func:`gather_state_dict` collects the full state on
-one rank (for ``torch.save``), and :func:`load_full_state_dict` keeps this rank's share of one.
+Checkpoints (each rank keeps its owned state; DCP resumes on any world size; gathered single
+files) are in :mod:`tritonkron.distributed_checkpoint`, whose functions are importable from here.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import Tensor
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, Shard
 
+from tritonkron.distributed_checkpoint import (  # re-exported: the checkpoint API of this module
+    gather_state_dict,
+    kept_state_ids,
+    load_checkpoint,
+    load_full_state_dict,
+)
 from tritonkron.options import kron_settings, statistics_dtype
 from tritonkron.reference.blocking import BlockLayout
 
@@ -299,124 +299,3 @@ class DistributedPlan:
         dist.scatter(received, parts, src=owner)
         update = received[:-1].reshape(rows, *p.shape[1:])[: local.shape[0]]
         apply(unit._replace(param=local), update.to(statistics_dtype(p)), received[-1] != 0)
-
-
-def _plan(opt: Any) -> DistributedPlan | None:
-    plan = getattr(opt, "_plan", None)
-    if plan is not None:
-        plan.assign_optimizer(opt)
-    return plan
-
-
-def kept_state_ids(opt: Any) -> set[int]:
-    """``state_dict`` ids (0, 1, … over the param groups) of the parameters whose state this rank keeps.
-
-    That is every parameter without distribution; with it, the Kronecker parameters this rank owns
-    plus every AdamW-path parameter (replicated).
-    """
-    plan = _plan(opt)
-    ids: set[int] = set()
-    index = 0
-    for group in opt.param_groups:
-        for p in group["params"]:
-            if plan is None or not opt.uses_kron(p, group) or plan.owner_of(p) == plan.rank:
-                ids.add(index)
-            index += 1
-    return ids
-
-
-def _to_cpu(value: Any) -> Any:
-    """A CPU copy of ``value``; DTensors (AdamW-path state of FSDP2 parameters) are gathered whole,
-    a collective, so every rank must convert the same DTensors in the same order."""
-    if isinstance(value, DTensor):
-        return value.full_tensor().detach().cpu()
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_cpu(v) for v in value]
-    return value
-
-
-def gather_state_dict(opt: Any, dst: int = 0) -> dict[str, Any] | None:
-    """The full, single-process-equivalent ``state_dict`` of ``opt`` on rank ``dst`` (None elsewhere).
-
-    Every rank must call it. Communication: each rank's owned state, pickled (``gather_object``),
-    moved to the CPU first; sharded AdamW-path state (DTensors) is first gathered whole. The result
-    loads into a single-process :class:`tritonkron.Kron`, or into a distributed one of any world
-    size with :func:`load_full_state_dict`.
-    """
-    sd = opt.state_dict()
-    plan = _plan(opt)
-    if plan is None:
-        return sd
-    kept = kept_state_ids(opt)
-    mine = {i: _to_cpu(sd["state"][i]) for i in sorted(sd["state"]) if i in kept}
-    parts: list | None = [None] * plan.world_size if plan.rank == dst else None
-    dist.gather_object(mine, parts, dst=dst)
-    if plan.rank != dst:
-        return None
-    full: dict[int, Any] = {}
-    for part in parts:
-        full.update(part)
-    return {"state": dict(sorted(full.items())), "param_groups": sd["param_groups"]}
-
-
-def load_full_state_dict(opt: Any, state_dict: dict[str, Any]) -> None:
-    """Load a full state dict (e.g. from :func:`gather_state_dict`), keeping only this rank's share."""
-    kept = kept_state_ids(opt)
-    opt.load_state_dict({**state_dict, "state": {i: v for i, v in state_dict["state"].items() if i in kept}})
-
-
-def _child(node: Any, key: Any, empty: Any) -> Any:
-    """``node[key]``, created as ``empty`` when missing (``node`` a dict, or a list grown with None)."""
-    if isinstance(node, list):
-        node.extend([None] * (key + 1 - len(node)))
-        if node[key] is None:
-            node[key] = empty
-        return node[key]
-    return node.setdefault(key, empty)
-
-
-def _nest(items: dict[tuple, Any]) -> dict[str, Any]:
-    """Rebuild a nested value from ``path → leaf`` (str path items are dict keys, int items list indices)."""
-    root: dict[str, Any] = {}
-    for path, value in items.items():
-        node: Any = root
-        for key, nxt in zip(path[:-1], path[1:], strict=True):
-            node = _child(node, key, [] if isinstance(nxt, int) else {})
-        _child(node, path[-1], None)
-        node[path[-1]] = value
-    return root
-
-
-def load_checkpoint(opt: Any, checkpoint_id: str | os.PathLike[str], key: str = "optim") -> None:
-    """Load ``opt``'s state from a ``torch.distributed.checkpoint`` directory saved with
-    ``dcp.save({..., key: opt.state_dict()}, checkpoint_id=...)`` on any number of ranks.
-
-    Each rank reads only the entries it keeps under the current world size and owners
-    (:func:`kept_state_ids`), so the checkpoint re-shards to a different world size, or loads in a
-    single process. Every rank of the current group must call it.
-
-    Raises:
-        ValueError: the checkpoint has no entry under ``key``.
-    """
-    reader = dcp.FileSystemReader(checkpoint_id)
-    metadata = reader.read_metadata()
-    kept = {str(i) for i in kept_state_ids(opt)}
-    template: dict[str, Any] = {}
-    paths: dict[str, tuple] = {}
-    for fqn, meta in metadata.state_dict_metadata.items():
-        path = tuple(metadata.planner_data.get(fqn, (fqn,)))
-        if path[0] != key or (len(path) > 2 and path[1] == "state" and path[2] not in kept):
-            continue
-        paths[fqn] = path[1:]
-        is_tensor = isinstance(meta, TensorStorageMetadata)
-        template[fqn] = torch.empty(meta.size, dtype=meta.properties.dtype) if is_tensor else None
-    if not paths:
-        raise ValueError(f"checkpoint {checkpoint_id!s} has no entry under key={key!r}")
-    dcp.load(template, storage_reader=reader, no_dist=not dist.is_initialized())
-    loaded = _nest({paths[fqn]: value for fqn, value in template.items()})
-    loaded["state"] = {int(i): v for i, v in loaded.get("state", {}).items()}
-    opt.load_state_dict(loaded)

@@ -12,8 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tritonkron.preconditioner import BLOCKS, FAILURES
+from tritonkron.momentum import MOMENTUM
+from tritonkron.preconditioner import BASIS_A, BASIS_B, BLOCKS, FAILURES
+from tritonkron.reference.blocking import BlockLayout
 from tritonkron.shards import finite_flags
+from tritonkron.sketch import is_sketch_state
 
 
 def param_name(groups: Sequence[dict[str, Any]], group_index: int, param_index: int) -> str:
@@ -103,4 +106,26 @@ def check_refresh_failures(
             f"{groups[gi]['max_refresh_failures']} consecutive refreshes (non-finite factors or "
             "eigenvalues); the last good basis is still in use and the step was applied. Lower the learning "
             "rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
+        )
+
+
+def check_state(p: Tensor, state: dict[str, Any], layout: BlockLayout, sketch: bool) -> None:
+    """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode."""
+    momentum = state.get(MOMENTUM)
+    wrong_matrix = momentum is not None and tuple(momentum.shape) != layout.matrix
+    wrong_blocks = len(state[BLOCKS]) != len(layout.groups) or any(
+        tuple(b[BASIS_A].shape[:2]) != (len(g.offsets), g.shape[0])
+        or tuple(b[BASIS_B].shape[:2]) != (len(g.offsets), g.shape[1])
+        for b, g in zip(state[BLOCKS], layout.groups, strict=False)
+    )
+    if wrong_matrix or wrong_blocks:
+        raise ValueError(
+            f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
+            f"({len(layout.groups)} block group(s) of a {layout.matrix[0]} × {layout.matrix[1]} matrix); "
+            "was the state loaded from another model or block_size?"
+        )
+    if any(is_sketch_state(b) != sketch for b in state[BLOCKS]):
+        raise ValueError(
+            f"optimizer state of a parameter of shape {tuple(p.shape)} was created with "
+            f"sketch={not sketch}, but its group now has sketch={sketch}"
         )

@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 
 from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
 from tritonkron.distributed import DistributedPlan, resolve_distributed
-from tritonkron.guards import check_gradients, check_refresh_failures
+from tritonkron.guards import check_gradients, check_refresh_failures, check_state
 from tritonkron.momentum import MOMENTUM, convert_momentum
 from tritonkron.options import (
     AUTO,
@@ -27,8 +27,6 @@ from tritonkron.options import (
     validate_group,
 )
 from tritonkron.preconditioner import (
-    BASIS_A,
-    BASIS_B,
     BLOCKS,
     KronSettings,
     block_group_step,
@@ -37,7 +35,7 @@ from tritonkron.preconditioner import (
 from tritonkron.reference.blocking import BlockLayout
 from tritonkron.rotated import rotated_group_step, uses_rotated_momentum
 from tritonkron.shards import finite_flags, like_param
-from tritonkron.sketch import is_sketch_state, new_sketch_state, sketch_group_step
+from tritonkron.sketch import new_sketch_state, sketch_group_step
 from tritonkron.tuning import TuningTable, TuningWarning, device_name
 from tritonkron.tuning_lookup import ranks_for, resolve_tuning, sketch_tuning_for
 
@@ -369,7 +367,7 @@ class Kron(Optimizer):
                 for g, r in zip(layout.groups, rotated, strict=True)
             ]
         else:
-            self._check_state(p, state, layout, settings)
+            check_state(p, state, layout, settings.sketch)
             convert_momentum(state, layout, rotated)
         grad = p.grad.to(dtype).reshape(m, n)
         ok = count_nonfinite(grad, state)
@@ -393,28 +391,6 @@ class Kron(Optimizer):
         ]
         update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
         return update, ok
-
-    @staticmethod
-    def _check_state(p: Tensor, state: dict[str, Any], layout: BlockLayout, settings: KronSettings) -> None:
-        """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode."""
-        momentum = state.get(MOMENTUM)
-        wrong_matrix = momentum is not None and tuple(momentum.shape) != layout.matrix
-        wrong_blocks = len(state[BLOCKS]) != len(layout.groups) or any(
-            tuple(b[BASIS_A].shape[:2]) != (len(g.offsets), g.shape[0])
-            or tuple(b[BASIS_B].shape[:2]) != (len(g.offsets), g.shape[1])
-            for b, g in zip(state[BLOCKS], layout.groups, strict=False)
-        )
-        if wrong_matrix or wrong_blocks:
-            raise ValueError(
-                f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
-                f"({len(layout.groups)} block group(s) of a {layout.matrix[0]} × {layout.matrix[1]} matrix); "
-                "was the state loaded from another model or block_size?"
-            )
-        if any(is_sketch_state(b) != settings.sketch for b in state[BLOCKS]):
-            raise ValueError(
-                f"optimizer state of a parameter of shape {tuple(p.shape)} was created with "
-                f"sketch={not settings.sketch}, but its group now has sketch={settings.sketch}"
-            )
 
     @staticmethod
     def _apply(p: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float, ok: Tensor) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from tests.kernels.test_precondition import DEVICE, DTYPES, F64, _assert_close, _nan, _orthogonal
 from tritonkron import ops
-from tritonkron.kernels.rotation import rotate_back_triton, rotate_triton
+from tritonkron.kernels.rotation import rotate_triton
 from tritonkron.reference.rotation import rotate_back_ref, rotate_ref
 
 
@@ -25,8 +25,8 @@ def test_rotation_matches_reference(m: int, n: int, B: int, dtype: torch.dtype, 
     X = torch.randn(B, m, n, generator=g).to(DEVICE, dtype)
     Q_A, Q_B = _orthogonal(B, m, g), _orthogonal(B, n, g)
     out = _nan((B, m, n), dtype)
-    launcher, reference = (rotate_back_triton, rotate_back_ref) if back else (rotate_triton, rotate_ref)
-    got = launcher(X, Q_A, Q_B, out=out)
+    reference = rotate_back_ref if back else rotate_ref
+    got = rotate_triton(X, Q_A, Q_B, back=back, out=out)
     assert got is out and got.dtype == dtype
     _assert_close(got, reference(*(x.to(F64) for x in (X, Q_A, Q_B))), dtype)
 
@@ -48,4 +48,4 @@ def test_rotation_rejects_bad_operands() -> None:
     with pytest.raises(ValueError, match="Q_A must have shape"):
         rotate_triton(X, torch.zeros(2, 3, 3, device=DEVICE), torch.zeros(2, 3, 3, device=DEVICE))
     with pytest.raises(ValueError, match="Q_B must be 3-D"):
-        rotate_back_triton(X, torch.zeros(2, 4, 4, device=DEVICE), torch.zeros(3, 3, device=DEVICE))
+        rotate_triton(X, torch.zeros(2, 4, 4, device=DEVICE), torch.zeros(3, 3, device=DEVICE), back=True)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from tritonkron.kernels.factor_update import factor_update_triton
 from tritonkron.kernels.precondition import eigenbasis_precondition_triton, spike_and_flat_triton
-from tritonkron.kernels.rotation import rotate_back_triton, rotate_triton
+from tritonkron.kernels.rotation import rotate_triton
 from tritonkron.kernels.sketch import sketch_precondition_triton, sketch_update_triton
 from tritonkron.kernels.track_eigenvalues import track_eigenvalues_triton
 
@@ -84,8 +84,8 @@ def _(a, b, G_hat, left_weight, left_scale, right_weight, right_scale, beta):  #
 
 @torch.library.custom_op("tritonkron::rotate", mutates_args=())
 def rotate_op(X: Tensor, Q_A: Tensor, Q_B: Tensor, back: bool) -> Tensor:
-    """Custom op around :func:`rotate_triton` (Q_Aᵀ X Q_B) or, with ``back``, :func:`rotate_back_triton`."""
-    return rotate_back_triton(X, Q_A, Q_B) if back else rotate_triton(X, Q_A, Q_B)
+    """Custom op around :func:`rotate_triton`: Q_Aᵀ X Q_B, or Q_A X Q_Bᵀ with ``back``."""
+    return rotate_triton(X, Q_A, Q_B, back=back)
 
 
 @rotate_op.register_fake

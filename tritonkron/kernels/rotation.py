@@ -1,4 +1,4 @@
-"""Two-sided rotations into and out of an eigenbasis (Triton twins of :mod:`tritonkron.reference.rotation`).
+"""Two-sided rotation into or out of an eigenbasis (Triton twin of :mod:`tritonkron.reference.rotation`).
 
 Both are two chained batched GEMMs of :mod:`tritonkron.kernels.bmm` through one fp32 scratch
 buffer (transposed operands as swapped strides, no copies)::
@@ -20,27 +20,31 @@ from torch import Tensor
 from tritonkron.kernels._common import check_operand, check_shape, out_or_empty
 from tritonkron.kernels.bmm import bmm_config, launch_bmm
 
-__all__ = ["rotate_back_triton", "rotate_triton"]
+__all__ = ["rotate_triton"]
 
 
-def _checked(X: Tensor, Q_A: Tensor, Q_B: Tensor) -> tuple[int, int, int]:
+def rotate_triton(
+    X: Tensor,
+    Q_A: Tensor,
+    Q_B: Tensor,
+    *,
+    back: bool = False,
+    out: Tensor | None = None,
+    config: Mapping[str, int] | triton.Config | None = None,
+) -> Tensor:
+    """Computes ``reference.rotation.rotate_ref`` (X̂ = Q_Aᵀ X Q_B) or, with ``back``,
+    ``rotate_back_ref`` (X = Q_A X̂ Q_Bᵀ), ``[B, m, n]``.
+
+    Raises:
+        ValueError: on a wrong type, shape, dtype or device (naming the parameter) or an illegal config.
+    """
     check_operand("X", X, 3)
     Bsz, m, n = X.shape
     check_operand("Q_A", Q_A, 3, X.device)
     check_shape("Q_A", Q_A, (Bsz, m, m))
     check_operand("Q_B", Q_B, 3, X.device)
     check_shape("Q_B", Q_B, (Bsz, n, n))
-    return Bsz, m, n
-
-
-def _two_sided(
-    left: Tensor,
-    X: Tensor,
-    right: Tensor,
-    out: Tensor | None,
-    config: Mapping[str, int] | triton.Config | None,
-) -> Tensor:
-    Bsz, m, n = X.shape
+    left, right = (Q_A, Q_B.transpose(1, 2)) if back else (Q_A.transpose(1, 2), Q_B)
     out = out_or_empty(out, (Bsz, m, n), X)
     if out.numel() == 0:
         return out
@@ -49,37 +53,3 @@ def _two_sided(
     launch_bmm(left, X, buf, cfg)
     launch_bmm(buf, right, out, cfg)
     return out
-
-
-def rotate_triton(
-    X: Tensor,
-    Q_A: Tensor,
-    Q_B: Tensor,
-    *,
-    out: Tensor | None = None,
-    config: Mapping[str, int] | triton.Config | None = None,
-) -> Tensor:
-    """Computes ``reference.rotation.rotate_ref``: X̂ = Q_Aᵀ X Q_B (``[B, m, n]``).
-
-    Raises:
-        ValueError: on a wrong type, shape, dtype or device (naming the parameter) or an illegal config.
-    """
-    _checked(X, Q_A, Q_B)
-    return _two_sided(Q_A.transpose(1, 2), X, Q_B, out, config)
-
-
-def rotate_back_triton(
-    X_hat: Tensor,
-    Q_A: Tensor,
-    Q_B: Tensor,
-    *,
-    out: Tensor | None = None,
-    config: Mapping[str, int] | triton.Config | None = None,
-) -> Tensor:
-    """Computes ``reference.rotation.rotate_back_ref``: X = Q_A X̂ Q_Bᵀ (``[B, m, n]``).
-
-    Raises:
-        ValueError: as :func:`rotate_triton`.
-    """
-    _checked(X_hat, Q_A, Q_B)
-    return _two_sided(Q_A, X_hat, Q_B.transpose(1, 2), out, config)

@@ -21,10 +21,9 @@ multiply-adds instead of 5mn(m + n).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-__all__ = ["rebase_ref", "rotate_back_ref", "rotate_ref", "rotated_statistics_ref"]
+__all__ = ["rotate_back_ref", "rotate_ref", "rotated_statistics_ref"]
 
 
 def rotate_ref(X: Tensor, Q_A: Tensor, Q_B: Tensor) -> Tensor:
@@ -35,11 +34,6 @@ def rotate_ref(X: Tensor, Q_A: Tensor, Q_B: Tensor) -> Tensor:
 def rotate_back_ref(X_hat: Tensor, Q_A: Tensor, Q_B: Tensor) -> Tensor:
     """X = Q_A X̂ Q_Bᵀ, the inverse of :func:`rotate_ref` for orthogonal bases."""
     return Q_A @ X_hat @ Q_B.transpose(-1, -2)
-
-
-def rebase_ref(X_hat: Tensor, old_A: Tensor, old_B: Tensor, new_A: Tensor, new_B: Tensor) -> Tensor:
-    """X̂ expressed in new bases: X̂' = Q_A'ᵀ (Q_A X̂ Q_Bᵀ) Q_B' (exact for orthogonal bases)."""
-    return rotate_ref(rotate_back_ref(X_hat, old_A, old_B), new_A, new_B)
 
 
 def _ema(X: Tensor, beta: float, scale: Tensor, gram: Tensor) -> Tensor:
@@ -81,8 +75,3 @@ def rotated_statistics_ref(
     left = (P * w_B.unsqueeze(-2)) @ P.transpose(-1, -2)
     right = R.transpose(-1, -2) @ (R * w_A.unsqueeze(-1))
     return _ema(A, beta, s_A, left), _ema(B, beta, s_B, right), G_hat
-
-
-def unit_weights(x: Tensor) -> Tensor:
-    """All-ones weights shaped like ``x`` (W = I)."""
-    return torch.ones_like(x)
