@@ -15,10 +15,11 @@ groups of one parameter share its momentum and step count, so they stay together
    buffer in ``comm_dtype`` (one collective per rank and step); every rank applies every update,
    so the parameters stay equal;
 4. FSDP2 parameters (``fully_shard``: DTensors sharded on dim 0 of a 1-D mesh), lossless: the
-   gradient shards are gathered to the owner only (``dist.gather``), the owner preconditions the
-   full matrix, and the update is scattered back as shards (``dist.scatter``), so every rank
-   applies its own rows. Parameters stay sharded; the owner briefly holds one full gradient and
-   one full update.
+   gradient rows of every such parameter go to its owner only, the owner preconditions the full
+   matrix, and the update rows go back to the ranks that hold them, so every rank applies its
+   own rows. Both exchanges are one ``all_to_all_single`` each per step (per dtype), whatever the
+   number of parameters. Parameters stay sharded; an owner briefly holds the full gradients and
+   updates of the parameters it owns.
 
 Owners are chosen by greedy longest-processing-time over a cost model: a parameter with blocks of
 shapes m_b × n_b costs
@@ -135,6 +136,7 @@ class DistributedPlan:
         computed: directions this rank has computed (work counter for tests and benchmarks).
         sent_bytes, received_bytes: payload this rank has sent / received in the optimizer's
             collectives (directions, FSDP2 gradient shards and update shards).
+        collectives: the optimizer's collectives this rank has joined (broadcasts, all-to-alls).
     """
 
     rank: int
@@ -144,6 +146,7 @@ class DistributedPlan:
     computed: int = 0
     sent_bytes: int = 0
     received_bytes: int = 0
+    collectives: int = 0
 
     @classmethod
     def from_process_group(cls, comm_dtype: torch.dtype | None = None) -> DistributedPlan:
@@ -205,15 +208,14 @@ class DistributedPlan:
                 kept under the DTensor parameter).
         """
         sharded = [u for u in units if _is_sharded(u.param)]
-        full_grads = {id(u): self._gather_grad(u) for u in sharded}
+        full_grads = self._gather_grads(sharded)
         updates: dict[int, tuple[Tensor, Tensor]] = {}
         for unit in units:
             if self.owners[unit.param] == self.rank:
                 updates[id(unit)] = self._compute(unit, compute, state, full_grads.get(id(unit)))
                 self.computed += 1
         self._broadcast_and_apply([u for u in units if not _is_sharded(u.param)], updates, apply)
-        for unit in sharded:
-            self._scatter_and_apply(unit, updates.get(id(unit)), apply)
+        self._scatter_and_apply(sharded, updates, apply)
 
     @staticmethod
     def _compute(
@@ -248,6 +250,7 @@ class DistributedPlan:
                 flat = torch.empty(sum(sizes), dtype=dtype, device=members[0].param.device)
                 self.received_bytes += _nbytes(flat)
             dist.broadcast(flat, src=src)
+            self.collectives += 1
             for unit, chunk in zip(members, flat.split(sizes), strict=True):
                 p = unit.param
                 ok = torch.isfinite(p.grad).all()  # gradients are equal on every rank after DDP
@@ -263,39 +266,85 @@ class DistributedPlan:
             )
         return -(-p.shape[0] // self.world_size)
 
-    def _gather_grad(self, unit: Any) -> Tensor | None:
-        """Gather an FSDP2 gradient's shards (padded to equal rows) to the owner; the full gradient there."""
-        p = unit.param
-        rows, owner = self._shard_rows(p), self.owners[p]
-        local = p.grad.to_local()
-        padded = local.new_zeros((rows, *p.shape[1:]))
-        padded[: local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == owner else None
-        dist.gather(padded, parts, dst=owner)
-        if self.rank != owner:
-            self.sent_bytes += _nbytes(padded)
-            return None
-        self.received_bytes += _nbytes(padded) * (self.world_size - 1)
-        return torch.cat(parts)[: p.shape[0]]
+    def _all_to_all(
+        self, sends: list[list[Tensor]], recv_sizes: list[int], dtype: torch.dtype, device: torch.device
+    ) -> list[Tensor]:
+        """Send ``sends[o]`` (flattened, concatenated) to every rank o in one ``all_to_all_single``;
+        return the flat buffer received from each source rank (``recv_sizes[s]`` elements)."""
+        send_sizes = [sum(t.numel() for t in chunk) for chunk in sends]
+        flat = [t.reshape(-1).to(dtype) for chunk in sends for t in chunk]
+        send = torch.cat(flat) if flat else torch.empty(0, dtype=dtype, device=device)
+        received = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
+        dist.all_to_all_single(received, send, recv_sizes, send_sizes)
+        self.collectives += 1
+        size = torch.empty((), dtype=dtype).element_size()
+        self.sent_bytes += size * sum(n for o, n in enumerate(send_sizes) if o != self.rank)
+        self.received_bytes += size * sum(n for s, n in enumerate(recv_sizes) if s != self.rank)
+        return list(received.split(recv_sizes))
 
-    def _scatter_and_apply(self, unit: Any, owned: tuple[Tensor, Tensor] | None, apply: Callable) -> None:
-        """Scatter an FSDP2 update's row shards (with the ``ok`` flag as a last element) and apply the local one."""
-        p = unit.param
-        rows, owner = self._shard_rows(p), self.owners[p]
-        local = p.to_local()  # a view of this rank's shard: the update is written through it
-        dtype = self.comm_dtype or statistics_dtype(p)
-        shard_numel = rows * p[0].numel() if p.shape[0] else 0
-        received = torch.empty(shard_numel + 1, dtype=dtype, device=local.device)
-        parts = None
-        if self.rank == owner:
-            update, ok = owned
-            padded = update.new_zeros((rows * self.world_size, *p.shape[1:]))
-            padded[: p.shape[0]] = update
-            flag = ok.reshape(1).to(dtype)
-            parts = [torch.cat([c.reshape(-1).to(dtype), flag]) for c in padded.split(rows)]
-            self.sent_bytes += _nbytes(received) * (self.world_size - 1)
-        else:
-            self.received_bytes += _nbytes(received)
-        dist.scatter(received, parts, src=owner)
-        update = received[:-1].reshape(rows, *p.shape[1:])[: local.shape[0]]
-        apply(unit._replace(param=local), update.to(statistics_dtype(p)), received[-1] != 0)
+    def _gather_grads(self, units: Sequence) -> dict[int, Tensor]:
+        """Bring every FSDP2 gradient's row shards (padded to equal rows) to its owner, one
+        ``all_to_all_single`` per gradient dtype; returns ``{id(unit): full gradient}`` for owned units."""
+        full: dict[int, Tensor] = {}
+        for dtype, members in _by_key(units, lambda u: u.param.grad.dtype).items():
+            sends: list[list[Tensor]] = [[] for _ in range(self.world_size)]
+            mine = []
+            for unit in members:
+                p = unit.param
+                rows, owner = self._shard_rows(p), self.owners[p]
+                local = p.grad.to_local()
+                padded = local.new_zeros((rows, *p.shape[1:]))
+                padded[: local.shape[0]] = local
+                sends[owner].append(padded)
+                if owner == self.rank:
+                    mine.append((unit, padded.numel()))
+            per_source = sum(n for _, n in mine)
+            device = members[0].param.grad.to_local().device
+            received = self._all_to_all(sends, [per_source] * self.world_size, dtype, device)
+            pieces = [buffer.split([n for _, n in mine]) for buffer in received]
+            for i, (unit, _) in enumerate(mine):
+                p = unit.param
+                rows = self._shard_rows(p)
+                parts = [source[i].reshape(rows, *p.shape[1:]) for source in pieces]
+                full[id(unit)] = torch.cat(parts)[: p.shape[0]]
+        return full
+
+    def _scatter_and_apply(self, units: Sequence, updates: dict, apply: Callable) -> None:
+        """Send each rank its rows of every FSDP2 update (with the ``ok`` flag as one more element),
+        one ``all_to_all_single`` per communication dtype, and apply the local rows."""
+        for dtype, members in _by_key(units, lambda u: self.comm_dtype or statistics_dtype(u.param)).items():
+            sizes = [self._shard_rows(u.param) * u.param[0].numel() + 1 for u in members]
+            sends: list[list[Tensor]] = [[] for _ in range(self.world_size)]
+            for unit in members:
+                if self.owners[unit.param] != self.rank:
+                    continue
+                update, ok = updates[id(unit)]
+                rows = self._shard_rows(unit.param)
+                padded = update.new_zeros((rows * self.world_size, *unit.param.shape[1:]))
+                padded[: unit.param.shape[0]] = update
+                for dst, chunk in enumerate(padded.split(rows)):
+                    sends[dst] += [chunk, ok.reshape(1)]
+            recv_sizes = [
+                sum(n for u, n in zip(members, sizes, strict=True) if self.owners[u.param] == src)
+                for src in range(self.world_size)
+            ]
+            device = members[0].param.to_local().device
+            received = self._all_to_all(sends, recv_sizes, dtype, device)
+            offsets = [0] * self.world_size
+            for unit, size in zip(members, sizes, strict=True):
+                p = unit.param
+                src = self.owners[p]
+                chunk = received[src][offsets[src] : offsets[src] + size]
+                offsets[src] += size
+                local = p.to_local()  # a view of this rank's shard: the update is written through it
+                rows = self._shard_rows(p)
+                update = chunk[:-1].reshape(rows, *p.shape[1:])[: local.shape[0]]
+                apply(unit._replace(param=local), update.to(statistics_dtype(p)), chunk[-1] != 0)
+
+
+def _by_key(units: Sequence, key: Callable[[Any], Any]) -> dict[Any, list]:
+    """``units`` grouped by ``key(unit)``, each group in the original order."""
+    groups: dict[Any, list] = {}
+    for unit in units:
+        groups.setdefault(key(unit), []).append(unit)
+    return groups

@@ -75,6 +75,7 @@ def _synthetic(rank: int, world: int, root: str) -> dict:
                 "computed": opt._plan.computed,
                 "sent": opt._plan.sent_bytes,
                 "received": opt._plan.received_bytes,
+                "collectives": opt._plan.collectives,
             }
         )
     model, _ = _sharded_model(world)
@@ -111,6 +112,8 @@ def test_fsdp2_equals_single_process(world: int, tmp_path: Path) -> None:
         assert [result["computed"] for result in results] == [STEPS * len(o) for o in owned]
         assert sum(result["sent"] for result in results) == moved
         assert sum(result["received"] for result in results) == moved
+        # coalesced: one all-to-all for the gradients and one for the updates per step, not per parameter
+        assert [result["collectives"] for result in results] == [2 * STEPS] * world
     for result in per_rank:
         for got, want in zip(result["resumed"], reference(RESUMED, bias=False), strict=True):
             assert torch.equal(got, want)
