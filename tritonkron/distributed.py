@@ -137,6 +137,8 @@ class DistributedPlan:
         sent_bytes, received_bytes: payload this rank has sent / received in the optimizer's
             collectives (directions, FSDP2 gradient shards and update shards).
         collectives: the optimizer's collectives this rank has joined (broadcasts, all-to-alls).
+            The counters are exact in eager mode; under ``torch.compile`` some increments are traced
+            away.
     """
 
     rank: int
