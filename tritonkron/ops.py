@@ -151,9 +151,9 @@ def rotated_statistics(
     G: Tensor,
     Q_A: Tensor,
     Q_B: Tensor,
-    w_A: Tensor,
+    w_A: Tensor | None,
     s_A: Tensor,
-    w_B: Tensor,
+    w_B: Tensor | None,
     s_B: Tensor,
     beta: float,
     *,
@@ -163,12 +163,13 @@ def rotated_statistics(
 
     The reference shares the products G Q_B and Q_Aᵀ G between the three results
     (:func:`tritonkron.reference.rotation.rotated_statistics_ref`); the Triton path runs the fused
-    factor-update kernel for each factor and the rotation kernel for Ĝ.
+    factor-update kernel for each factor and the rotation kernel for Ĝ. A weight None means w = 1
+    (W = I, von Neumann), for which the kernel skips the basis product.
     """
     if resolve_backend(backend, A, G, Q_A) == "reference":
         return _rotation_ref.rotated_statistics_ref(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, beta)
-    A_new = factor_update(A, G, beta, s_A, "left", (Q_B, w_B), backend=backend)
-    B_new = factor_update(B, G, beta, s_B, "right", (Q_A, w_A), backend=backend)
+    A_new = factor_update(A, G, beta, s_A, "left", None if w_B is None else (Q_B, w_B), backend=backend)
+    B_new = factor_update(B, G, beta, s_B, "right", None if w_A is None else (Q_A, w_A), backend=backend)
     return A_new, B_new, rotate(G, Q_A, Q_B, backend=backend)
 
 

@@ -86,17 +86,15 @@ def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> 
         a, b = flatten_tail(a, settings.rank_a), flatten_tail(b, settings.rank_b)
     rule = coupling(settings.divergence, a, b)
     beta = settings.beta2
-    w_B = torch.ones_like(b) if rule.left_weight is None else rule.left_weight
-    w_A = torch.ones_like(a) if rule.right_weight is None else rule.right_weight
     A, B, G_hat = ops.rotated_statistics(
         state[FACTOR_A],
         state[FACTOR_B],
         G,
         state[BASIS_A],
         state[BASIS_B],
-        w_A,
+        rule.right_weight,
         (1 - beta) * rule.left_scale,
-        w_B,
+        rule.left_weight,
         (1 - beta) * rule.right_scale,
         beta,
     )

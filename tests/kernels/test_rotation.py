@@ -13,7 +13,7 @@ import torch
 from tests.kernels.test_precondition import DEVICE, DTYPES, F64, _assert_close, _nan, _orthogonal
 from tritonkron import ops
 from tritonkron.kernels.rotation import rotate_triton
-from tritonkron.reference.rotation import rotate_back_ref, rotate_ref
+from tritonkron.reference.rotation import rotate_back_ref, rotate_ref, rotated_statistics_ref
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -49,3 +49,22 @@ def test_rotation_rejects_bad_operands() -> None:
         rotate_triton(X, torch.zeros(2, 3, 3, device=DEVICE), torch.zeros(2, 3, 3, device=DEVICE))
     with pytest.raises(ValueError, match="Q_B must be 3-D"):
         rotate_triton(X, torch.zeros(2, 4, 4, device=DEVICE), torch.zeros(3, 3, device=DEVICE), back=True)
+
+
+@pytest.mark.parametrize("identity", [False, True])
+def test_rotated_statistics_triton_path_matches_reference(identity: bool) -> None:
+    """ops.rotated_statistics on the Triton path (factor-update kernels + rotate) against float64."""
+    g = torch.Generator().manual_seed(9 + identity)
+    B, m, n = 2, 21, 13
+    A = torch.randn(B, m, m, generator=g)
+    B_ = torch.randn(B, n, n, generator=g)
+    A, B_ = (A + A.transpose(1, 2)).to(DEVICE), (B_ + B_.transpose(1, 2)).to(DEVICE)
+    G = torch.randn(B, m, n, generator=g).to(DEVICE)
+    Q_A, Q_B = _orthogonal(B, m, g), _orthogonal(B, n, g)
+    w_A = None if identity else torch.rand(B, m, generator=g).to(DEVICE)
+    w_B = None if identity else torch.rand(B, n, generator=g).to(DEVICE)
+    s_A, s_B = torch.rand(B, generator=g).to(DEVICE), torch.rand(B, generator=g).to(DEVICE)
+    got = ops.rotated_statistics(A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B, 0.9, backend="triton")
+    f64 = [None if t is None else t.to(F64) for t in (A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B)]
+    for out, ref in zip(got, rotated_statistics_ref(*f64, 0.9), strict=True):
+        _assert_close(out, ref, torch.float32)

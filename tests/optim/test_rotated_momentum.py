@@ -39,8 +39,9 @@ def _orthonormal(b: int, d: int, gen: torch.Generator) -> torch.Tensor:
     return torch.linalg.qr(torch.randn(b, d, d, generator=gen, dtype=F64)).Q
 
 
+@pytest.mark.parametrize("identity", [False, True])
 @pytest.mark.parametrize(("m", "n"), [(9, 5), (4, 11), (6, 6)])
-def test_shared_product_statistics_equal_separate_products(m: int, n: int) -> None:
+def test_shared_product_statistics_equal_separate_products(m: int, n: int, identity: bool) -> None:
     gen = torch.Generator().manual_seed(m * n)
     b = 2
     A = torch.randn(b, m, m, generator=gen, dtype=F64)
@@ -51,9 +52,11 @@ def test_shared_product_statistics_equal_separate_products(m: int, n: int) -> No
     Q_A, Q_B = _orthonormal(b, m, gen), _orthonormal(b, n, gen)
     w_A, w_B = torch.rand(b, m, generator=gen, dtype=F64), torch.rand(b, n, generator=gen, dtype=F64)
     s_A, s_B = torch.rand(b, generator=gen, dtype=F64), torch.rand(b, generator=gen, dtype=F64)
+    if identity:  # W = I (von Neumann): G Gᵀ and Gᵀ G, through the orthogonal bases
+        w_A = w_B = None
     got_A, got_B, got_hat = rotated_statistics_ref(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, 0.9)
-    want_A = factor_update_ref(A, G, 0.9, s_A, "left", (Q_B, w_B))
-    want_B = factor_update_ref(B, G, 0.9, s_B, "right", (Q_A, w_A))
+    want_A = factor_update_ref(A, G, 0.9, s_A, "left", None if identity else (Q_B, w_B))
+    want_B = factor_update_ref(B, G, 0.9, s_B, "right", None if identity else (Q_A, w_A))
     want_hat = Q_A.transpose(-1, -2) @ G @ Q_B
     for got, want in ((got_A, want_A), (got_B, want_B), (got_hat, want_hat)):
         assert ((got - want).norm() / want.norm()).item() < 1e-13

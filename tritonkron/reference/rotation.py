@@ -46,9 +46,9 @@ def rotated_statistics_ref(
     G: Tensor,
     Q_A: Tensor,
     Q_B: Tensor,
-    w_A: Tensor,
+    w_A: Tensor | None,
     s_A: Tensor,
-    w_B: Tensor,
+    w_B: Tensor | None,
     s_B: Tensor,
     beta: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -62,7 +62,7 @@ def rotated_statistics_ref(
         A: ``[B, m, m]``; B: ``[B, n, n]``; G: gradient blocks ``[B, m, n]``.
         Q_A, Q_B: the orthonormal bases the weights refer to.
         w_A: ``[B, m]`` (W_A = Q_A diag(w_A) Q_Aᵀ in B's increment); s_A: ``[B]`` (A's increment scale).
-        w_B: ``[B, n]``; s_B: ``[B]``.
+        w_B: ``[B, n]``; s_B: ``[B]``. A weight None means all ones (W = I).
         beta: retention β₂ (the scales include 1 − β₂).
 
     Returns:
@@ -72,6 +72,6 @@ def rotated_statistics_ref(
     P = G @ Q_B
     R = Q_A.transpose(-1, -2) @ G
     G_hat = R @ Q_B if m >= n else Q_A.transpose(-1, -2) @ P
-    left = (P * w_B.unsqueeze(-2)) @ P.transpose(-1, -2)
-    right = R.transpose(-1, -2) @ (R * w_A.unsqueeze(-1))
+    left = (P if w_B is None else P * w_B.unsqueeze(-2)) @ P.transpose(-1, -2)
+    right = R.transpose(-1, -2) @ (R if w_A is None else R * w_A.unsqueeze(-1))
     return _ema(A, beta, s_A, left), _ema(B, beta, s_B, right), G_hat
