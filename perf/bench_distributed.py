@@ -7,12 +7,15 @@ Usage (from the repository root)::
 
 Two parts:
 
-* **cost model** (any world size): :mod:`tritonkron.distributed`'s owner assignment (greedy LPT
-  over its cost model, the code the optimizer runs) applied to every Kronecker matrix of the
-  model's transformer blocks ("blocks"), and for GPT-2-small also with the 50257 × 768 token
-  embedding ("blocks+wte"). Per world size W it reports the modelled preconditioner work of the
-  busiest rank over the mean (1.00 = perfect balance), the speed-up of that work over one rank
-  (total / busiest), the optimizer state per rank, and the bytes moved per step, summed over ranks:
+* **cost model** (any world size): :mod:`tritonkron.distributed`'s assignment (the code the
+  optimizer runs: a parameter heavier than a rank's fair share is split by blocks over all ranks,
+  the rest go whole to owners by greedy LPT over its cost model) applied to every Kronecker matrix
+  of the model's transformer blocks ("blocks"), and for GPT-2-small also with the 50257 × 768 token
+  embedding ("blocks+wte"). Per world size W it reports the number of split parameters, the
+  modelled preconditioner work of the busiest rank over the mean (1.00 = perfect balance), the
+  speed-up of that work over one rank (total / busiest; FSDP2 parameters are never split, so its
+  speed-up is with whole ownership), the optimizer state per rank (dense full-rank blocks with their
+  rotated momentum), and the bytes moved per step, summed over ranks:
   DDP (every direction broadcast to the W − 1 other ranks: (W − 1) · Σ numel · sizeof(comm_dtype))
   and FSDP2 (gradient rows to the owner and update rows back: 2 (W − 1)/W · Σ numel · sizeof).
 * **measured** (real gloo processes on this machine): GPT-2-small's 48 block matrices scaled by
@@ -41,7 +44,8 @@ import torch.multiprocessing as mp
 
 import tritonkron as tk
 from perf.shapes import DEFAULT_BLOCK_SIZE, GPT2_SMALL, LLAMA_7B, ModelShapes
-from tritonkron.distributed import assign_owners, layout_cost
+from tritonkron.block_split import chunk_of
+from tritonkron.distributed import SPLIT, DistributedPlan, assign_owners, block_cost, layout_cost
 from tritonkron.reference.blocking import BlockLayout
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,38 +64,64 @@ def _matrices(model: ModelShapes, embedding: bool, scale: int = 1) -> list[tuple
     ]
 
 
-def _state_floats(layout: BlockLayout) -> int:
-    """Floats of dense Kron state: per block 2(m² + n²) + m + n + 3, plus the m × n momentum."""
-    m, n = layout.matrix
-    blocks = sum(
-        (2 * (a * a + b * b) + a + b + 3) * len(g.offsets) for g in layout.groups for a, b in [g.shape]
-    )
-    return blocks + m * n
+def _block_floats(a: int, b: int) -> int:
+    """Floats of one dense full-rank block's state: 2(a² + b²) + a + b + 3 plus its rotated momentum a·b."""
+    return 2 * (a * a + b * b) + a + b + 3 + a * b
+
+
+def _share(layout: BlockLayout, world: int, rank: int, split: bool) -> tuple[float, int]:
+    """(modelled work, state floats) of one parameter on ``rank``: all of it, or its chunk when split."""
+    work, floats = 0.0, 0
+    for g in layout.groups:
+        chunk = chunk_of(len(g.offsets), world, rank) if split else slice(0, len(g.offsets))
+        count = chunk.stop - chunk.start
+        work += block_cost(*g.shape, PERIOD) * count
+        floats += _block_floats(*g.shape) * count
+    return work, floats
+
+
+def _balance(plan: DistributedPlan, params: list, layouts: list, world: int) -> tuple[list[float], list[int]]:
+    """Work and state floats per rank under ``plan``'s owners (a split parameter: a chunk on each)."""
+    work, held = [0.0] * world, [0] * world
+    for p, lay in zip(params, layouts, strict=True):
+        owner = plan.owner_of(p)
+        for r in range(world) if owner == SPLIT else [owner]:
+            w, f = _share(lay, world, r, owner == SPLIT)
+            work[r] += w
+            held[r] += f
+    return work, held
 
 
 def model_rows(
     name: str, embedding: bool, ranks: list[int], comm_dtype: torch.dtype
 ) -> list[dict[str, object]]:
-    """Cost-model rows, one per world size."""
+    """Cost-model rows, one per world size: DDP with the optimizer's own assignment (heavy parameters
+    split by blocks), and FSDP2, whose parameters keep one owner each."""
     mats = _matrices(MODELS[name], embedding)
     layouts = [BlockLayout.build(shape, DEFAULT_BLOCK_SIZE) for shape in mats]
-    costs = [layout_cost(lay, PERIOD) for lay in layouts]
-    state = [_state_floats(lay) for lay in layouts]
     numel = sum(m * n for m, n in mats)
     itemsize = torch.empty((), dtype=comm_dtype).element_size()
     rows = []
     for world in ranks:
-        owners = assign_owners(costs, world)
-        work = [sum(c for c, o in zip(costs, owners, strict=True) if o == r) for r in range(world)]
-        held = [sum(s for s, o in zip(state, owners, strict=True) if o == r) for r in range(world)]
+        params = [torch.empty(shape, device="meta") for shape in mats]  # stand-ins: only shapes matter
+        plan = DistributedPlan(0, world)
+        plan.assign(params, layouts, [PERIOD] * len(params))
+        work, held = _balance(plan, params, layouts, world)
+        whole = assign_owners([layout_cost(lay, PERIOD) for lay in layouts], world)
+        fsdp = [
+            sum(layout_cost(lay, PERIOD) for lay, o in zip(layouts, whole, strict=True) if o == r)
+            for r in range(world)
+        ]
         rows.append(
             {
                 "source": "model",
                 "model": name,
                 "matrices": f"{'blocks+wte' if embedding else 'blocks'} ({len(mats)})",
                 "ranks": world,
+                "split": sum(plan.owner_of(p) == SPLIT for p in params),
                 "max/mean work": max(work) / (sum(work) / world),
                 "precond speed-up": sum(work) / max(work),
+                "FSDP2 speed-up": sum(fsdp) / max(fsdp),
                 "state GiB/rank (max)": max(held) * 4 / 2**30,
                 "DDP MiB/step": (world - 1) * numel * itemsize / 2**20,
                 "FSDP2 MiB/step": 2 * (world - 1) / world * numel * itemsize / 2**20,

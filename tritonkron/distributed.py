@@ -2,16 +2,17 @@
 
 Under data parallelism (DDP) every rank holds the same parameters and, after the gradient
 all-reduce, the same gradients; recomputing every preconditioner on every rank repeats the
-expensive work world-size times. Here each Kronecker parameter (the unit of ownership: all block
-groups of one parameter share its momentum and step count, so they stay together) gets one
-**owner** rank, and on each step:
+expensive work world-size times. Here each Kronecker parameter gets one **owner** rank, except a
+replicated parameter heavier than a rank's fair share, which is **split** (:data:`SPLIT`): every
+rank keeps and computes a chunk of its blocks (:mod:`tritonkron.block_split`). On each step:
 
 1. every rank runs the AdamW path for its non-matrix parameters (cheap: replicated, or on its own
    shard of FSDP2 DTensors, whose skip decision is agreed by one ``all_reduce``; see
    :mod:`tritonkron.shards`);
 2. each rank advances the statistics and computes the search direction of the parameters it owns
    (only the owner holds their optimizer state, so the preconditioner memory is split too);
-3. replicated parameters: each rank broadcasts the directions it computed, packed into one flat
+3. split parameters: one ``all_gather_into_tensor`` of the chunks' directions each;
+   other replicated parameters: each rank broadcasts the directions it computed, packed into one flat
    buffer in ``comm_dtype`` (one collective per rank and step); every rank applies every update,
    so the parameters stay equal;
 4. FSDP2 parameters (``fully_shard``: DTensors sharded on dim 0 of a 1-D mesh), lossless: the
@@ -47,6 +48,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
 
+from tritonkron.block_split import SPLIT, chunk_of, gather_directions
 from tritonkron.distributed_checkpoint import (  # re-exported: the checkpoint API of this module
     gather_state_dict,
     kept_state_ids,
@@ -57,6 +59,7 @@ from tritonkron.options import kron_settings, statistics_dtype
 from tritonkron.reference.blocking import BlockLayout
 
 __all__ = [
+    "SPLIT",
     "DistributedPlan",
     "assign_owners",
     "block_cost",
@@ -162,8 +165,18 @@ class DistributedPlan:
         new = [i for i, p in enumerate(params) if p not in self.owners]
         if not new:
             return
-        costs = [layout_cost(layouts[i], periods[i]) for i in new]
-        for i, owner in zip(new, assign_owners(costs, self.world_size), strict=True):
+        costs = {i: layout_cost(layouts[i], periods[i]) for i in new}
+        fair = sum(costs.values()) / self.world_size
+        for i in new:  # heavier than a rank's fair share, replicated and with blocks to split
+            if (
+                costs[i] > fair
+                and not _is_sharded(params[i])
+                and max(len(g.offsets) for g in layouts[i].groups) > 1
+            ):
+                self.owners[params[i]] = SPLIT
+        whole = [i for i in new if params[i] not in self.owners]
+        owners = assign_owners([costs[i] for i in whole], self.world_size)
+        for i, owner in zip(whole, owners, strict=True):
             self.owners[params[i]] = owner
 
     def assign_optimizer(self, opt: Any) -> None:
@@ -189,8 +202,23 @@ class DistributedPlan:
         return None if agreed >= count else agreed
 
     def owner_of(self, p: Tensor) -> int:
-        """The rank that owns ``p``'s preconditioner state."""
+        """The rank that owns ``p``'s preconditioner state (:data:`SPLIT`: every rank, a chunk each)."""
         return self.owners[p]
+
+    def block_chunks(self, p: Tensor, layout: BlockLayout) -> list[slice] | None:
+        """This rank's chunk of each block group of a split parameter (:mod:`tritonkron.block_split`), else None."""
+        if self.owners.get(p) != SPLIT:
+            return None
+        return [chunk_of(len(g.offsets), self.world_size, self.rank) for g in layout.groups]
+
+    def gather_split(self, p: Tensor, local: list[Tensor], layout: BlockLayout) -> list[Tensor]:
+        """Every block group's full directions of split parameter ``p`` from each rank's chunk."""
+        counts = [len(g.offsets) for g in layout.groups]
+        full, sent = gather_directions(local, counts, self.world_size, self.comm_dtype or statistics_dtype(p))
+        self.collectives += 1
+        self.sent_bytes += sent * (self.world_size - 1)
+        self.received_bytes += sent * (self.world_size - 1)
+        return full
 
     def run(
         self,
@@ -213,10 +241,14 @@ class DistributedPlan:
         full_grads = self._gather_grads(sharded)
         updates: dict[int, tuple[Tensor, Tensor]] = {}
         for unit in units:
-            if self.owners[unit.param] == self.rank:
+            if self.owners[unit.param] in (self.rank, SPLIT):  # a split parameter: this rank's chunk
                 updates[id(unit)] = self._compute(unit, compute, state, full_grads.get(id(unit)))
                 self.computed += 1
-        self._broadcast_and_apply([u for u in units if not _is_sharded(u.param)], updates, apply)
+        for unit in units:  # split parameters: every rank now holds the whole update
+            if self.owners[unit.param] == SPLIT:
+                apply(unit, *updates[id(unit)])
+        replicated = [u for u in units if not _is_sharded(u.param) and self.owners[u.param] != SPLIT]
+        self._broadcast_and_apply(replicated, updates, apply)
         self._scatter_and_apply(sharded, updates, apply)
 
     @staticmethod

@@ -21,6 +21,8 @@ from torch import Tensor
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor
 
+from tritonkron.block_split import SPLIT
+
 __all__ = ["gather_state_dict", "kept_state_ids", "load_checkpoint", "load_full_state_dict"]
 
 
@@ -36,14 +38,14 @@ def kept_state_ids(opt: Any) -> set[int]:
     """``state_dict`` ids (0, 1, … over the param groups) of the parameters whose state this rank keeps.
 
     That is every parameter without distribution; with it, the Kronecker parameters this rank owns
-    plus every AdamW-path parameter (replicated).
+    or holds a chunk of (split, owner -1) plus every AdamW-path parameter (replicated).
     """
     plan = _plan(opt)
     ids: set[int] = set()
     index = 0
     for group in opt.param_groups:
         for p in group["params"]:
-            if plan is None or not opt.uses_kron(p, group) or plan.owner_of(p) == plan.rank:
+            if plan is None or not opt.uses_kron(p, group) or plan.owner_of(p) in (plan.rank, SPLIT):
                 ids.add(index)
             index += 1
     return ids

@@ -109,14 +109,17 @@ def check_refresh_failures(
         )
 
 
-def check_state(p: Tensor, state: dict[str, Any], layout: BlockLayout, sketch: bool) -> None:
-    """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode."""
+def check_state(
+    p: Tensor, state: dict[str, Any], layout: BlockLayout, sketch: bool, counts: list[int]
+) -> None:
+    """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode
+    (``counts``: the blocks this rank keeps per group, fewer than the layout's for a split parameter)."""
     momentum = state.get(MOMENTUM)
     wrong_matrix = momentum is not None and tuple(momentum.shape) != layout.matrix
     wrong_blocks = len(state[BLOCKS]) != len(layout.groups) or any(
-        tuple(b[BASIS_A].shape[:2]) != (len(g.offsets), g.shape[0])
-        or tuple(b[BASIS_B].shape[:2]) != (len(g.offsets), g.shape[1])
-        for b, g in zip(state[BLOCKS], layout.groups, strict=False)
+        tuple(b[BASIS_A].shape[:2]) != (count, g.shape[0])
+        or tuple(b[BASIS_B].shape[:2]) != (count, g.shape[1])
+        for b, g, count in zip(state[BLOCKS], layout.groups, counts, strict=False)
     )
     if wrong_matrix or wrong_blocks:
         raise ValueError(

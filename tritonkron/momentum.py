@@ -24,10 +24,17 @@ MOMENTUM = "momentum"
 __all__ = ["MOMENTUM", "convert_momentum"]
 
 
-def convert_momentum(state: dict[str, Any], layout: BlockLayout, rotated: list[bool]) -> None:
+def convert_momentum(
+    state: dict[str, Any], layout: BlockLayout, rotated: list[bool], chunks: list[slice] | None = None
+) -> None:
     """Make ``state`` hold M̂ in exactly the groups flagged ``rotated`` and M iff any group is not.
 
-    A no-op (no tensor work) when the state already has that form.
+    ``chunks``: the blocks of each group this rank keeps (a split parameter); converting such state
+    back to M is not supported (each rank holds only its chunks' M̂). A no-op (no tensor work) when
+    the state already has that form.
+
+    Raises:
+        ValueError: a split parameter whose M must be rebuilt from rotated chunks.
     """
     blocks = state["blocks"]
     need_m = not all(rotated)
@@ -37,6 +44,11 @@ def convert_momentum(state: dict[str, Any], layout: BlockLayout, rotated: list[b
         return
     if has_m:
         M = state[MOMENTUM]
+    elif chunks is not None:
+        raise ValueError(
+            "a parameter split over ranks cannot switch to the low-rank or sketched form after loading; "
+            "load its checkpoint in one process, change the group, and save again"
+        )
     else:  # rebuild M from the rotated groups (a group without either starts from zero)
         like = next(b[MOMENTUM_HAT] for b in blocks if MOMENTUM_HAT in b)
         parts = [
@@ -46,7 +58,10 @@ def convert_momentum(state: dict[str, Any], layout: BlockLayout, rotated: list[b
             for b, g in zip(blocks, layout.groups, strict=True)
         ]
         M = layout.scatter(parts, like.new_empty(layout.matrix))
-    for b, r, M_block in zip(blocks, rotated, layout.gather(M), strict=True):
+    moments = layout.gather(M)
+    if chunks is not None:
+        moments = [M_block[c] for M_block, c in zip(moments, chunks, strict=True)]
+    for b, r, M_block in zip(blocks, rotated, moments, strict=True):
         if r and MOMENTUM_HAT not in b:
             b[MOMENTUM_HAT] = ops.rotate(M_block.contiguous(), b[BASIS_A], b[BASIS_B])
         elif not r:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -14,6 +13,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
+from tritonkron.block_split import localize_split_state, shard_split_state
 from tritonkron.distributed import DistributedPlan, resolve_distributed
 from tritonkron.guards import check_gradients, check_refresh_failures, check_state
 from tritonkron.momentum import MOMENTUM, convert_momentum
@@ -36,8 +36,8 @@ from tritonkron.reference.blocking import BlockLayout
 from tritonkron.rotated import rotated_group_step, uses_rotated_momentum
 from tritonkron.shards import finite_flags, like_param
 from tritonkron.sketch import new_sketch_state, sketch_group_step
-from tritonkron.tuning import TuningTable, TuningWarning, device_name
-from tritonkron.tuning_lookup import ranks_for, resolve_tuning, sketch_tuning_for
+from tritonkron.tuning import TuningTable, TuningWarning
+from tritonkron.tuning_lookup import auto_settings, resolve_tuning
 
 
 class KronUnit(NamedTuple):
@@ -224,6 +224,11 @@ class Kron(Optimizer):
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state dict; a split parameter's block state (distributed) appears as ``Shard(0)`` DTensors."""
+        sd = super().state_dict()
+        return sd if self._plan is None else shard_split_state(self._plan, self, sd)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; statistics keep their own dtype (float32 for bf16 parameters).
 
@@ -242,6 +247,8 @@ class Kron(Optimizer):
                     if not self.uses_kron(p, group):  # AdamW moments follow a DTensor parameter's layout
                         value = {k: like_param(v, p) for k, v in value.items()}
                     self.state[p] = value
+        if self._plan is not None:
+            localize_split_state(self._plan, self)
 
     @staticmethod
     def uses_kron(p: Tensor, group: dict[str, Any]) -> bool:
@@ -307,40 +314,8 @@ class Kron(Optimizer):
         """The settings (tuned for ``rank="auto"``) and block layout of ``p``."""
         block_size = group["block_size"]
         if group["rank"] == AUTO:
-            settings, block_size = self._auto_settings(p, settings)
+            settings, block_size = auto_settings(self._tuning, self._tuned, p, settings)
         return settings, _layout(tuple(p.shape), block_size)
-
-    def _auto_settings(self, p: Tensor, settings: KronSettings) -> tuple[KronSettings, int]:
-        """Per-factor ranks, block size and sketch rank of ``p`` from the tuning table (``rank="auto"``).
-
-        Dense factors take the entry's ``rank_a``, ``rank_b`` and ``block_size``. With ``sketch=True``
-        the entry's sketch choice (k_A, k_B, ℓ and its own block size) when it has one; otherwise the
-        dense ranks (a factor tuned to full rank keeps its block dim) with ℓ = 2·max(k_A, k_B). A
-        group's ``sketch_rank`` does not reach here (``_settings`` drops it for ``rank="auto"``), so ℓ
-        is always the tuned one. The lookup is cached per (shape, dtype, device, sketch) as
-        (k_A, k_B, block, ℓ).
-        """
-        key = (tuple(p.shape), p.dtype, p.device, settings.sketch)
-        if key not in self._tuned:
-            device = device_name(p.device)
-            rank_a, rank_b, block = ranks_for(self._tuning, p.shape, p.dtype, device)
-            choice = sketch_tuning_for(self._tuning, p.shape, p.dtype, device) if settings.sketch else None
-            ell = None
-            if choice is not None:
-                rank_a, rank_b, block = choice.rank_a, choice.rank_b, choice.block_size
-                ell = choice.sketch_rank
-            elif settings.sketch:  # the sketch needs int ranks: a factor tuned to full keeps its block dim
-                m, n = _layout(tuple(p.shape), block).groups[0].shape
-                rank_a, rank_b = rank_a or m, rank_b or n
-                ell = 2 * max(rank_a, rank_b)
-            self._tuned[key] = (rank_a, rank_b, block, ell)
-        rank_a, rank_b, block, ell = self._tuned[key]
-        top = None if rank_a is None or rank_b is None else max(rank_a, rank_b)
-        sketch_rank = max(ell, top) if settings.sketch and top is not None else None
-        tuned = dataclasses.replace(
-            settings, rank=top, factor_ranks=(rank_a, rank_b), sketch_rank=sketch_rank
-        )
-        return tuned, block
 
     def _kron_update(self, unit: KronUnit) -> tuple[Tensor, Tensor]:
         """Advance ``unit``'s statistics one step; return (update direction shaped like p, ok).
@@ -355,20 +330,26 @@ class Kron(Optimizer):
         dtype = statistics_dtype(p)
         state = self.state[p]
         rotated = [uses_rotated_momentum(settings, *g.shape) for g in layout.groups]
+        chunks = (
+            None if self._plan is None else self._plan.block_chunks(p, layout)
+        )  # split: this rank's blocks
+        counts = (
+            [len(g.offsets) for g in layout.groups] if chunks is None else [c.stop - c.start for c in chunks]
+        )
         if not state:
             state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
             state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
             if not all(rotated):
                 state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
             state[BLOCKS] = [
-                new_sketch_state(len(g.offsets), *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
+                new_sketch_state(count, *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
                 if settings.sketch
-                else new_group_state(len(g.offsets), *g.shape, dtype=dtype, device=p.device, rotated=r)
-                for g, r in zip(layout.groups, rotated, strict=True)
+                else new_group_state(count, *g.shape, dtype=dtype, device=p.device, rotated=r)
+                for g, r, count in zip(layout.groups, rotated, counts, strict=True)
             ]
         else:
-            check_state(p, state, layout, settings.sketch)
-            convert_momentum(state, layout, rotated)
+            check_state(p, state, layout, settings.sketch, counts)
+            convert_momentum(state, layout, rotated, chunks)
         grad = p.grad.to(dtype).reshape(m, n)
         ok = count_nonfinite(grad, state)
         state[STEP].add_(ok.to(state[STEP].dtype))
@@ -382,13 +363,19 @@ class Kron(Optimizer):
                 refresh
             )  # one host read per parameter; non-refresh steps then skip the refresh test
         group_step = sketch_group_step if settings.sketch else block_group_step
+        grads = layout.gather(grad)
         moments = layout.gather(momentum) if momentum is not None else [None] * len(rotated)
+        if chunks is not None:
+            grads = [G[c] for G, c in zip(grads, chunks, strict=True)]
+            moments = [None if M is None else M[c] for M, c in zip(moments, chunks, strict=True)]
         directions = [
             rotated_group_step(block_state, G, settings, refresh, ok)
             if r
             else group_step(block_state, G, M, settings, refresh, ok)
-            for block_state, G, M, r in zip(state[BLOCKS], layout.gather(grad), moments, rotated, strict=True)
+            for block_state, G, M, r in zip(state[BLOCKS], grads, moments, rotated, strict=True)
         ]
+        if chunks is not None:
+            directions = self._plan.gather_split(p, directions, layout)
         update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
         return update, ok
 

@@ -3,6 +3,7 @@ documented defaults, and param groups built from a table (the format is :mod:`tr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 from torch import Tensor
 
 from tritonkron import _env
-from tritonkron.reference.blocking import matrix_shape
+from tritonkron.preconditioner import KronSettings
+from tritonkron.reference.blocking import BlockLayout, matrix_shape
 from tritonkron.tuning import (
     DEFAULT_BLOCK_SIZE,
     SCHEMA_VERSION,
@@ -26,6 +28,7 @@ from tritonkron.tuning import (
 )
 
 __all__ = [
+    "auto_settings",
     "heuristic_entry",
     "ranks_for",
     "resolve_tuning",
@@ -162,3 +165,36 @@ def tuned_param_groups(
     if rest:
         groups.append({"params": rest, **options})
     return groups
+
+
+def auto_settings(
+    table: TuningTable | None, cache: dict[tuple, tuple], p: Tensor, settings: KronSettings
+) -> tuple[KronSettings, int]:
+    """Per-factor ranks, block size and sketch rank of ``p`` from the tuning table (``rank="auto"``).
+
+    Dense factors take the entry's ``rank_a``, ``rank_b`` and ``block_size``. With ``sketch=True``
+    the entry's sketch choice (k_A, k_B, ℓ and its own block size) when it has one; otherwise the
+    dense ranks (a factor tuned to full rank keeps its block dim) with ℓ = 2·max(k_A, k_B). A
+    group's ``sketch_rank`` does not reach here (``kron_settings`` drops it for ``rank="auto"``), so
+    ℓ is always the tuned one. The lookup is cached in ``cache`` per (shape, dtype, device, sketch)
+    as (k_A, k_B, block, ℓ).
+    """
+    key = (tuple(p.shape), p.dtype, p.device, settings.sketch)
+    if key not in cache:
+        device = device_name(p.device)
+        rank_a, rank_b, block = ranks_for(table, p.shape, p.dtype, device)
+        choice = sketch_tuning_for(table, p.shape, p.dtype, device) if settings.sketch else None
+        ell = None
+        if choice is not None:
+            rank_a, rank_b, block = choice.rank_a, choice.rank_b, choice.block_size
+            ell = choice.sketch_rank
+        elif settings.sketch:  # the sketch needs int ranks: a factor tuned to full keeps its block dim
+            m, n = BlockLayout.build(tuple(p.shape), block).groups[0].shape
+            rank_a, rank_b = rank_a or m, rank_b or n
+            ell = 2 * max(rank_a, rank_b)
+        cache[key] = (rank_a, rank_b, block, ell)
+    rank_a, rank_b, block, ell = cache[key]
+    top = None if rank_a is None or rank_b is None else max(rank_a, rank_b)
+    sketch_rank = max(ell, top) if settings.sketch and top is not None else None
+    tuned = dataclasses.replace(settings, rank=top, factor_ranks=(rank_a, rank_b), sketch_rank=sketch_rank)
+    return tuned, block
