@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python -m perf.bench_distributed [--model gpt2-small llama-7b] [--ranks 1 2 3 4 5 6 7 8]
-                                     [--comm-dtype float32|bfloat16] [--measure 1 2 3 | --measure]
+                                     [--comm-dtype float32|bfloat16] [--measure 1 2 3 4 | --measure]
 
 Two parts:
 
@@ -19,10 +19,12 @@ Two parts:
   DDP (every direction broadcast to the W − 1 other ranks: (W − 1) · Σ numel · sizeof(comm_dtype))
   and FSDP2 (gradient rows to the owner and update rows back: 2 (W − 1)/W · Σ numel · sizeof).
 * **measured** (real gloo processes on this machine): GPT-2-small's 48 block matrices scaled by
-  1/16 per dim (48 × 144, 48 × 48, 48 × 192, 192 × 48, block size 64), a few DDP steps with
-  ``precondition_every=2``. It reports the directions each rank computed (the plan's counter), the
-  bytes the plan counted against the model's prediction, and the seconds each rank spent in its
-  own preconditioner work (max/mean). Processes beyond the core count share cores, so the
+  1/16 per dim (48 × 144, 48 × 48, 48 × 192, 192 × 48, block size 64), without and with the token
+  embedding scaled alike (3141 × 48: 50 blocks, a third of the work, so split from 4 ranks on), a few DDP steps with
+  ``precondition_every=2``. It reports the directions each rank computed (the plan's counter; a
+  split parameter counts on every rank), the bytes the plan counted against the model's prediction
+  (a split parameter's all-gather adds its padding), and the seconds each rank spent in its own
+  preconditioner work (max/mean, and the busiest rank's against one rank's). Processes beyond the core count share cores, so the
   seconds are contended; the counts and bytes are exact.
 
 The table is printed (pandas + tabulate) and written to ``perf/results/distributed.csv``.
@@ -130,13 +132,15 @@ def model_rows(
     return rows
 
 
-def _measure_worker(rank: int, world: int, port: int, comm_dtype: torch.dtype, out: str) -> None:
+def _measure_worker(
+    rank: int, world: int, port: int, comm_dtype: torch.dtype, out: str, embedding: bool
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        params = [torch.nn.Parameter(torch.randn(m, n)) for m, n in _matrices(GPT2_SMALL, False, SCALE)]
+        params = [torch.nn.Parameter(torch.randn(m, n)) for m, n in _matrices(GPT2_SMALL, embedding, SCALE)]
         opt = tk.Kron(
             params,
             lr=1e-3,
@@ -173,32 +177,39 @@ def _measure_worker(rank: int, world: int, port: int, comm_dtype: torch.dtype, o
 
 
 def measured_rows(worlds: list[int], comm_dtype: torch.dtype, scratch: Path) -> list[dict[str, object]]:
-    """Rows from real gloo processes on the scaled GPT-2-small matrices."""
-    mats = _matrices(GPT2_SMALL, False, SCALE)
-    numel = sum(m * n for m, n in mats)
+    """Rows from real gloo processes on the scaled GPT-2-small matrices, without and with the
+    (scaled) token embedding, which is split by blocks from 4 ranks on."""
     itemsize = torch.empty((), dtype=comm_dtype).element_size()
     rows = []
-    for world in worlds:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.spawn(_measure_worker, args=(world, port, comm_dtype, str(scratch)), nprocs=world, join=True)
-        per_rank = [torch.load(scratch / f"rank{r}.pt") for r in range(world)]
-        computed = [r[0] for r in per_rank]
-        seconds = [r[3] for r in per_rank]
-        moved = sum(r[2] for r in per_rank) / MEASURE_STEPS
-        rows.append(
-            {
-                "source": "measured",
-                "model": f"gpt2-small/{SCALE}",
-                "matrices": f"blocks ({len(mats)})",
-                "ranks": world,
-                "directions/rank": "/".join(str(c // MEASURE_STEPS) for c in computed),
-                "max/mean seconds": max(seconds) / (sum(seconds) / world),
-                "DDP MiB/step": moved / 2**20,
-                "DDP MiB/step (model)": (world - 1) * numel * itemsize / 2**20,
-            }
-        )
+    for embedding in (False, True):
+        mats = _matrices(GPT2_SMALL, embedding, SCALE)
+        numel = sum(m * n for m, n in mats)
+        single = None
+        for world in worlds:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            args = (world, port, comm_dtype, str(scratch), embedding)
+            mp.spawn(_measure_worker, args=args, nprocs=world, join=True)
+            per_rank = [torch.load(scratch / f"rank{r}.pt") for r in range(world)]
+            computed = [r[0] for r in per_rank]
+            seconds = [r[3] for r in per_rank]
+            single = max(seconds) if world == 1 else single
+            moved = sum(r[2] for r in per_rank) / MEASURE_STEPS
+            rows.append(
+                {
+                    "source": "measured",
+                    "model": f"gpt2-small/{SCALE}",
+                    "matrices": f"{'blocks+wte' if embedding else 'blocks'} ({len(mats)})",
+                    "ranks": world,
+                    "directions/rank": "/".join(str(c // MEASURE_STEPS) for c in computed),
+                    "max/mean seconds": max(seconds) / (sum(seconds) / world),
+                    "busiest s": max(seconds),
+                    "speed-up vs 1 rank": single / max(seconds) if single else float("nan"),
+                    "DDP MiB/step": moved / 2**20,
+                    "DDP MiB/step (model)": (world - 1) * numel * itemsize / 2**20,
+                }
+            )
     return rows
 
 
@@ -209,7 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--comm-dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument(
-        "--measure", type=int, nargs="*", default=[1, 2, 3], help="world sizes run as processes (none: skip)"
+        "--measure",
+        type=int,
+        nargs="*",
+        default=[1, 2, 3, 4],
+        help="world sizes run as processes (none: skip)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "distributed.csv")
     args = parser.parse_args(argv)

@@ -93,7 +93,9 @@ def check_refresh_failures(
             position.append((gi, pi))
             for blocks in state.get(p, {}).get(BLOCKS, []):
                 if FAILURES in blocks:
-                    counts.append(blocks[FAILURES].max() >= group["max_refresh_failures"])
+                    counts.append(
+                        (blocks[FAILURES] >= group["max_refresh_failures"]).any()
+                    )  # a split chunk may be empty
                     where.append(len(position) - 1)
     bad = first_true(counts) if counts else None
     index = None if bad is None else where[bad]

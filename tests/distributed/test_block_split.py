@@ -1,9 +1,14 @@
 """A parameter heavier than a rank's fair share is split by blocks over all ranks (DDP), losslessly.
 
-Model: Linear(12, 40) and Linear(40, 6) with ``block_size=8``: the first weight has 10 blocks of
-8 × 6 and costs two thirds of the model, so on 2 and 3 ranks it is split (chunks 5/5 and 4/4/2);
-the second (5 blocks) keeps one owner. Checked: parameters bit-identical to one process for the
-eigenbasis, low-rank and sketched forms; checkpoints through DCP (saved on 2 ranks, resumed on 2, on
+Model: Linear(12, 36) and Linear(36, 6) with ``block_size=8``: the first weight has block groups of
+2 (8 × 6) and 8 (7 × 6) blocks and costs two thirds of the model, so on 2 and 3 ranks it is split
+(the first group's chunks 1/1 and 1/1/0: a rank may hold no block of a group); the second keeps
+one owner.
+
+The split weight's blocks are computed in smaller batches than in one process, and batched CPU
+kernels may round differently for another batch size, so it is compared to one process at 1e-5;
+every other parameter, and all ranks with each other, bit for bit. Checked: parameters equal to one process for the
+eigenbasis, low-rank and sketched forms (see below for the tolerance); checkpoints through DCP (saved on 2 ranks, resumed on 2, on
 3 and in one process), through a gathered file and through per-rank ``torch.save`` files.
 """
 
@@ -27,7 +32,7 @@ SAVE_AT = 3
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(12, 40), torch.nn.Tanh(), torch.nn.Linear(40, 6))
+    return torch.nn.Sequential(torch.nn.Linear(12, 36), torch.nn.Tanh(), torch.nn.Linear(36, 6))
 
 
 def _opt(model: torch.nn.Module, options: dict) -> tk.Kron:
@@ -40,6 +45,13 @@ def _steps(model: torch.nn.Module, opt: tk.Kron, first: int, last: int) -> list[
             p.grad = g.clone()
         opt.step()
     return [p.detach().clone() for p in model.parameters()]
+
+
+def _assert_matches(got: list[torch.Tensor], want: list[torch.Tensor], what: object = None) -> None:
+    """Split weight (index 0) to rounding, the rest bit for bit."""
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6, msg=str(what))
+    for g, w in zip(got[1:], want[1:], strict=True):
+        assert torch.equal(g, w), what
 
 
 def _reference(options: dict) -> list[torch.Tensor]:
@@ -64,7 +76,7 @@ def _straight(rank: int, world: int) -> list[dict]:
     return results
 
 
-@pytest.mark.parametrize(("world", "chunks"), [(2, [5, 5]), (3, [4, 4, 2])])
+@pytest.mark.parametrize(("world", "chunks"), [(2, [1, 1]), (3, [1, 1, 0])])
 def test_split_parameter_equals_single_process(world: int, chunks: list[int], tmp_path: Path) -> None:
     per_rank = launch(_straight, world, tmp_path)
     for c, options in enumerate(CONFIGS):
@@ -72,8 +84,9 @@ def test_split_parameter_equals_single_process(world: int, chunks: list[int], tm
         for rank, results in enumerate(per_rank):
             result = results[c]
             assert result["split"] and result["blocks"] == chunks[rank]
-            for got, want in zip(result["params"], expected, strict=True):
-                assert torch.equal(got, want), (options, rank)
+            _assert_matches(result["params"], expected, (options, rank))
+            for got, other in zip(result["params"], per_rank[0][c]["params"], strict=True):
+                assert torch.equal(got, other)  # every rank applies the same gathered update
 
 
 OPTIONS = {"divergence": "logdet"}
@@ -120,12 +133,10 @@ def test_split_state_checkpoints_reshard(tmp_path: Path) -> None:
     saved = launch(_save, 2, tmp_path / "save", root)
     resumed = launch(_resume, 2, tmp_path / "two", root) + launch(_resume, 3, tmp_path / "three", root)
     for result in saved:
-        for got, want in zip(result["per_rank_file"], expected, strict=True):
-            assert torch.equal(got, want)
+        _assert_matches(result["per_rank_file"], expected, "per-rank file")
     for result in resumed:
         for name in ("from_dcp", "from_file"):
-            for got, want in zip(result[name], expected, strict=True):
-                assert torch.equal(got, want), name
+            _assert_matches(result[name], expected, name)
     assert not dist.is_initialized()
     model = _model()  # one process, no process group: the whole split state from the DCP checkpoint
     state = {"model": model.state_dict()}
@@ -133,5 +144,4 @@ def test_split_state_checkpoints_reshard(tmp_path: Path) -> None:
     model.load_state_dict(state["model"])
     opt = _opt(model, OPTIONS)
     load_checkpoint(opt, f"{root}/dcp")
-    for got, want in zip(_steps(model, opt, SAVE_AT, STEPS), expected, strict=True):
-        assert torch.equal(got, want)
+    _assert_matches(_steps(model, opt, SAVE_AT, STEPS), expected, "one process")
