@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from tritonkron.options import kron_settings
@@ -77,18 +77,13 @@ def _block_numel(t: Tensor) -> int:
     return int(torch.Size(t.shape[1:]).numel())
 
 
-def _mesh(device: torch.device, world_size: int) -> DeviceMesh:
-    return init_device_mesh(device.type, (world_size,))
-
-
-def shard_blocks(entry: dict[str, Any], counts: list[int], world_size: int) -> dict[str, Any]:
-    """A copy of a split parameter's state entry whose block tensors are ``Shard(0)`` DTensors."""
+def shard_blocks(entry: dict[str, Any], counts: list[int], mesh: DeviceMesh) -> dict[str, Any]:
+    """A copy of a split parameter's state entry whose block tensors are ``Shard(0)`` DTensors on ``mesh``."""
     groups = []
     for blocks, count in zip(entry[BLOCKS], counts, strict=True):
         wrapped = {}
         for key, t in blocks.items():
             shape = (count, *t.shape[1:])
-            mesh = _mesh(t.device, world_size)
             stride = torch.empty(shape, device="meta").stride()
             wrapped[key] = DTensor.from_local(
                 t, mesh, [Shard(0)], run_check=False, shape=shape, stride=stride
@@ -140,10 +135,11 @@ def _split_params(plan: Any, opt: Any) -> list[tuple[int, Tensor, BlockLayout]]:
 
 def shard_split_state(plan: Any, opt: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
     """``state_dict`` with each split parameter's chunked block tensors as ``Shard(0)`` DTensors."""
-    for index, _, layout in _split_params(plan, opt):
+    for index, p, layout in _split_params(plan, opt):
         if index in state_dict["state"]:
             counts = [len(g.offsets) for g in layout.groups]
-            state_dict["state"][index] = shard_blocks(state_dict["state"][index], counts, plan.world_size)
+            mesh = init_device_mesh(p.device.type, (plan.world_size,))
+            state_dict["state"][index] = shard_blocks(state_dict["state"][index], counts, mesh)
     return state_dict
 
 
