@@ -33,7 +33,8 @@ import torch
 from perf import report
 from perf.cli import nonnegative_int, positive_int
 from perf.peers import OptimizerEntry, available, build_registry
-from perf.train import WORKLOADS, RunRecord, build_workload, run_benchmark
+from perf.train import RunRecord, run_benchmark
+from perf.train_workloads import WORKLOADS, build_workload
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _VERSIONED = ("numpy", "pandas", "matplotlib", "heavyball", "pytorch-optimizer", "triton")

@@ -1,4 +1,4 @@
-"""The training benchmark: workloads, the learning-rate grid, seeds, timing and state memory.
+"""The training benchmark: the learning-rate grid, seeds, timing and state memory.
 
 Protocol (the same for every optimizer on a workload):
 
@@ -18,6 +18,7 @@ same batches. Each step is timed in two parts, forward + backward and ``opt.step
 validation passes are not timed and the cumulative training time at each evaluation is recorded
 for loss-against-seconds plots. After the run, the optimizer state is measured in bytes.
 Library code: progress goes to a callback, never to stdout.
+The workloads themselves are built by :mod:`perf.train_workloads`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from perf.demo_training import make_mlp
-from perf.models import CharGPT, SmallCNN, count_parameters
 from perf.peers import OptimizerEntry, precond_bytes, state_bytes
-from perf.text import encode_corpus, load_corpus
-from perf.workloads import Dataset, load_image_classification
+from perf.train_workloads import WORKLOADS, Workload, build_workload
 
 __all__ = [
     "WORKLOADS",
@@ -47,42 +43,7 @@ __all__ = [
     "run_one",
 ]
 
-WORKLOADS = ("char_lm", "mlp", "cnn")
-
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Workload:
-    """A model, its data and its training budget.
-
-    Attributes:
-        name: ``"char_lm"``, ``"mlp"`` or ``"cnn"``.
-        title: human-readable description (model and data).
-        data: the data set name actually used (``"shakespeare"``, ``"fashion_mnist"``, …).
-        note: where the data came from, including any fallback.
-        make_model: builds a fresh model (call after seeding).
-        batches: ``seed -> [(x, y)] * steps``, identical for every optimizer at a seed.
-        loss: ``(model, x, y) -> scalar`` training loss.
-        evaluate: ``model -> (val loss, val accuracy)`` (accuracy NaN for the language model).
-        steps: optimizer steps per run.
-        eval_every: steps between validation passes.
-        lrs: the learning-rate grid.
-        params: number of trainable parameters.
-    """
-
-    name: str
-    title: str
-    data: str
-    note: str
-    make_model: Callable[[], nn.Module]
-    batches: Callable[[int], list[tuple[Tensor, Tensor]]]
-    loss: Callable[[nn.Module, Tensor, Tensor], Tensor]
-    evaluate: Callable[[nn.Module], tuple[float, float]]
-    steps: int
-    eval_every: int
-    lrs: tuple[float, ...]
-    params: int
 
 
 @dataclass
@@ -116,159 +77,6 @@ class RunRecord:
     param_bytes: int
     wall_s: float
     curve: list[tuple[int, float, float, float, float]] = field(repr=False, default_factory=list)
-
-
-def _classification(data: Dataset, val_limit: int) -> tuple[Callable, Callable]:
-    x_val, y_val = data.x_test[:val_limit], data.y_test[:val_limit]
-
-    def loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(x), y)
-
-    @torch.no_grad()
-    def evaluate(model: nn.Module) -> tuple[float, float]:
-        logits = model(x_val)
-        return float(F.cross_entropy(logits, y_val)), float((logits.argmax(1) == y_val).float().mean())
-
-    return loss, evaluate
-
-
-def _image_batches(
-    data: Dataset, steps: int, batch_size: int
-) -> Callable[[int], list[tuple[Tensor, Tensor]]]:
-    from perf.demo_training import batch_schedule
-
-    def batches(seed: int) -> list[tuple[Tensor, Tensor]]:
-        schedule = batch_schedule(data.x_train.shape[0], steps, batch_size, seed)
-        return [(data.x_train[idx], data.y_train[idx]) for idx in schedule]
-
-    return batches
-
-
-@dataclass(frozen=True)
-class _Size:
-    """Budget of one workload at one mode."""
-
-    steps: int
-    batch: int
-    evals: int
-    val: int
-    lrs: tuple[float, ...]
-
-
-_GRID = (1e-3, 3e-3, 1e-2)
-_GRID_FULL = (3e-4, 1e-3, 3e-3, 1e-2)
-_TINY = _Size(8, 16, 4, 256, (1e-3, 3e-3))
-_SIZES = {  # (quick, full)
-    "char_lm": (_Size(100, 16, 10, 64, _GRID), _Size(1000, 32, 20, 128, _GRID_FULL)),
-    "mlp": (_Size(60, 128, 10, 2000, _GRID), _Size(600, 128, 20, 10_000, _GRID_FULL)),
-    "cnn": (_Size(40, 64, 10, 1000, _GRID), _Size(500, 128, 20, 10_000, _GRID_FULL)),
-}
-
-
-def build_workload(name: str, quick: bool, tiny: bool = False) -> Workload:
-    """Build one workload at the quick, full or test (``tiny``) size.
-
-    ==========  =================================  ===============  ===============
-    workload    model                              quick            full
-    ==========  =================================  ===============  ===============
-    char_lm     CharGPT d128 × 2, context 64       100 steps × 16   1000 steps × 32
-    mlp         MLP 784-256-256-10                 60 steps × 128   600 steps × 128
-    cnn         SmallCNN 16/32 channels, fc 64     40 steps × 64    500 steps × 128
-    ==========  =================================  ===============  ===============
-
-    Args:
-        name: one of :data:`WORKLOADS`.
-        quick: the ``--quick`` budget (fewer steps, smaller validation sets, grid of 3).
-        tiny: a seconds-long configuration for the test suite (overrides ``quick``).
-
-    Returns:
-        The workload.
-    """
-    if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r}; choose from {WORKLOADS}")
-    size = _TINY if tiny else _SIZES[name][0 if quick else 1]
-    if name == "char_lm":
-        return _char_lm(size, tiny)
-    data = load_image_classification("digits" if tiny else "fashion_mnist", limit=20_000 if quick else None)
-    side = int(round(data.num_features**0.5))
-    loss, evaluate = _classification(data, size.val)
-    if name == "mlp":
-        hidden = [32] if tiny else [256, 256]
-
-        def make_model() -> nn.Module:
-            return make_mlp(data.num_features, hidden, data.num_classes)
-
-        title = (
-            f"MLP {'-'.join(map(str, [data.num_features, *hidden, data.num_classes]))}, batch {size.batch}"
-        )
-    else:
-        channels, width = ((4, 8), 16) if tiny else ((16, 32), 64)
-
-        def make_model() -> nn.Module:
-            return SmallCNN(side, data.num_classes, channels=channels, hidden=width)
-
-        title = f"CNN 2×(conv3×3 + pool) {channels[0]}/{channels[1]} channels on {side}×{side}, batch {size.batch}"
-    torch.manual_seed(0)
-    return Workload(
-        name=name,
-        title=title,
-        data=data.name,
-        note=f"{data.note}; validation = first {min(size.val, len(data.y_test))} test images",
-        make_model=make_model,
-        batches=_image_batches(data, size.steps, size.batch),
-        loss=loss,
-        evaluate=evaluate,
-        steps=size.steps,
-        eval_every=max(1, size.steps // size.evals),
-        lrs=size.lrs,
-        params=count_parameters(make_model()),
-    )
-
-
-def _char_lm(size: _Size, tiny: bool) -> Workload:
-    corpus = load_corpus("fallback" if tiny else "auto")
-    chars = encode_corpus(corpus, max_chars=200_000 if tiny else None)
-    context, d_model, n_layer, n_head = (16, 16, 1, 2) if tiny else (64, 128, 2, 4)
-    val_windows = 16 if tiny else size.val
-    g = torch.Generator().manual_seed(1234)
-    starts = torch.randint(0, len(chars.val) - context - 1, (val_windows,), generator=g)
-    val = torch.stack([chars.val[s : s + context + 1] for s in starts.tolist()])
-
-    def make_model() -> nn.Module:
-        return CharGPT(chars.vocab_size, context=context, d_model=d_model, n_layer=n_layer, n_head=n_head)
-
-    def lm_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-
-    @torch.no_grad()
-    def evaluate(model: nn.Module) -> tuple[float, float]:
-        return float(lm_loss(model, val[:, :-1], val[:, 1:])), math.nan
-
-    def batches(seed: int) -> list[tuple[Tensor, Tensor]]:
-        gen = torch.Generator().manual_seed(10_000 + seed)
-        offsets = torch.randint(0, len(chars.train) - context - 1, (size.steps, size.batch), generator=gen)
-        out = []
-        for row in offsets:
-            windows = torch.stack([chars.train[s : s + context + 1] for s in row.tolist()])
-            out.append((windows[:, :-1], windows[:, 1:]))
-        return out
-
-    torch.manual_seed(0)
-    return Workload(
-        name="char_lm",
-        title=f"char GPT d{d_model} × {n_layer} layers, context {context}, batch {size.batch}",
-        data=chars.name,
-        note=f"{chars.note}; {len(chars.train):,} train / {len(chars.val):,} validation characters (the last 10 %), "
-        f"vocabulary {chars.vocab_size}; validation = {val_windows} fixed windows of {context}",
-        make_model=make_model,
-        batches=batches,
-        loss=lm_loss,
-        evaluate=evaluate,
-        steps=size.steps,
-        eval_every=max(1, size.steps // size.evals),
-        lrs=size.lrs,
-        params=count_parameters(make_model()),
-    )
 
 
 def _quantile_ms(times: Sequence[float], q: float) -> float:

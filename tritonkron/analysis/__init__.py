@@ -2,12 +2,16 @@
 
 * :mod:`~tritonkron.analysis.collect` — gradient samples through a ``loss_fn(model, batch)`` hook,
   dense covariances (random coordinate sub-grid for large layers), synthetic covariances.
-* :mod:`~tritonkron.analysis.spectral` — the three Kronecker projections of a covariance, the error
-  split over its spectrum, divergence-weighted residuals, whitened spectrum, scale identities.
-* :mod:`~tritonkron.analysis.hessian` — layer GGN / Hessian-vector products (``torch.func``),
-  Lanczos, subspace overlap against k, Rayleigh quotients, resample stability.
-* :mod:`~tritonkron.analysis.report` — :func:`run_study` and :func:`write_report` (Markdown,
-  PNG, CSV); ``python -m tritonkron.analysis`` runs it on a real workload.
+* :mod:`~tritonkron.analysis.spectral` — the three Kronecker projections of a covariance and the
+  error split over its spectrum; :mod:`~tritonkron.analysis.measures` — divergence-weighted
+  residuals, whitened spectrum, scale identities and the other per-projection measures.
+* :mod:`~tritonkron.analysis.curvature` — layer GGN / Hessian-vector products (``torch.func``) and
+  Lanczos; :mod:`~tritonkron.analysis.hessian` — subspace overlap against k, Rayleigh quotients,
+  resample stability.
+* :mod:`~tritonkron.analysis.study` — :func:`run_study`; :mod:`~tritonkron.analysis.report` —
+  :func:`write_report` (Markdown, with :mod:`~tritonkron.analysis.tables`,
+  :mod:`~tritonkron.analysis.figures` and :mod:`~tritonkron.analysis.claims`);
+  ``python -m tritonkron.analysis`` runs it on a real workload.
 """
 
 from tritonkron.analysis.collect import (
@@ -18,25 +22,24 @@ from tritonkron.analysis.collect import (
     noise_samples,
     spiked_covariance,
 )
+from tritonkron.analysis.curvature import curvature_operator, lanczos
 from tritonkron.analysis.hessian import (
     AlignmentResult,
-    curvature_operator,
     factor_alignment,
     hessian_alignment,
     kronecker_top_eigenvectors,
-    lanczos,
     rayleigh_quotients,
     subspace_overlap,
 )
-from tritonkron.analysis.report import LayerStudy, Study, run_study, write_report
+from tritonkron.analysis.measures import null_dimension, whitened_spectrum
+from tritonkron.analysis.report import write_report
 from tritonkron.analysis.spectral import (
     ProjectionAnalysis,
     SpectralAnalysis,
     analyse_covariance,
     known_answer_suite,
-    null_dimension,
-    whitened_spectrum,
 )
+from tritonkron.analysis.study import LayerStudy, Study, run_study
 
 __all__ = [
     "AlignmentResult",

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tritonkron.analysis.report import run_study, write_report
+from tritonkron.analysis.report import write_report
+from tritonkron.analysis.study import run_study
 
 
 class _Progress:
