@@ -63,7 +63,7 @@ def calibration_beta2(steps: int, cap: float = 0.98) -> float:
 
     A block's statistics start from its first gradient with floored eigenvalues (PAPER §4.3);
     with this β₂ that start weighs at most 1 % after ``steps`` steps, so the floor does not
-    masquerade as a flat tail, while longer runs keep ``tk.Kron``'s default 0.98.
+    masquerade as a flat tail; longer calibrations are capped at ``cap``.
     """
     if steps < 2:
         raise ValueError(f"calibration needs at least 2 steps; got {steps}")

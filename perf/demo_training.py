@@ -35,7 +35,7 @@ __all__ = [
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float], torch.optim.Optimizer]
 
-BETAS = (0.9, 0.98)
+BETAS = (0.9, 0.95)
 EPS = 1e-8
 
 

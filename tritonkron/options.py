@@ -25,7 +25,7 @@ EXTRA_GROUP_KEYS = {"params", "param_names", "name", "initial_lr"}
 
 DEFAULTS: dict[str, Any] = {
     "lr": 3e-4,
-    "betas": (0.9, 0.98),
+    "betas": (0.9, 0.95),
     "eps": 1e-8,
     "weight_decay": 0.0,
     "divergence": "logdet",
