@@ -198,10 +198,38 @@ def _setup_rotate(case: Case, g: torch.Generator, exact: bool) -> Prepared:
     return Prepared(fn, tuple(t.to(dt) for t in tensors), 2.0 * B * (m * m * n + m * n * n))
 
 
+def _setup_rotated_statistics(case: Case, g: torch.Generator, exact: bool) -> Prepared:
+    """(A', B', Ĝ) from the shared products G Q_B, Q_Aᵀ G: LogDet weights ("logdet") or W = I
+    ("von_neumann"); statistics are float32 in the optimizer, so the case runs in float32."""
+    B, m, n = case.block.shape
+    weighted = case.variant == "logdet"
+    tensors = (
+        _symmetric(g, B, m),
+        _symmetric(g, B, n),
+        randn(g, B, m, n),
+        _basis(g, B, m, m, exact),
+        _basis(g, B, n, n, exact),
+        _positive(g, B, m),
+        _positive(g, B) / n,
+        _positive(g, B, n),
+        _positive(g, B) / m,
+    )
+
+    def fn(backend: str, A: Tensor, B_: Tensor, G: Tensor, Q_A: Tensor, Q_B: Tensor, *w: Tensor) -> Any:
+        w_A, s_A, w_B, s_B = w
+        if not weighted:
+            w_A = w_B = None
+        return ops.rotated_statistics(A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B, BETA, backend=backend)
+
+    products = 4.0 * B * m * n * (m + n)
+    return Prepared(fn, tensors, products + (2.0 * B * m * n * min(m, n) if weighted else 0.0))
+
+
 SETUPS: dict[str, Callable[[Case, torch.Generator, bool], Prepared]] = {
     "factor_update": _setup_factor_update,
     "precondition": _setup_precondition,
     "rotate": _setup_rotate,
+    "rotated_statistics": _setup_rotated_statistics,
     "spike_and_flat": _setup_spike_and_flat,
     "track_eigenvalues": _setup_track_eigenvalues,
     "inverse_root": _setup_inverse_root,
@@ -214,6 +242,7 @@ def op_variants(op: str) -> tuple[str, ...]:
         "factor_update": FACTOR_VARIANTS,
         "precondition": ("full",),
         "rotate": ("forward", "back"),
+        "rotated_statistics": ("logdet", "von_neumann"),
         "spike_and_flat": ("rank=m/8",),
         "track_eigenvalues": ("logdet",),
         "inverse_root": tuple(f"p={p}" for p in NS_POWERS),
@@ -237,6 +266,12 @@ def correctness_cases(plan: Plan) -> list[Case]:
                 for dt in plan.correctness_dtypes
                 for v in op_variants(op)
             ]
+    if "rotated_statistics" in plan.ops:
+        cases += [
+            Case("rotated_statistics", v, b, torch.float32)
+            for b in plan.correctness_blocks
+            for v in op_variants("rotated_statistics")
+        ]
     if "inverse_root" in plan.ops:
         cases += [
             Case("inverse_root", v, b, torch.float32)
@@ -257,6 +292,12 @@ def timing_cases(plan: Plan) -> list[Case]:
                 )
                 if op in plan.ops:
                     cases += [Case(op, v, b, dt) for v in variants]
+    if "rotated_statistics" in plan.ops:
+        cases += [
+            Case("rotated_statistics", v, b, torch.float32)
+            for b in plan.timing_blocks
+            for v in op_variants("rotated_statistics")
+        ]
     if "inverse_root" in plan.ops:
         cases += [
             Case("inverse_root", v, b, torch.float32)

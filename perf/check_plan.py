@@ -15,6 +15,7 @@ OPS = (
     "factor_update",
     "precondition",
     "rotate",
+    "rotated_statistics",
     "spike_and_flat",
     "track_eigenvalues",
     "inverse_root",

@@ -71,6 +71,9 @@ product's FLOPs, so TFLOP/s compare like for like with the reference::
     factor_update, dense W          2·B·d·k² + 2·B·d²·k    P = 𝒢W, then P 𝒢ᵀ
     precondition                    4·B·(m²n + mn²)        Q_AᵀM 2Bm²n, ·Q_B 2Bmn², Q_A· 2Bm²n, ·Q_Bᵀ 2Bmn²
     rotate (forward / back)         2·B·(m²n + mn²)        Q_AᵀX (Q_A X̂) 2Bm²n, ·Q_B (·Q_Bᵀ) 2Bmn²
+    rotated_statistics, logdet      4·B·mn(m + n)          P = G Q_B, R = Q_Aᵀ G, P diag(w_B) Pᵀ, Rᵀ diag(w_A) R
+                                    + 2·B·mn·min(m, n)     Ĝ = R Q_B or Q_Aᵀ P (float32 only)
+    rotated_statistics, W = I       4·B·mn(m + n)          R (or P), Ĝ, G Gᵀ, Gᵀ G
     spike_and_flat (rank k = m/8)   4·B·m·k·n              U_kᵀY and U_k C
     inverse_root (NS, p)            2·B·d³·(3 + g_p·iters) g_2 = 3, g_4 = 4 GEMMs per iteration;
                                                            3 squarings for the λ_max bound

@@ -161,16 +161,15 @@ def rotated_statistics(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(A', B', Ĝ): A' = β A + s_A G Q_B diag(w_B) Q_Bᵀ Gᵀ, B' = β B + s_B Gᵀ Q_A diag(w_A) Q_Aᵀ G, Ĝ = Q_Aᵀ G Q_B.
 
-    The reference shares the products G Q_B and Q_Aᵀ G between the three results
-    (:func:`tritonkron.reference.rotation.rotated_statistics_ref`); the Triton path runs the fused
-    factor-update kernel for each factor and the rotation kernel for Ĝ. A weight None means w = 1
-    (W = I, von Neumann), for which the kernel skips the basis product.
+    Both paths share the products G Q_B and Q_Aᵀ G between the three results
+    (:func:`tritonkron.reference.rotation.rotated_statistics_ref`,
+    :func:`tritonkron.kernels.rotated_statistics.rotated_statistics_triton`). A weight None means
+    w = 1 (W = I, von Neumann), for which that factor's Gram matrix reads G itself.
     """
     if resolve_backend(backend, A, G, Q_A) == "reference":
         return _rotation_ref.rotated_statistics_ref(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, beta)
-    A_new = factor_update(A, G, beta, s_A, "left", None if w_B is None else (Q_B, w_B), backend=backend)
-    B_new = factor_update(B, G, beta, s_B, "right", None if w_A is None else (Q_A, w_A), backend=backend)
-    return A_new, B_new, rotate(G, Q_A, Q_B, backend=backend)
+    out = torch.ops.tritonkron.rotated_statistics(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, float(beta))
+    return out[0], out[1], out[2]
 
 
 def inverse_root(

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tritonkron.kernels.factor_update import factor_update_triton
 from tritonkron.kernels.precondition import eigenbasis_precondition_triton, spike_and_flat_triton
+from tritonkron.kernels.rotated_statistics import rotated_statistics_triton
 from tritonkron.kernels.rotation import rotate_triton
 from tritonkron.kernels.sketch import sketch_precondition_triton, sketch_update_triton
 from tritonkron.kernels.track_eigenvalues import track_eigenvalues_triton
@@ -91,6 +92,28 @@ def rotate_op(X: Tensor, Q_A: Tensor, Q_B: Tensor, back: bool) -> Tensor:
 @rotate_op.register_fake
 def _(X, Q_A, Q_B, back):  # noqa: ANN001, ANN202
     return torch.empty_like(X)
+
+
+@torch.library.custom_op("tritonkron::rotated_statistics", mutates_args=())
+def rotated_statistics_op(
+    A: Tensor,
+    B: Tensor,
+    G: Tensor,
+    Q_A: Tensor,
+    Q_B: Tensor,
+    w_A: Tensor | None,
+    s_A: Tensor,
+    w_B: Tensor | None,
+    s_B: Tensor,
+    beta: float,
+) -> list[Tensor]:
+    """Custom op around :func:`rotated_statistics_triton`; returns [A', B', Ĝ]."""
+    return list(rotated_statistics_triton(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, beta))
+
+
+@rotated_statistics_op.register_fake
+def _(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, beta):  # noqa: ANN001, ANN202
+    return [torch.empty_like(A), torch.empty_like(B), torch.empty_like(G)]
 
 
 # Sketched factors (issue 9).

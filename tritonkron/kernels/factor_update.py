@@ -83,7 +83,7 @@ from tritonkron.kernels._common import (
 from tritonkron.kernels.bmm import launch_bmm
 from tritonkron.kernels.sym_gemm import launch_sym_gemm
 
-__all__ = ["factor_update_configs", "factor_update_triton"]
+__all__ = ["factor_update_config", "factor_update_configs", "factor_update_triton"]
 
 Side = Literal["left", "right"]
 Weight = Tensor | tuple[Tensor, Tensor] | None
@@ -154,6 +154,18 @@ def _heuristic(d: int, k: int, acc_dtype: torch.dtype) -> dict[str, int]:
         "num_warps": 8 if big else 4,
         "num_stages": 3,
     }
+
+
+def factor_update_config(
+    config: Mapping[str, int] | triton.Config | None, d: int, k: int, acc_dtype: torch.dtype
+) -> dict[str, int]:
+    """An explicit config (``BLOCK_M``, ``BLOCK_K``, ``num_warps``, ``num_stages``) merged over the
+    heuristic of a d × d update with inner size k, or the heuristic when ``config`` is None.
+
+    Raises:
+        ValueError: unknown keys or an illegal merged config.
+    """
+    return resolve_config(config, _heuristic(d, k, acc_dtype), _KEYS, _keep_factor_update, "factor-update")
 
 
 def _thin_gemm_config(cfg: Mapping[str, int]) -> dict[str, int]:
@@ -269,7 +281,7 @@ def factor_update_triton(
         )
 
     out = _check_out(out, X, inputs)
-    cfg = resolve_config(config, _heuristic(d, k, X.dtype), _KEYS, _keep_factor_update, "factor-update")
+    cfg = factor_update_config(config, d, k, X.dtype)
     if out.numel() == 0:
         return out
 
