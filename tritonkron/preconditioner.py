@@ -32,7 +32,13 @@ from torch import Tensor
 
 from tritonkron import ops
 from tritonkron.config import Divergence, TailRule
-from tritonkron.divergences import coupling, initial_eigenvalues, preconditioner_eigenvalues, update_factors
+from tritonkron.divergences import (
+    Coupling,
+    coupling,
+    initial_eigenvalues,
+    preconditioner_eigenvalues,
+    update_factors,
+)
 from tritonkron.reference.basis import canonical_degenerate_basis, subspace_iteration
 from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
 from tritonkron.traceable import robust_eigh_descending, run_if
@@ -222,20 +228,33 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     )
 
 
-def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
-    """EMA update of factors, tracked eigenvalues and trace for the blocks in ``mask``."""
-    Q_A, Q_B = state[BASIS_A], state[BASIS_B]
+def statistics_coupling(state: dict[str, Tensor], settings: KronSettings) -> Coupling:
+    """The divergence's increment weights from the tracked eigenvalues, floored at ``eig_floor``
+    (with the spike-and-flat tail when ``flat_tail_in_stats``)."""
     a = floor_eigenvalues(state[EIG_A], settings.eig_floor)
     b = floor_eigenvalues(state[EIG_B], settings.eig_floor)
     if settings.flat_tail_in_stats:
         a, b = flatten_tail(a, settings.rank_a), flatten_tail(b, settings.rank_b)
-    rule = coupling(settings.divergence, a, b)
+    return coupling(settings.divergence, a, b)
+
+
+def tracked_updates(
+    state: dict[str, Tensor], G: Tensor, G_hat: Tensor, rule: Coupling, beta: float
+) -> dict[str, Tensor]:
+    """New tracked eigenvalues (from the rotated gradient Ĝ) and trace τ ← β τ + (1 − β)‖G‖²."""
+    eig_a, eig_b = ops.track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
+    trace = beta * state[TRACE] + (1 - beta) * (G * G).sum((-1, -2))
+    return {EIG_A: eig_a, EIG_B: eig_b, TRACE: trace}
+
+
+def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
+    """EMA update of factors, tracked eigenvalues and trace for the blocks in ``mask``."""
+    Q_A, Q_B = state[BASIS_A], state[BASIS_B]
+    rule = statistics_coupling(state, settings)
     beta = settings.beta2
     A, B = update_factors(state[FACTOR_A], state[FACTOR_B], G, Q_A, Q_B, rule, beta)
     G_hat = Q_A.transpose(-1, -2) @ G @ Q_B
-    eig_a, eig_b = ops.track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
-    trace = beta * state[TRACE] + (1 - beta) * (G * G).sum((-1, -2))
-    updates = {FACTOR_A: A, FACTOR_B: B, EIG_A: eig_a, EIG_B: eig_b, TRACE: trace}
+    updates = {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta)}
     for key, value in updates.items():
         state[key] = masked_where(mask, value, state[key])
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from tritonkron import ops
-from tritonkron.divergences import coupling, preconditioner_eigenvalues
+from tritonkron.divergences import preconditioner_eigenvalues
 from tritonkron.preconditioner import (
     BASIS_A,
     BASIS_B,
@@ -38,12 +38,13 @@ from tritonkron.preconditioner import (
     REFRESH_KEYS,
     TRACE,
     KronSettings,
-    flatten_tail,
     initial_values,
     kept_rank,
     low_rank_is_cheaper,
     masked_where,
     refreshed_bases,
+    statistics_coupling,
+    tracked_updates,
 )
 from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
 from tritonkron.traceable import run_if
@@ -80,11 +81,7 @@ def _damped_sigma(state: dict[str, Tensor], settings: KronSettings) -> Tensor:
 
 def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> dict[str, Tensor]:
     """New factors, tracked eigenvalues, trace and the rotated gradient Ĝ (nothing written)."""
-    a = floor_eigenvalues(state[EIG_A], settings.eig_floor)
-    b = floor_eigenvalues(state[EIG_B], settings.eig_floor)
-    if settings.flat_tail_in_stats:
-        a, b = flatten_tail(a, settings.rank_a), flatten_tail(b, settings.rank_b)
-    rule = coupling(settings.divergence, a, b)
+    rule = statistics_coupling(state, settings)
     beta = settings.beta2
     A, B, G_hat = ops.rotated_statistics(
         state[FACTOR_A],
@@ -98,9 +95,7 @@ def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> 
         (1 - beta) * rule.right_scale,
         beta,
     )
-    eig_a, eig_b = ops.track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
-    trace = beta * state[TRACE] + (1 - beta) * (G * G).sum((-1, -2))
-    return {FACTOR_A: A, FACTOR_B: B, EIG_A: eig_a, EIG_B: eig_b, TRACE: trace, "G_hat": G_hat}
+    return {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta), "G_hat": G_hat}
 
 
 def _refresh(*xs: Tensor) -> tuple[Tensor, ...]:
