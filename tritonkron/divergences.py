@@ -104,12 +104,12 @@ def track_eigenvalues(
         a: ``[B, m]``; b: ``[B, n]``; G_hat: Ĝ = Q_Aᵀ G Q_B ``[B, m, n]``.
     """
     sq = G_hat * G_hat
-    inc_a = sq.sum(-1) if rule.left_weight is None else sq @ rule.left_weight.unsqueeze(-1)
-    inc_b = (
-        sq.sum(-2) if rule.right_weight is None else (sq.transpose(-1, -2) @ rule.right_weight.unsqueeze(-1))
-    )
-    inc_a = inc_a.reshape(a.shape) * rule.left_scale.unsqueeze(-1)
-    inc_b = inc_b.reshape(b.shape) * rule.right_scale.unsqueeze(-1)
+    # Weighted sums as multiply-and-reduce, not matrix-vector products: a batched GEMV rounds
+    # differently for one block than for several, and stacked steps must not (tritonkron.stacking).
+    inc_a = sq.sum(-1) if rule.left_weight is None else (sq * rule.left_weight.unsqueeze(-2)).sum(-1)
+    inc_b = sq.sum(-2) if rule.right_weight is None else (sq * rule.right_weight.unsqueeze(-1)).sum(-2)
+    inc_a = inc_a * rule.left_scale.unsqueeze(-1)
+    inc_b = inc_b * rule.right_scale.unsqueeze(-1)
     w = 1 - beta
     return beta * a + w * inc_a, beta * b + w * inc_b
 

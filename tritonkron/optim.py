@@ -33,11 +33,23 @@ from tritonkron.preconditioner import (
     new_group_state,
 )
 from tritonkron.reference.blocking import BlockLayout
-from tritonkron.rotated import rotated_group_step, uses_rotated_momentum
+from tritonkron.rotated import uses_rotated_momentum
 from tritonkron.shards import finite_flags, like_param
 from tritonkron.sketch import new_sketch_state, sketch_group_step
+from tritonkron.stacking import BlockStacks, GroupJob, ensure_failure_counts, run_group
 from tritonkron.tuning import TuningTable, TuningWarning
 from tritonkron.tuning_lookup import auto_settings, resolve_tuning
+
+
+class PreparedUnit(NamedTuple):
+    """A Kronecker parameter between :meth:`Kron._prepare` and :meth:`Kron._finish`."""
+
+    param: Tensor
+    layout: BlockLayout
+    chunks: list[slice] | None
+    ok: Tensor
+    grad: Tensor
+    jobs: list[GroupJob]
 
 
 class KronUnit(NamedTuple):
@@ -135,6 +147,10 @@ class Kron(Optimizer):
             one rank is initialised at construction; True: required; False: every rank computes everything.
         comm_dtype: dtype of the shared directions (None: float32, float64 for float64 parameters);
             ``torch.bfloat16`` halves the traffic at the cost of rounding the update.
+        stack: step the equal-shape block groups of different parameters as one batch (one process,
+            eager; :mod:`tritonkron.stacking`): the same bits as stepping them one parameter at a
+            time, with one launch per op and block shape instead of one per parameter. Under
+            ``torch.compile`` and with ``distributed`` each parameter is stepped on its own.
 
     Example:
         >>> import torch, tritonkron as tk
@@ -169,6 +185,7 @@ class Kron(Optimizer):
         tuning: str | os.PathLike[str] | TuningTable | None = None,
         distributed: bool | None = None,
         comm_dtype: torch.dtype | None = None,
+        stack: bool = True,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -195,7 +212,11 @@ class Kron(Optimizer):
             raise ValueError(
                 f"comm_dtype must be None or one of {sorted(map(str, COMM_DTYPES))}; got {comm_dtype!r}"
             )
+        if not isinstance(stack, bool):
+            raise ValueError(f"stack must be True or False; got {stack!r}")
         super().__init__(params, defaults)
+        self._stack = stack
+        self._stacks = BlockStacks()
         self._plan = (
             DistributedPlan.from_process_group(comm_dtype) if resolve_distributed(distributed) else None
         )
@@ -220,6 +241,8 @@ class Kron(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_stack", True)
+        self.__dict__.setdefault("_stacks", BlockStacks())
         for group in self.param_groups:
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
@@ -302,8 +325,15 @@ class Kron(Optimizer):
             self._apply(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
 
         if self._plan is None:
-            for unit in units:
-                apply(unit, *self._kron_update(unit))
+            if not self._stack or torch.compiler.is_compiling():
+                for unit in units:
+                    apply(unit, *self._kron_update(unit))
+                return
+            prepared = [self._prepare(unit) for unit in units]
+            directions = iter(self._stacks.run([job for p in prepared for job in p.jobs]))
+            for unit, ready in zip(units, prepared, strict=True):
+                taken = [next(directions) for _ in ready.jobs]
+                apply(unit, *self._finish(ready, taken))
             return
         self._plan.assign_optimizer(self)
         self._plan.run(units, self._kron_update, apply, self.state)
@@ -324,6 +354,13 @@ class Kron(Optimizer):
         statistics, momentum and step count are untouched, the direction is zero and the skip is
         counted in ``state["skipped_steps"]`` (masked, not branched, so the step stays one graph).
         """
+        prepared = self._prepare(unit)
+        return self._finish(prepared, [run_group(job) for job in prepared.jobs])
+
+    def _prepare(self, unit: KronUnit) -> PreparedUnit:
+        """Everything of ``unit``'s step before its block groups are stepped: state creation or
+        checks, the skip flag and step count, the momentum of non-rotated groups, the refresh
+        decision, and one :class:`~tritonkron.stacking.GroupJob` per block group."""
         p, group, settings = unit
         settings, layout = self._resolve(p, group, settings)
         m, n = layout.matrix
@@ -350,6 +387,9 @@ class Kron(Optimizer):
         else:
             check_state(p, state, layout, settings.sketch, counts)
             convert_momentum(state, layout, rotated, chunks)
+        for block_state, r in zip(state[BLOCKS], rotated, strict=True):
+            if r:
+                ensure_failure_counts(block_state)
         grad = p.grad.to(dtype).reshape(m, n)
         ok = count_nonfinite(grad, state)
         state[STEP].add_(ok.to(state[STEP].dtype))
@@ -368,12 +408,15 @@ class Kron(Optimizer):
         if chunks is not None:
             grads = [G[c] for G, c in zip(grads, chunks, strict=True)]
             moments = [None if M is None else M[c] for M, c in zip(moments, chunks, strict=True)]
-        directions = [
-            rotated_group_step(block_state, G, settings, refresh, ok)
-            if r
-            else group_step(block_state, G, M, settings, refresh, ok)
+        jobs = [
+            GroupJob(block_state, G, M, r, settings, refresh, ok, group_step)
             for block_state, G, M, r in zip(state[BLOCKS], grads, moments, rotated, strict=True)
         ]
+        return PreparedUnit(p, layout, chunks, ok, grad, jobs)
+
+    def _finish(self, prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(update shaped like p, ok) from the directions of ``prepared``'s block groups."""
+        p, layout, chunks, ok, grad, _ = prepared
         if chunks is not None:
             directions = self._plan.gather_split(p, directions, layout)
         update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)

@@ -99,10 +99,11 @@ def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> 
 
 
 def _refresh(*xs: Tensor) -> tuple[Tensor, ...]:
-    """:func:`refreshed_bases` plus M̂ carried into the accepted new bases (pure; run_if body)."""
-    *updated, M_hat, factor_a, factor_b, ready = xs
-    new = refreshed_bases(*updated, factor_a, factor_b, ready)
-    accepted = ready & (new[-1] == 0)  # a ready block's failure count is reset exactly when accepted
+    """:func:`refreshed_bases` of the blocks ``due`` (ready, not skipped, at their refresh step) plus
+    M̂ carried into the accepted new bases (pure; run_if body)."""
+    *updated, M_hat, factor_a, factor_b, due = xs
+    new = refreshed_bases(*updated, factor_a, factor_b, due)
+    accepted = due & (new[-1] == 0)  # a due block's failure count is reset exactly when accepted
     return (*new, _rebase(M_hat, updated[0], updated[1], new[0], new[1], accepted))
 
 
@@ -126,16 +127,17 @@ def rotated_group_step(
         state: the group's state, with ``momentum_hat`` (modified in place).
         G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite; zero when skipped).
         settings: hyperparameters (``beta1`` is the momentum's retention).
-        refresh: whether this is a basis-refresh step; bool or one-element bool tensor.
-        ok: one-element bool tensor, False when the step is skipped: statistics and momentum are
-            untouched and the direction is zero. None means True.
+        refresh: whether this is a basis-refresh step; bool, one-element bool tensor, or ``[B]`` bool
+            (per block: blocks of different parameters stepped together, :mod:`tritonkron.stacking`).
+        ok: one-element or ``[B]`` bool tensor, False where the step is skipped: statistics and
+            momentum are untouched and the direction is zero. None means True.
     """
     ready = state[READY]
     active = ready if ok is None else ready & ok
     new = _statistics(state, G, settings)
     M_hat = state[MOMENTUM_HAT]
     moved = M_hat.lerp(new.pop("G_hat"), 1 - settings.beta1)
-    M_hat = moved if ok is None else torch.where(ok, moved, M_hat)
+    M_hat = moved if ok is None else masked_where(ok, moved, M_hat)
     state[MOMENTUM_HAT] = M_hat
     U = ops.rotate_back(M_hat * _damped_sigma(state, settings), state[BASIS_A], state[BASIS_B])
     U = masked_where(active, U, torch.zeros_like(U))
@@ -144,10 +146,10 @@ def rotated_group_step(
     if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
         if FAILURES not in state:
             state[FAILURES] = torch.zeros(ready.shape, dtype=torch.int32, device=ready.device)
-        pred = refresh if isinstance(refresh, Tensor) else torch.tensor(bool(refresh))
+        due = active if refresh is True else active & refresh  # the blocks refreshed now
         keys = (*REFRESH_KEYS, MOMENTUM_HAT)
-        extra = (state[FACTOR_A], state[FACTOR_B], state[READY])
-        values = run_if(active.any() & pred, _refresh, tuple(state[k] for k in keys), extra)
+        extra = (state[FACTOR_A], state[FACTOR_B], due)
+        values = run_if(due.any(), _refresh, tuple(state[k] for k in keys), extra)
         state.update(zip(keys, values, strict=True))
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
     if ok is not None:
