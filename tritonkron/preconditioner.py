@@ -124,6 +124,16 @@ def masked_where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.reshape(-1, *([1] * (old.dim() - 1))), new, old)
 
 
+def squared_norms(G: Tensor) -> Tensor:
+    """‖G_b‖²_F of each block of ``G [B, m, n]`` as row sums, then their sum.
+
+    One reduction over all m·n entries is split across threads once a block exceeds the
+    parallel grain, and where it splits depends on how many blocks share the call; reducing rows
+    first keeps each block's sum independent of the batch (:mod:`tritonkron.stacking`).
+    """
+    return (G * G).sum(-1).sum(-1)
+
+
 def flatten_tail(x: Tensor, rank: int | None) -> Tensor:
     """Replace x_i for i > k by the tail mean (the spike-and-flat eigenvalues)."""
     if rank is None or rank >= x.shape[-1]:
@@ -148,7 +158,7 @@ def initial_values(
     """New (A, B, Q_A, Q_B, a, b, τ) with the blocks in ``mask`` initialised from ``G`` (pure)."""
     left_values, left_vectors = robust_eigh_descending(G @ G.transpose(-1, -2))
     right_values, right_vectors = robust_eigh_descending(G.transpose(-1, -2) @ G)
-    sq_norm = (G * G).sum((-1, -2))
+    sq_norm = squared_norms(G)
     a, b = initial_eigenvalues(divergence, left_values, right_values, sq_norm, init_floor)
     # Floored eigenvalues form one degenerate eigenspace: give it a basis that does not depend on
     # eigh's arbitrary choice, so the trajectory is invariant to the scale of the loss.
@@ -243,7 +253,7 @@ def tracked_updates(
 ) -> dict[str, Tensor]:
     """New tracked eigenvalues (from the rotated gradient Ĝ) and trace τ ← β τ + (1 − β)‖G‖²."""
     eig_a, eig_b = ops.track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
-    trace = beta * state[TRACE] + (1 - beta) * (G * G).sum((-1, -2))
+    trace = beta * state[TRACE] + (1 - beta) * squared_norms(G)
     return {EIG_A: eig_a, EIG_B: eig_b, TRACE: trace}
 
 

@@ -19,8 +19,11 @@ for the groups in eigenbasis form (:func:`tritonkron.rotated.rotated_group_step`
   refreshes on its own schedule, exactly as when stepped alone.
 
 Every op of the step treats the blocks of a batch independently (batched GEMMs, QR and eigh,
-per-block reductions, elementwise masks), so on CPU a stacked step gives the same bits as the
-per-parameter steps (``tests/optim/test_stacking.py``), with two provisos:
+elementwise masks, and reductions written so that their split across threads does not depend on
+the batch: row sums before block sums, :func:`tritonkron.preconditioner.squared_norms`; weighted
+sums as multiply-and-reduce, not batched GEMVs), so on CPU a stacked step gives the same bits as
+the per-parameter steps (``tests/optim/test_stacking.py``, ``python -m perf.bench_stacking``),
+with two provisos:
 
 * only block shapes whose dims are multiples of 4 are stacked (:func:`stackable`): LAPACK's QR
   rounds differently at other memory alignments, which odd shapes would change;

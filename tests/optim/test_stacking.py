@@ -121,3 +121,23 @@ def test_float64_parameters_stack_bitwise() -> None:
 def test_stack_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="stack must be True or False"):
         tk.Kron([torch.zeros(3, 3, requires_grad=True)], stack=1)  # type: ignore[arg-type]
+
+
+def test_blocks_above_the_parallel_grain_stack_bitwise() -> None:
+    """192 × 192 blocks (36,864 entries) exceed the 32,768-element grain at which one reduction is split
+    across threads; the statistics must still not depend on how many blocks share a call."""
+    g = torch.Generator().manual_seed(4)
+    shapes = [(192, 192), (192, 192), (192, 384)]  # the last is two more 192 × 192 blocks
+    alone = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+    stacked = [p.detach().clone().requires_grad_() for p in alone]
+    opts = [
+        tk.Kron(ps, lr=1e-2, block_size=192, precondition_every=2, stack=s)
+        for ps, s in ((alone, False), (stacked, True))
+    ]
+    for _ in range(4):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        for params, opt in zip((alone, stacked), opts, strict=True):
+            for p, grad in zip(params, grads, strict=True):
+                p.grad = grad.clone()
+            opt.step()
+    _assert_same(alone, stacked)
