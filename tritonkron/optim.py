@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from tritonkron.adamw import SKIPPED, STEP, adamw_step, count_nonfinite
+from tritonkron.adamw import SKIPPED, STEP, adamw_step, adamw_steps, count_nonfinite
 from tritonkron.block_split import localize_split_state, shard_split_state
 from tritonkron.distributed import DistributedPlan, resolve_distributed
 from tritonkron.guards import check_gradients, check_refresh_failures, check_state
@@ -310,8 +310,20 @@ class Kron(Optimizer):
         finiteness agreed over the mesh in one collective (:mod:`tritonkron.shards`)."""
         sharded = [i for i, (p, _) in enumerate(params) if isinstance(p.grad, DTensor)]
         agreed = dict(zip(sharded, finite_flags([params[i][0].grad for i in sharded]), strict=True))
+        batches: dict[tuple, list[Tensor]] = {}
         for i, (p, group) in enumerate(params):
-            adamw_step(p, group, self.state[p], agreed.get(i))
+            if (
+                i in agreed
+                or p.numel() == 0
+                or isinstance(group["lr"], Tensor)
+                or torch.compiler.is_compiling()
+            ):
+                adamw_step(p, group, self.state[p], agreed.get(i))
+            else:  # plain tensors of one group, device and dtype, float lr: multi-tensor ops
+                batches.setdefault((id(group), p.device, p.dtype), []).append(p)
+        groups = {id(group): group for _, group in params}
+        for (group_id, _, _), batch in batches.items():
+            adamw_steps(batch, groups[group_id], [self.state[p] for p in batch])
 
     def _run_kron(self, units: list[KronUnit]) -> None:
         """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).
