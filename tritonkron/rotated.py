@@ -134,15 +134,19 @@ def rotated_group_step(
     """
     ready = state[READY]
     active = ready if ok is None else ready & ok
+    # Eagerly, one host read tells whether every block is ready and stepping (the steady state):
+    # then the masks select everything and are skipped, as is the initialisation test.
+    steady = not torch.compiler.is_compiling() and bool(active.all())
     new = _statistics(state, G, settings)
     M_hat = state[MOMENTUM_HAT]
     moved = M_hat.lerp(new.pop("G_hat"), 1 - settings.beta1)
-    M_hat = moved if ok is None else masked_where(ok, moved, M_hat)
+    M_hat = moved if ok is None or steady else masked_where(ok, moved, M_hat)
     state[MOMENTUM_HAT] = M_hat
     U = ops.rotate_back(M_hat * _damped_sigma(state, settings), state[BASIS_A], state[BASIS_B])
-    U = masked_where(active, U, torch.zeros_like(U))
+    if not steady:
+        U = masked_where(active, U, torch.zeros_like(U))
     for key, value in new.items():
-        state[key] = masked_where(active, value, state[key])
+        state[key] = value if steady else masked_where(active, value, state[key])
     if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
         if FAILURES not in state:
             state[FAILURES] = torch.zeros(ready.shape, dtype=torch.int32, device=ready.device)
@@ -151,6 +155,8 @@ def rotated_group_step(
         extra = (state[FACTOR_A], state[FACTOR_B], due)
         values = run_if(due.any(), _refresh, tuple(state[k] for k in keys), extra)
         state.update(zip(keys, values, strict=True))
+    if steady:  # every block is ready: none to initialise
+        return U
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
     if ok is not None:
         fresh = fresh & ok

@@ -142,3 +142,35 @@ def test_distributed_true_without_a_process_group_fails_clearly() -> None:
         tk.Kron(make_model().parameters(), distributed="yes")
     with pytest.raises(ValueError, match="comm_dtype"):
         tk.Kron(make_model().parameters(), comm_dtype=torch.int8)
+
+
+def _stackable_model() -> torch.nn.Module:
+    """Matrices whose 8 × 8 blocks one process stacks into one batch (block_size 8)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Linear(8, 16)
+    )
+
+
+def _train_stackable(distributed: bool) -> tuple[list[torch.Tensor], tk.Kron]:
+    model = _stackable_model()
+    opt = tk.Kron(model.parameters(), lr=0.05, precondition_every=2, block_size=8, distributed=distributed)
+    for grads in gradients([p.shape for p in model.parameters()], STEPS):
+        for p, g in zip(model.parameters(), grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()], opt
+
+
+def _stackable_ranks(rank: int, world: int) -> list[torch.Tensor]:
+    return _train_stackable(distributed=True)[0]
+
+
+def test_ddp_equals_the_stacked_single_process_step(tmp_path: Path) -> None:
+    expected, opt = _train_stackable(distributed=False)
+    weights = [p for p in opt.param_groups[0]["params"] if p.dim() == 2]
+    storages = {opt.state[p]["blocks"][0]["factor_a"].untyped_storage().data_ptr() for p in weights}
+    assert len(storages) == 1  # one process stacked every 8 × 8 block into one batch
+    for got_rank in launch(_stackable_ranks, 2, tmp_path):
+        for got, want in zip(got_rank, expected, strict=True):
+            assert torch.equal(got, want)
