@@ -21,8 +21,6 @@ commit and date.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import statistics
 import time
 import warnings
@@ -33,6 +31,7 @@ import pandas as pd
 import torch
 
 import tritonkron as tk
+from perf.bench_table import timing_main
 from perf.models import CharGPT, count_parameters
 from perf.peers import available, heavyball_eager
 
@@ -118,27 +117,15 @@ def run(steps: int, warmup: int) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="timed steps (default 40: 4 refreshes)")
-    parser.add_argument("--warmup", type=int, default=12, help="untimed first steps (compilation included)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "compile.csv")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 2:
-        parser.error("--steps must be >= 1 and --warmup >= 2 (the compiled step has two graphs)")
-    from perf.__main__ import collect_env
-
-    print(f"eager vs compiled optimizer steps, {torch.get_num_threads()} threads")
-    table = run(args.steps, args.warmup)
-    print(table.to_markdown(index=False, floatfmt=".3g"))
-    env = collect_env()
-    table["device"] = f"{env['cpu']} ({env['threads']} threads)"
-    table["load_start"] = env["load_start"]
-    table["torch"] = torch.__version__
-    table["commit"] = env["git_commit"]
-    table["date"] = dt.date.today().isoformat()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    timing_main(
+        argv,
+        __doc__,
+        RESULTS / "compile.csv",
+        "eager vs compiled optimizer steps",
+        run,
+        min_warmup=2,
+        warmup_help="untimed first steps (compilation included; the compiled step has two graphs)",
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ commit and date.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ import pandas as pd
 import torch
 
 import tritonkron as tk
+from perf.bench_table import timing_main
 from perf.models import CharGPT, count_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,27 +105,7 @@ def run(steps: int, warmup: int, block_sizes: tuple[int, ...] = BLOCK_SIZES) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="timed steps (default 40: 4 refreshes)")
-    parser.add_argument("--warmup", type=int, default=12, help="untimed first steps")
-    parser.add_argument("--out", type=Path, default=RESULTS / "stacking.csv")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
-    from perf.__main__ import collect_env
-
-    print(f"stacked vs per-parameter Kron steps, {torch.get_num_threads()} threads")
-    table = run(args.steps, args.warmup)
-    print(table.to_markdown(index=False, floatfmt=".3g"))
-    env = collect_env()
-    table["device"] = f"{env['cpu']} ({env['threads']} threads)"
-    table["load_start"] = env["load_start"]
-    table["torch"] = torch.__version__
-    table["commit"] = env["git_commit"]
-    table["date"] = dt.date.today().isoformat()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    timing_main(argv, __doc__, RESULTS / "stacking.csv", "stacked vs per-parameter Kron steps", run)
 
 
 if __name__ == "__main__":

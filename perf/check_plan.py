@@ -30,7 +30,9 @@ QUANTILES = (0.5, 0.2, 0.8)
 BETA, EPS = 0.95, 1e-8
 FACTOR_VARIANTS = tuple(f"{side}/{w}" for w in ("I", "eigen", "dense") for side in ("left", "right"))
 LOWP_FACTOR_TIMING = ("left/I", "right/I")  # the tensor-core path; weighted forms run in fp32 anyway
-STEP_LAYOUTS = ("batched", "per_block")
+# whole layers; one parameter per block (stacked across parameters, the default); the same, each
+# parameter stepped on its own (``stack=False``)
+STEP_LAYOUTS = ("batched", "per_block", "per_block_unstacked")
 BACKENDS = ("reference", "triton")
 GRAD_POOL = 4  # distinct gradients cycled through in the step benchmark
 CORRECTNESS_BUDGET_SHARE = 0.5  # correctness cases past this share of --budget-s are skipped (SKIP rows)

@@ -36,8 +36,10 @@ Sections (run in this order; each writes its rows as soon as it finishes):
 5. Optimizer step: ``tk.Kron`` (fp32) on one GPT-2-small transformer block (attn_qkv, attn_proj,
    mlp_fc, mlp_proj), reference backend vs triton backend (``TRITONKRON_BACKEND``), median step
    time over N steps after warm-up (``torch.cuda.synchronize`` around each step; the basis
-   refresh every 10 steps is included, so p80 shows it), and a per-block loop baseline: the same
-   Kron with every block a separate parameter (B = 1 launches), which shows the batching gain.
+   refresh every 10 steps is included, so p80 shows it), and per-block baselines: the same
+   Kron with every block a separate parameter, stacked across parameters (``stack=True``, the
+   default) and stepped one parameter at a time (``stack=False``: B = 1 launches), which show the
+   batching and stacking gains.
    The final parameters of the two backends are compared (informative: trajectories may drift).
 6. Files under ``--out-dir``: rows appended to ``gpu_check_correctness.csv``,
    ``gpu_check_timing.csv`` and ``gpu_check_step.csv`` (columns :data:`CSV_COLUMNS`), and the

@@ -94,7 +94,8 @@ def test_timing_and_step_rows_cover_both_providers(
     assert all(float(r["p50"]) > 0 for r in timing if r["metric"] == "time")
     step = _rows(out / "gpu_check_step.csv")
     timed = {(r["variant"], r["provider"]) for r in step if r["metric"] == "step_time" and r["p50"]}
-    assert timed == {(layout, b) for layout in ("batched", "per_block") for b in ("reference", "triton")}
+    layouts = ("batched", "per_block", "per_block_unstacked")
+    assert timed == {(layout, b) for layout in layouts for b in ("reference", "triton")}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA message only shows without a GPU")
