@@ -1,9 +1,10 @@
-"""Spot checks behind two README statements: the default β₂ and the 1000-step comparison.
+"""Spot checks behind README statements: the default β₂, the 1000-step comparison, the update-RMS cap.
 
 Usage (from the repository root)::
 
     python -m perf.bench_spot --study betas     # ~3 min on 2 cores
     python -m perf.bench_spot --study long      # ~25 min on 2 cores
+    python -m perf.bench_spot --study clip      # ~16 min on 2 cores
 
 Not the benchmark protocol of ``python -m perf train`` (no grid search, no edge extension): each
 study trains a fixed list of (configuration, learning rate, seed) runs with :func:`perf.train.run_one`,
@@ -14,6 +15,9 @@ on the same initial weights and batches per seed, and prints one row per run:
 - ``long``: the character-level GPT at the full size (1000 steps, batch 32), seed 0: AdamW, Muon,
   heavyball SOAP (when installed), Kron at both β₂ and with ``block_size=128``, two or three
   learning rates each.
+- ``clip``: the same full-size GPT, seeds 0–2, Kron (default blocks at lr 1e-3, ``block_size=128``
+  at 3e-3: the full protocol's best lrs) with and without ``max_update_rms=1``; seed 2 is the run
+  whose loss spiked near step 737 in the full protocol.
 
 The table is printed (pandas + tabulate) and appended to ``perf/results/spot.csv`` with the
 commit and date.
@@ -62,6 +66,8 @@ def configurations() -> dict[str, OptimizerEntry]:
         "Kron logdet β₂=0.95": _kron(betas=(0.9, 0.95)),
         "Kron logdet β₂=0.98": _kron(betas=(0.9, 0.98)),
         "Kron logdet β₂=0.95 b=128": _kron(betas=(0.9, 0.95), block_size=128),
+        "Kron logdet b=128 max_update_rms=1": _kron(block_size=128, max_update_rms=1.0),
+        "Kron logdet max_update_rms=1": _kron(max_update_rms=1.0),
         "AdamW β₂=0.95": _adamw((0.9, 0.95)),
         "AdamW β₂=0.98": _adamw((0.9, 0.98)),
     }
@@ -99,13 +105,21 @@ def study_runs(study: str) -> list[Run]:
             "Kron logdet β₂=0.95 b=128": (3e-3, 5e-3, 1e-2),
         }
         return [("char_lm", label, lr, 0) for label, lrs in plan.items() for lr in lrs]
-    raise ValueError(f"study must be 'betas' or 'long'; got {study!r}")
+    if study == "clip":
+        plan = {
+            "Kron logdet β₂=0.95 b=128": 3e-3,
+            "Kron logdet b=128 max_update_rms=1": 3e-3,
+            "Kron logdet β₂=0.95": 1e-3,
+            "Kron logdet max_update_rms=1": 1e-3,
+        }
+        return [("char_lm", label, lr, seed) for label, lr in plan.items() for seed in (0, 1, 2)]
+    raise ValueError(f"study must be 'betas', 'long' or 'clip'; got {study!r}")
 
 
 def run_study(study: str, runs: list[Run] | None = None, tiny: bool = False) -> pd.DataFrame:
     """Train every run of ``study`` (or ``runs``) and return one row per run; ``tiny`` is the test size."""
     entries = configurations()
-    full = study == "long"
+    full = study in ("long", "clip")
     workloads, batches, rows = {}, {}, []
     for wl, label, lr, seed in study_runs(study) if runs is None else runs:
         entry = entries.get(label)
@@ -137,7 +151,7 @@ def run_study(study: str, runs: list[Run] | None = None, tiny: bool = False) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", choices=("betas", "long"), required=True)
+    parser.add_argument("--study", choices=("betas", "long", "clip"), required=True)
     parser.add_argument("--out", type=Path, default=RESULTS / "spot.csv")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))

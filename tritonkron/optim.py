@@ -50,6 +50,7 @@ class PreparedUnit(NamedTuple):
     ok: Tensor
     grad: Tensor
     jobs: list[GroupJob]
+    max_update_rms: float | None
 
 
 class KronUnit(NamedTuple):
@@ -69,6 +70,12 @@ def _layout(shape: tuple[int, ...], block_size: int) -> BlockLayout:
     if key not in _LAYOUTS:
         _LAYOUTS[key] = BlockLayout.build(shape, block_size)
     return _LAYOUTS[key]
+
+
+def limit_rms(update: Tensor, max_rms: float) -> Tensor:
+    """U · min(1, c / RMS(U)) with RMS(U) = ‖U‖_F/√(numel U): the direction's RMS capped at c (no host read)."""
+    rms = update.square().mean().sqrt()
+    return update * torch.clamp(max_rms / rms.clamp_min(torch.finfo(rms.dtype).tiny), max=1.0)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -136,6 +143,10 @@ class Kron(Optimizer):
             basis and eigenvalues; after this many consecutive failures of one block, ``step`` raises
             ``RuntimeError`` naming the parameter, once the whole step has been applied (eager mode only:
             one host read per step; under ``torch.compile`` the counts are kept but not checked).
+        max_update_rms: None (off), or c > 0: a parameter's direction U is scaled by
+            min(1, c / RMS(U)) before the step, RMS(U) = ‖U‖_F/√(numel). A safeguard against the
+            rare huge update when a gradient lands in directions whose tracked eigenvalues are tiny
+            (the direction uses the pre-update statistics, PAPER §4.3); typical RMS is 0.2–0.5.
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
@@ -182,6 +193,7 @@ class Kron(Optimizer):
         sketch_rank: int | None = None,
         nonfinite: str = "skip",
         max_refresh_failures: int = 10,
+        max_update_rms: float | None = None,
         tuning: str | os.PathLike[str] | TuningTable | None = None,
         distributed: bool | None = None,
         comm_dtype: torch.dtype | None = None,
@@ -206,6 +218,7 @@ class Kron(Optimizer):
             "sketch_rank": sketch_rank,
             "nonfinite": nonfinite,
             "max_refresh_failures": max_refresh_failures,
+            "max_update_rms": max_update_rms,
         }
         validate_group(defaults)
         if comm_dtype is not None and comm_dtype not in COMM_DTYPES:
@@ -424,14 +437,16 @@ class Kron(Optimizer):
             GroupJob(block_state, G, M, r, settings, refresh, ok, group_step)
             for block_state, G, M, r in zip(state[BLOCKS], grads, moments, rotated, strict=True)
         ]
-        return PreparedUnit(p, layout, chunks, ok, grad, jobs)
+        return PreparedUnit(p, layout, chunks, ok, grad, jobs, group["max_update_rms"])
 
     def _finish(self, prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(update shaped like p, ok) from the directions of ``prepared``'s block groups."""
-        p, layout, chunks, ok, grad, _ = prepared
+        p, layout, chunks, ok, grad, _, max_rms = prepared
         if chunks is not None:
             directions = self._plan.gather_split(p, directions, layout)
         update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
+        if max_rms is not None:
+            update = limit_rms(update, max_rms)
         return update, ok
 
     @staticmethod

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "sketch_rank": None,
     "nonfinite": "skip",
     "max_refresh_failures": 10,
+    "max_update_rms": None,
 }
 NONFINITE_POLICIES = ("skip", "raise")
 
@@ -102,6 +103,8 @@ def validate_group(group: dict[str, Any]) -> None:
     _check_number("init_floor", group["init_floor"], 0.0, 1.0)
     _validate_sketch(group)
     _check_positive_int("max_refresh_failures", group["max_refresh_failures"])
+    if group["max_update_rms"] is not None:
+        _check_number("max_update_rms", group["max_update_rms"], 0.0, low_open=True)
     if group["nonfinite"] not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {group['nonfinite']!r}")
 

@@ -14,7 +14,7 @@ from perf.peers import available
 OPTIONAL = {"heavyball SOAP": "heavyball"}
 
 
-@pytest.mark.parametrize("study", ["betas", "long"])
+@pytest.mark.parametrize("study", ["betas", "long", "clip"])
 def test_every_planned_configuration_exists(study: str) -> None:
     entries = bench_spot.configurations()
     for _, label, lr, _ in bench_spot.study_runs(study):
@@ -39,6 +39,10 @@ def test_configurations_carry_their_labelled_options() -> None:
     ]:
         group = entries[label].build(model, 1e-3).param_groups[0]
         assert tuple(group["betas"]) == betas and group["block_size"] == block
+    for label, block in [("Kron logdet max_update_rms=1", 1024), ("Kron logdet b=128 max_update_rms=1", 128)]:
+        group = entries[label].build(model, 1e-3).param_groups[0]
+        assert group["max_update_rms"] == 1.0 and group["block_size"] == block
+    assert entries["Kron logdet β₂=0.95"].build(model, 1e-3).param_groups[0]["max_update_rms"] is None
     adamw = entries["AdamW β₂=0.98"].build(model, 1e-3).param_groups[0]
     assert tuple(adamw["betas"]) == (0.9, 0.98)
 
