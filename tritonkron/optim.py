@@ -12,45 +12,28 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from tritonkron.adamw import SKIPPED, STEP, adamw_step, adamw_steps, count_nonfinite
+from tritonkron.adamw import STEP, adamw_step, adamw_steps
 from tritonkron.block_split import localize_split_state, shard_split_state
 from tritonkron.distributed import DistributedPlan, resolve_distributed
-from tritonkron.guards import check_gradients, check_refresh_failures, check_state
-from tritonkron.momentum import MOMENTUM, convert_momentum
+from tritonkron.guards import check_gradients, check_refresh_failures
+from tritonkron.momentum import MOMENTUM
 from tritonkron.options import (
     AUTO,
     COMM_DTYPES,
     DEFAULTS,
     EXTRA_GROUP_KEYS,
     kron_settings,
-    statistics_dtype,
     validate_group,
 )
-from tritonkron.preconditioner import (
-    BLOCKS,
-    KronSettings,
-    block_group_step,
-    new_group_state,
-)
+from tritonkron.preconditioner import BLOCKS, KronSettings
 from tritonkron.reference.blocking import BlockLayout
-from tritonkron.rotated import uses_rotated_momentum
 from tritonkron.shards import finite_flags, like_param
-from tritonkron.sketch import new_sketch_state, sketch_group_step
-from tritonkron.stacking import BlockStacks, GroupJob, ensure_failure_counts, run_group
+from tritonkron.stacking import BlockStacks, run_group
 from tritonkron.tuning import TuningTable, TuningWarning
 from tritonkron.tuning_lookup import auto_settings, resolve_tuning
+from tritonkron.unit_step import PreparedUnit, finish_unit, prepare_unit
 
-
-class PreparedUnit(NamedTuple):
-    """A Kronecker parameter between :meth:`Kron._prepare` and :meth:`Kron._finish`."""
-
-    param: Tensor
-    layout: BlockLayout
-    chunks: list[slice] | None
-    ok: Tensor
-    grad: Tensor
-    jobs: list[GroupJob]
-    max_update_rms: float | None
+__all__ = ["BLOCKS", "MOMENTUM", "Kron", "KronUnit"]  # state keys re-exported for callers of the front end
 
 
 class KronUnit(NamedTuple):
@@ -70,12 +53,6 @@ def _layout(shape: tuple[int, ...], block_size: int) -> BlockLayout:
     if key not in _LAYOUTS:
         _LAYOUTS[key] = BlockLayout.build(shape, block_size)
     return _LAYOUTS[key]
-
-
-def limit_rms(update: Tensor, max_rms: float) -> Tensor:
-    """U · min(1, c / RMS(U)) with RMS(U) = ‖U‖_F/√(numel U): the direction's RMS capped at c (no host read)."""
-    rms = update.square().mean().sqrt()
-    return update * torch.clamp(max_rms / rms.clamp_min(torch.finfo(rms.dtype).tiny), max=1.0)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -383,71 +360,19 @@ class Kron(Optimizer):
         return self._finish(prepared, [run_group(job) for job in prepared.jobs])
 
     def _prepare(self, unit: KronUnit) -> PreparedUnit:
-        """Everything of ``unit``'s step before its block groups are stepped: state creation or
-        checks, the skip flag and step count, the momentum of non-rotated groups, the refresh
-        decision, and one :class:`~tritonkron.stacking.GroupJob` per block group."""
+        """``unit``'s step up to its block groups (:func:`tritonkron.unit_step.prepare_unit`)."""
         p, group, settings = unit
         settings, layout = self._resolve(p, group, settings)
-        m, n = layout.matrix
-        dtype = statistics_dtype(p)
-        state = self.state[p]
-        rotated = [uses_rotated_momentum(settings, *g.shape) for g in layout.groups]
         chunks = (
             None if self._plan is None else self._plan.block_chunks(p, layout)
         )  # split: this rank's blocks
-        counts = (
-            [len(g.offsets) for g in layout.groups] if chunks is None else [c.stop - c.start for c in chunks]
-        )
-        if not state:
-            state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-            state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-            if not all(rotated):
-                state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
-            state[BLOCKS] = [
-                new_sketch_state(count, *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
-                if settings.sketch
-                else new_group_state(count, *g.shape, dtype=dtype, device=p.device, rotated=r)
-                for g, r, count in zip(layout.groups, rotated, counts, strict=True)
-            ]
-        else:
-            check_state(p, state, layout, settings.sketch, counts)
-            convert_momentum(state, layout, rotated, chunks)
-        for block_state, r in zip(state[BLOCKS], rotated, strict=True):
-            if r:
-                ensure_failure_counts(block_state)
-        grad = p.grad.to(dtype).reshape(m, n)
-        ok = count_nonfinite(grad, state)
-        state[STEP].add_(ok.to(state[STEP].dtype))
-        grad = torch.where(ok, grad, torch.zeros_like(grad))
-        momentum = state.get(MOMENTUM)
-        if momentum is not None:
-            momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
-        refresh = state[STEP] % group["precondition_every"] == 0
-        if not torch.compiler.is_compiling():
-            refresh = bool(
-                refresh
-            )  # one host read per parameter; non-refresh steps then skip the refresh test
-        group_step = sketch_group_step if settings.sketch else block_group_step
-        grads = layout.gather(grad)
-        moments = layout.gather(momentum) if momentum is not None else [None] * len(rotated)
-        if chunks is not None:
-            grads = [G[c] for G, c in zip(grads, chunks, strict=True)]
-            moments = [None if M is None else M[c] for M, c in zip(moments, chunks, strict=True)]
-        jobs = [
-            GroupJob(block_state, G, M, r, settings, refresh, ok, group_step)
-            for block_state, G, M, r in zip(state[BLOCKS], grads, moments, rotated, strict=True)
-        ]
-        return PreparedUnit(p, layout, chunks, ok, grad, jobs, group["max_update_rms"])
+        return prepare_unit(p, group, settings, layout, self.state[p], chunks)
 
     def _finish(self, prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(update shaped like p, ok) from the directions of ``prepared``'s block groups."""
-        p, layout, chunks, ok, grad, _, max_rms = prepared
-        if chunks is not None:
-            directions = self._plan.gather_split(p, directions, layout)
-        update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
-        if max_rms is not None:
-            update = limit_rms(update, max_rms)
-        return update, ok
+        if prepared.chunks is not None:
+            directions = self._plan.gather_split(prepared.param, directions, prepared.layout)
+        return finish_unit(prepared, directions)
 
     @staticmethod
     def _apply(p: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float, ok: Tensor) -> None:
