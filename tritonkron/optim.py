@@ -123,7 +123,7 @@ class Kron(Optimizer):
         max_update_rms: None (off), or c > 0: a parameter's direction U is scaled by
             min(1, c / RMS(U)) before the step, RMS(U) = ‖U‖_F/√(numel). A safeguard against the
             rare huge update when a gradient lands in directions whose tracked eigenvalues are tiny
-            (the direction uses the pre-update statistics, PAPER §4.3); typical RMS is 0.2–0.5.
+            (the direction uses the pre-update statistics, PAPER §4.3).
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
