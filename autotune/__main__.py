@@ -3,17 +3,23 @@
 Usage::
 
     python -m autotune --model MODULE:FACTORY [--steps N] [--out tuning.json] [--no-sketch]
+                       [--device auto|cpu|cuda]
 
 ``FACTORY()`` returns ``(model, loss_fn)``: the model on the device to tune for, and
-``loss_fn(model)`` returning a scalar loss on a fresh batch of real data. The search is described
-in :mod:`autotune.search`; the file format and how ``tk.Kron`` reads it in :mod:`tritonkron.tuning`.
-A progress bar goes to stderr and a summary table to stdout.
+``loss_fn(model)`` returning a scalar loss on a fresh batch of real data. ``--device`` (default
+``auto``: CUDA when available, else the CPU; :mod:`autotune.device`) is that device: a factory with
+a ``device`` parameter is called as ``FACTORY(device=...)`` and must build its model and batches
+there; one without must build its model on that device itself (a mismatch is an error). The search
+is described in :mod:`autotune.search`; the file format and how ``tk.Kron`` reads it in
+:mod:`tritonkron.tuning`. A progress bar goes to stderr; the device line and a summary table go to
+stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import shutil
 import sys
@@ -22,8 +28,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
+import torch
 from torch import Tensor, nn
 
+from autotune.device import add_device_argument
 from autotune.rank_rule import DEFAULT_FLATNESS, DEFAULT_MASS
 from autotune.search import SearchOptions, ShapeResult, TuneResult, tune_model
 from autotune.sketch_choice import DEFAULT_SKETCH_BUDGET
@@ -56,7 +64,11 @@ class ProgressBar:
         self.stream.flush()
 
 
-def load_factory(spec: str) -> Callable[[], tuple[nn.Module, Callable[[nn.Module], Tensor]]]:
+Factory = Callable[..., tuple[nn.Module, Callable[[nn.Module], Tensor]]]
+"""``FACTORY()`` or ``FACTORY(device=...)`` → ``(model, loss_fn)``."""
+
+
+def load_factory(spec: str) -> Factory:
     """The callable named by ``MODULE:FACTORY`` (FACTORY may be dotted: ``pkg.mod:Cls.make``).
 
     Raises:
@@ -78,6 +90,39 @@ def load_factory(spec: str) -> Callable[[], tuple[nn.Module, Callable[[nn.Module
     if not callable(target):
         raise ValueError(f"{spec} is not callable")
     return target
+
+
+def _takes_device(factory: Factory) -> bool:
+    """Whether ``factory`` accepts a ``device`` keyword (a ``device`` parameter or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        (p.name == "device" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
+
+
+def build_model(spec: str, device: torch.device) -> tuple[nn.Module, Callable[[nn.Module], Tensor]]:
+    """``(model, loss_fn)`` from the ``--model`` factory, on ``device`` (rules in the module docstring).
+
+    Raises:
+        ValueError: a bad spec, a factory that returns something else, or a model not on ``device``.
+    """
+    factory = load_factory(spec)
+    built = factory(device=device) if _takes_device(factory) else factory()
+    if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)):
+        raise ValueError(f"{spec}() must return (model, loss_fn) with an nn.Module model")
+    model, loss_fn = built
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type != device.type:
+        raise ValueError(
+            f"--device {device.type}: {spec} built its model on {param.device.type}; give FACTORY a "
+            f"`device` parameter (it is then called as FACTORY(device=...)) or choose --device "
+            f"{param.device.type}"
+        )
+    return model, loss_fn
 
 
 def _git_commit(start: Path) -> str | None:
@@ -197,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu-reps", type=int, default=3, help="timed calls per CPU measurement (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic timing inputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_argument(parser)
     return parser
 
 
@@ -232,10 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         opts = _options(args)
-        built = load_factory(args.model)()
-        if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)):
-            raise ValueError(f"{args.model}() must return (model, loss_fn) with an nn.Module model")
-        model, loss_fn = built
+        model, loss_fn = build_model(args.model, args.device)
         result = tune_model(model, loss_fn, opts, None if args.quiet else ProgressBar())
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -243,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result.table.commit = _git_commit(Path(__file__).resolve().parent)
     path = result.table.save(args.out)
     losses = result.losses
+    print(f"device: {result.device}")
     print(summary_frame(result).to_markdown(index=False))
     print(f"\ncalibration: {len(losses)} steps, loss {losses[0]:.4g} → {losses[-1]:.4g}")
     print(

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from autotune.device import describe_device
 from autotune.kernel_search import tune_kernel, tune_shape_kernels
 from autotune.measure import cpu_threads
 from autotune.rank_search import _tune_ranks
@@ -121,5 +122,6 @@ def tune_model(
         for r in results:
             _predict(r, device, opts)
             reporter.advance(f"{r.shape[0]}x{r.shape[1]}: predicted step time and memory")
+        described = describe_device(device)  # inside: on the CPU, the tuned thread count
     table = TuningTable(device=device_name(device), entries=[r.entry() for r in results])
-    return TuneResult(table, tuple(results), losses)
+    return TuneResult(table, tuple(results), losses, described)

@@ -130,8 +130,13 @@ class ShapeResult:
 
 @dataclass(frozen=True)
 class TuneResult:
-    """Result of :func:`tune_model`: the table to save, per-shape details and the calibration losses."""
+    """Result of :func:`tune_model`: the table to save, per-shape details and the calibration losses.
+
+    ``device`` is the device the tuning ran on, as reports state it (``"cuda (NVIDIA H200)"``,
+    ``"cpu (2 threads)"``: :func:`autotune.device.describe_device`).
+    """
 
     table: TuningTable
     shapes: tuple[ShapeResult, ...]
     losses: tuple[float, ...]
+    device: str = "cpu"

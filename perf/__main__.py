@@ -3,14 +3,17 @@
 Usage (from the repository root)::
 
     python -m perf train [--quick] [--workloads char_lm mlp cnn] [--optimizers LABEL ...] [--seeds N]
-    python -m perf step [--full] [--optimizers LABEL ...]
+                         [--device auto|cpu|cuda]
+    python -m perf step [--full] [--optimizers LABEL ...] [--device auto|cpu|cuda]
     python -m perf report [--session ID]
 
 ``train`` runs :mod:`perf.train`'s protocol on each workload, appends every run to
 ``perf/results/train_runs.csv`` / ``train_curves.csv`` as it finishes, records the session in
 ``train_sessions.jsonl`` and renders ``perf/REPORT.md``. ``step`` appends to ``perf/results/step.csv``
 and re-renders the report when a training session exists. Optimizer labels are those of
-:func:`perf.peers.build_registry` (``python -m perf train --list`` prints them).
+:func:`perf.peers.build_registry` (``python -m perf train --list`` prints them). ``--device``
+(:mod:`perf.device`; default ``auto``: CUDA when available, else the CPU) is where the models, batches
+and optimizer states live; the report and ``step.csv`` state it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 
 from perf import report
 from perf.cli import nonnegative_int, positive_int
+from perf.device import add_device_argument, describe_device
 from perf.peers import OptimizerEntry, available, build_registry
 from perf.train import RunRecord, run_benchmark
 from perf.train_workloads import WORKLOADS, build_workload
@@ -63,8 +67,8 @@ def _load() -> str:
         return "?"
 
 
-def collect_env() -> dict[str, object]:
-    """Machine, versions and commit of this run (written next to every number)."""
+def collect_env(device: torch.device | str = "cpu") -> dict[str, object]:
+    """Machine, device (:func:`perf.device.describe_device` of ``device``), versions and commit of this run."""
     import tritonkron
 
     versions = {
@@ -79,13 +83,14 @@ def collect_env() -> dict[str, object]:
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "device": describe_device(device),
         "platform": platform.platform(),
         "load_start": _load(),
         "versions": versions,
     }
 
 
-def _append_csv(path: Path, rows: list[dict[str, object]]) -> None:
+def append_csv(path: Path, rows: list[dict[str, object]]) -> None:
     """Append ``rows``; when the columns changed since the file was started, rewrite it with the union."""
     if not rows:
         return
@@ -130,6 +135,28 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _protocol(seeds: int, ablation_grid: bool, extend_edges: int) -> str:
+    """The session's protocol, as the report states it."""
+    return (
+        "seed 0 at every lr of the grid, best lr = lowest final validation loss"
+        + (
+            f" (a best lr at an edge of the grid extends it past that edge, up to {extend_edges}×)"
+            if extend_edges
+            else ""
+        )
+        + (f", then seeds 1..{seeds - 1} at that lr; " if seeds > 1 else " (one seed); ")
+        + (
+            "tritonkron ablations on char_lm only, one seed, at Kron logdet's lr (no grid); "
+            if not ablation_grid
+            else "tritonkron ablations get the grid too; "
+        )
+        + "same initial weights and batches per seed for every optimizer; weight decay 0; "
+        "refresh every 10 steps for all Shampoo-family methods; Muon with float32 Newton–Schulz "
+        "(torch's own is bfloat16; the step section measures both); heavyball eager (`heavyball.utils.compile_mode = None`), "
+        "so no compilation in any step time"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run the training benchmark and render the report."""
     results: Path = args.results_dir
@@ -140,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds is not None else (2 if (args.quick or args.tiny) else 3)
     session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     started = time.perf_counter()
-    env = collect_env()
+    env = collect_env(args.device)
     ablation_grid = not (args.quick or args.tiny)
     extend_edges = (
         args.extend_edges if args.extend_edges is not None else (1 if args.quick or args.tiny else 2)
@@ -152,33 +179,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         "env": env,
         "seeds": seeds,
         "ablation_grid": ablation_grid,
-        "protocol": (
-            "seed 0 at every lr of the grid, best lr = lowest final validation loss"
-            + (
-                f" (a best lr at an edge of the grid extends it past that edge, up to {extend_edges}×)"
-                if extend_edges
-                else ""
-            )
-            + (f", then seeds 1..{seeds - 1} at that lr; " if seeds > 1 else " (one seed); ")
-            + (
-                "tritonkron ablations on char_lm only, one seed, at Kron logdet's lr (no grid); "
-                if not ablation_grid
-                else "tritonkron ablations get the grid too; "
-            )
-            + "same initial weights and batches per seed for every optimizer; weight decay 0; "
-            "refresh every 10 steps for all Shampoo-family methods; Muon with float32 Newton–Schulz on CPU "
-            "(torch's own is bfloat16; the step section measures both); heavyball eager (`heavyball.utils.compile_mode = None`), "
-            "so no compilation in any step time"
-        ),
+        "protocol": _protocol(seeds, ablation_grid, extend_edges),
         "entries": entries_meta,
         "workloads": {},
     }
-    _say(f"session {session}; commit {env['git_commit']}; {env['cpu']}, torch threads {env['threads']}")
+    _say(f"session {session}; commit {env['git_commit']}; device {env['device']}; {env['cpu']}")
     for e in entries_meta:
         if e["skip"]:
             _say(f"  {e['label']}: {e['skip']}")
     for name in args.workloads:
-        workload = build_workload(name, quick=args.quick, tiny=args.tiny)
+        workload = build_workload(name, quick=args.quick, tiny=args.tiny, device=args.device)
         meta["workloads"][name] = {  # type: ignore[index]
             "title": workload.title,
             "data": workload.data,
@@ -191,16 +201,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(f"{name}: {workload.title}; {workload.params:,} parameters; {workload.note}")
 
         def record(r: RunRecord, data: str = workload.data) -> None:
-            row = {"session": session, "git_commit": env["git_commit"], "data": data}
+            row = {"session": session, "git_commit": env["git_commit"], "device": env["device"], "data": data}
             row |= {k: v for k, v in dataclasses.asdict(r).items() if k != "curve"}
-            _append_csv(results / "train_runs.csv", [row])
+            append_csv(results / "train_runs.csv", [row])
             keys = ("workload", "optimizer", "lr", "seed")
             head = {"session": session} | {k: getattr(r, k) for k in keys}
             curve = [
                 head | dict(zip(("step", "train_s", "train_loss", "val_loss", "val_acc"), c, strict=True))
                 for c in r.curve
             ]
-            _append_csv(results / "train_curves.csv", curve)
+            append_csv(results / "train_curves.csv", curve)
 
         # Quick mode runs the tritonkron ablations on the headline workload only, with one seed.
         entries = chosen if ablation_grid or name == "char_lm" else [e for e in chosen if not e.ablation]
@@ -232,16 +242,18 @@ def cmd_step(args: argparse.Namespace) -> int:
     for e in chosen:
         if e.skip:
             _say(f"  {e.label}: {e.skip}")
-    env = collect_env()
+    env = collect_env(args.device)
+    _say(f"device {env['device']}")
     cases = [StepCase("tiny/attn_qkv", 16, 48)] if args.tiny else bench_cases(args.full)
     steps = 3 if args.tiny else args.steps
-    rows = run_step_bench(chosen, cases, warmup=1 if args.tiny else 11, steps=steps, progress=_say)
+    warmup = 1 if args.tiny else 11
+    rows = run_step_bench(chosen, cases, warmup=warmup, steps=steps, progress=_say, device=args.device)
     session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    stamp = {"session": session, "op": "optimizer_step", "dtype": "float32", "device": "cpu"}
+    stamp = {"session": session, "op": "optimizer_step", "dtype": "float32", "device": env["device"]}
     tail = {"torch": torch.__version__, "triton": env["versions"]["triton"], "git_commit": env["git_commit"]}
     tail |= {"cpu": env["cpu"], "threads": env["threads"], "timestamp": env["timestamp"]}
     columns = ("unit", "p50", "p20", "p80", "mean", "note")
-    _append_csv(
+    append_csv(
         args.results_dir / "step.csv", [stamp | r | {c: r.get(c, "") for c in columns} | tail for r in rows]
     )
     if (args.results_dir / "train_sessions.jsonl").is_file():
@@ -276,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-ablations", action="store_true", help="skip the tritonkron ablation configs")
     train.add_argument("--list", action="store_true", help="print the optimizer labels and exit")
+    add_device_argument(train)
     train.add_argument(
         "--extend-edges",
         type=nonnegative_int,
@@ -287,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--optimizers", nargs="+", default=None)
     step.add_argument("--steps", type=positive_int, default=20, help="timed steps per case (default 20)")
     step.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    add_device_argument(step)
     rep = sub.add_parser("report", parents=[common], help="render perf/REPORT.md from the CSVs")
     rep.add_argument("--session", default=None, help="training session id (default: the latest)")
     return parser

@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python -m perf.bench_autotune [--dataset auto|digits|fashion_mnist] [--steps 200] [--seeds 2]
                                   [--tune-steps 50] [--ranks 4,16,32] [--lr 3e-3] [--tuning PATH]
                                   [--csv perf/results/autotune.csv] [--out FILE.md]
+                                  [--device auto|cpu|cuda]
 
 The demo model of :mod:`perf.demo` (an MLP on Fashion-MNIST when installed, else on scikit-learn's
 digits) is first tuned with :func:`autotune.tune_model` (or ``--tuning`` loads an existing file),
@@ -26,8 +27,10 @@ and the AdamW path included), both also relative to ``full``; the final loss on 
 split (± its seed std) and the test accuracy. The verdict line checks the goal "``rank=auto sketch``
 needs at least 3× less preconditioner memory than ``full`` at an equal or better (≤) mean final
 loss". The table is also written as CSV (``--csv``, with the run's metadata on every row). On the
-CPU the thread count is the tuned ``cpu_threads`` knob unless ``--threads`` is given. This is a
-benchmark, not a test: numbers depend on the machine and its load.
+CPU the thread count is the tuned ``cpu_threads`` knob unless ``--threads`` is given. Tuning and
+training run on ``--device`` (default ``auto``: CUDA when available, else the CPU), which the
+report and the CSV state; on CUDA the step timer synchronises at both ends. This is a benchmark,
+not a test: numbers depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from autotune.__main__ import ProgressBar
 from autotune.measure import state_bytes
 from autotune.search import SearchOptions, tune_model
 from perf.demo_training import batch_schedule, evaluate, make_mlp
+from perf.device import add_device_argument, clock, describe_device
 from perf.workloads import FASHION_MNIST_ROOT, Dataset, load_digits_dataset, load_image_classification
 from tritonkron.optim import BLOCKS
 from tritonkron.tuning import TuningTable, device_name, load_tuning
@@ -73,10 +77,10 @@ def _load(dataset: str, limit: int) -> Dataset:
 
 
 def demo_model(data: Dataset, seed: int) -> nn.Module:
-    """The demo MLP of :mod:`perf.demo` (hidden 128, 64 on Fashion-MNIST; 64 on digits)."""
+    """The demo MLP of :mod:`perf.demo` (hidden 128, 64 on Fashion-MNIST; 64 on digits), on ``data``'s device."""
     torch.manual_seed(seed)
     hidden = [128, 64] if data.name == "fashion_mnist" else [64]
-    return make_mlp(data.num_features, hidden, data.num_classes)
+    return make_mlp(data.num_features, hidden, data.num_classes).to(data.x_train.device)
 
 
 def demo_factory(
@@ -87,7 +91,7 @@ def demo_factory(
     gen = torch.Generator().manual_seed(seed + 1)
 
     def loss_fn(m: nn.Module) -> Tensor:
-        idx = torch.randint(0, data.x_train.shape[0], (batch_size,), generator=gen)
+        idx = torch.randint(0, data.x_train.shape[0], (batch_size,), generator=gen).to(data.x_train.device)
         return F.cross_entropy(m(data.x_train[idx]), data.y_train[idx])
 
     return model, loss_fn
@@ -154,6 +158,7 @@ def train(
     model = demo_model(data, seed)
     model.load_state_dict(init)
     opt = build(model, lr)
+    device = data.x_train.device
     times = []
     for idx in batches:
         opt.zero_grad(set_to_none=True)
@@ -161,9 +166,9 @@ def train(
         if not math.isfinite(float(loss.detach())):
             return dict.fromkeys(("step_ms", "precond_mb", "state_mb", "train_loss", "test_acc"), math.nan)
         loss.backward()
-        start = time.perf_counter()
+        start = clock(device)
         opt.step()
-        times.append(time.perf_counter() - start)
+        times.append(clock(device) - start)
     model.eval()
     train_loss, _ = evaluate(model, data.x_train, data.y_train)
     _, test_acc = evaluate(model, data.x_test, data.y_test)
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=Path("perf/results/autotune.csv"),
                    help="write the table as CSV here (default perf/results/autotune.csv)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the report as Markdown here")
+    add_device_argument(p)
     return p
 
 
@@ -282,30 +288,9 @@ def write_csv(frame: pd.DataFrame, path: Path, meta: dict[str, Any]) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Tune, train every optimizer for every seed, print the table and verdict, write CSV (and ``--out``)."""
-    args = build_parser().parse_args(argv)
-    if args.seeds < 1 or args.steps < 2:
-        raise ValueError(f"--seeds must be ≥ 1 and --steps ≥ 2; got {args.seeds} and {args.steps}")
-    started = time.perf_counter()
-    data = _load(args.dataset, args.limit)
-    table, tuning_path = _tune(args, data)
-    knob = next((e.knobs.get("cpu_threads") for e in table.entries if "cpu_threads" in e.knobs), None)
-    threads = args.threads or (knob if isinstance(knob, int) else torch.get_num_threads())
-    torch.set_num_threads(threads)
-    rows = []
-    specs = optimizers(args.ranks, table)
-    for seed in range(args.seed, args.seed + args.seeds):
-        init = {k: v.clone() for k, v in demo_model(data, seed).state_dict().items()}
-        batches = batch_schedule(data.x_train.shape[0], args.steps, args.batch_size, seed)
-        for label, build in specs.items():
-            metrics = train(data, build, init, batches, args.lr, seed)
-            ranks = _layer_ranks(label, demo_model(data, seed), table)
-            rows.append({"optimizer": label, "seed": seed, "ranks": ranks, **metrics})
-            print(f"seed {seed} {label:<18} {metrics}", file=sys.stderr, flush=True)
-    frame = report(rows)
-    met, verdict = goal_verdict(frame)
-    tuned = "; ".join(
+def _tuned_summary(table: TuningTable) -> str:
+    """Per tuned shape: block size, ranks and (when tuned) the sketched choice, on one line."""
+    return "; ".join(
         f"{m}x{n}: block {e.block_size}, rank A {e.rank_a}, rank B {e.rank_b}"
         + (
             f", sketch block {e.sketch.block_size} k {e.sketch.rank_a}/{e.sketch.rank_b} ℓ {e.sketch.sketch_rank}"
@@ -315,6 +300,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         for e in table.entries
         for m, n in [e.shape]
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Tune, train every optimizer for every seed, print the table and verdict, write CSV (and ``--out``)."""
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1 or args.steps < 2:
+        raise ValueError(f"--seeds must be ≥ 1 and --steps ≥ 2; got {args.seeds} and {args.steps}")
+    started = time.perf_counter()
+    data = _load(args.dataset, args.limit).to(args.device)
+    table, tuning_path = _tune(args, data)
+    knob = next((e.knobs.get("cpu_threads") for e in table.entries if "cpu_threads" in e.knobs), None)
+    threads = args.threads or (knob if isinstance(knob, int) else torch.get_num_threads())
+    torch.set_num_threads(threads)
+    rows = []
+    specs = optimizers(args.ranks, table)
+    for seed in range(args.seed, args.seed + args.seeds):
+        init = {k: v.clone() for k, v in demo_model(data, seed).state_dict().items()}
+        batches = batch_schedule(data.x_train.shape[0], args.steps, args.batch_size, seed).to(args.device)
+        for label, build in specs.items():
+            metrics = train(data, build, init, batches, args.lr, seed)
+            ranks = _layer_ranks(label, demo_model(data, seed), table)
+            rows.append({"optimizer": label, "seed": seed, "ranks": ranks, **metrics})
+            print(f"seed {seed} {label:<18} {metrics}", file=sys.stderr, flush=True)
+    frame = report(rows)
+    met, verdict = goal_verdict(frame)
+    device = describe_device(args.device)
     now = dt.datetime.now(dt.timezone.utc)
     lines = [
         "# tritonkron: rank=auto (dense and sketched) vs full and fixed ranks on the demo model",
@@ -323,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- model: MLP {_architecture(demo_model(data, args.seed))} (ReLU), cross-entropy",
         f"- {args.steps} steps of batch {args.batch_size}, lr {args.lr:g}, betas {BETAS}, "
         f"seeds {args.seed}..{args.seed + args.seeds - 1} (means)",
-        f"- tuning file {tuning_path} ({table.device}): {tuned}",
+        f"- device: {device}",
+        f"- tuning file {tuning_path} ({table.device}): {_tuned_summary(table)}",
         f"- torch {torch.__version__}, Python {platform.python_version()}, {threads} CPU thread(s); "
         f"{now:%Y-%m-%d %H:%M} UTC; total {time.perf_counter() - started:.0f} s",
         "",
@@ -340,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": args.seeds,
         "lr": args.lr,
         "threads": threads,
+        "device": device,
         "torch": torch.__version__,
         "date_utc": f"{now:%Y-%m-%d %H:%M}",
         "goal_met": met,

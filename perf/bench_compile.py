@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m perf.bench_compile [--steps 40] [--warmup 12] [--out perf/results/compile.csv]
+    python -m perf.bench_compile [--steps 40] [--warmup 12] [--device auto|cpu|cuda]
+                                 [--out perf/results/compile.csv]
 
 ``tk.Kron``'s step has no host-side decisions, so ``torch.compile(opt.step)`` traces it into one
 graph (plus one for the first call, which creates the state); inductor then fuses the many small
@@ -14,15 +15,16 @@ matrices 80 × 128 … 512 × 128) with fixed N(0, 1) gradients: ``warmup`` step
 eigendecompositions and, when compiled, compilation: its wall time is reported separately), then
 ``steps`` timed steps. With ``precondition_every=10`` the timed window holds ``steps / 10`` basis
 refreshes, so the **mean** is the amortised cost per step and the median the refresh-free step.
+Model, gradients and state live on ``--device`` (default ``auto``: CUDA when available); on CUDA
+every timed step is bracketed by ``torch.cuda.synchronize()`` (:func:`perf.device.clock`).
 
 The table is printed (pandas + tabulate) and written as CSV to ``--out`` with machine, versions,
-commit and date.
+device, commit and date.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +34,7 @@ import torch
 
 import tritonkron as tk
 from perf.bench_table import timing_main
+from perf.device import clock
 from perf.models import CharGPT, count_parameters
 from perf.peers import available, heavyball_eager
 
@@ -54,23 +57,27 @@ def _soap(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
 PEERS: dict[str, Factory] = {"heavyball SOAP": _soap}  # eager only (heavyball's own compile is off)
 
 
-def _time_steps(step: Callable[[], object], count: int, prepare: Callable[[], None]) -> list[float]:
+def _time_steps(
+    step: Callable[[], object], count: int, prepare: Callable[[], None], device: torch.device | str
+) -> list[float]:
     times = []
     for _ in range(count):
         prepare()  # untimed: heavyball clears .grad after each step
-        start = time.perf_counter()
+        start = clock(device)
         step()
-        times.append(time.perf_counter() - start)
+        times.append(clock(device) - start)
     return times
 
 
-def measure(name: str, factory: Factory, compiled: bool, warmup: int, steps: int) -> dict[str, object]:
-    """Warm-up wall time and step times (ms) of one optimizer, eager or compiled."""
+def measure(
+    name: str, factory: Factory, compiled: bool, warmup: int, steps: int, device: torch.device | str = "cpu"
+) -> dict[str, object]:
+    """Warm-up wall time and step times (ms) of one optimizer on ``device``, eager or compiled."""
     torch.manual_seed(0)
-    model = CharGPT(80)
+    model = CharGPT(80).to(device)
     params = list(model.parameters())
     generator = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=generator) for p in params]
+    grads = [torch.randn(p.shape, generator=generator).to(device) for p in params]
 
     def prepare() -> None:
         for p, g in zip(params, grads, strict=True):
@@ -81,10 +88,10 @@ def measure(name: str, factory: Factory, compiled: bool, warmup: int, steps: int
     torch._dynamo.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        start = time.perf_counter()
-        _time_steps(step, warmup, prepare)
-        warmup_s = time.perf_counter() - start
-        times = [1000 * t for t in _time_steps(step, steps, prepare)]
+        start = clock(device)
+        _time_steps(step, warmup, prepare, device)
+        warmup_s = clock(device) - start
+        times = [1000 * t for t in _time_steps(step, steps, prepare, device)]
     return {
         "optimizer": name,
         "mode": "compiled (inductor)" if compiled else "eager",
@@ -96,14 +103,14 @@ def measure(name: str, factory: Factory, compiled: bool, warmup: int, steps: int
     }
 
 
-def run(steps: int, warmup: int) -> pd.DataFrame:
-    """All optimizers × {eager, compiled}, installed peers eager; ratios against eager AdamW of the same run."""
+def run(steps: int, warmup: int, device: torch.device | str = "cpu") -> pd.DataFrame:
+    """All optimizers × {eager, compiled} on ``device``, installed peers eager; ratios against eager AdamW."""
     rows = []
     runs = [(name, factory, compiled) for name, factory in OPTIMIZERS.items() for compiled in (False, True)]
     if available("heavyball"):
         runs += [(name, factory, False) for name, factory in PEERS.items()]
     for name, factory, compiled in runs:
-        rows.append(measure(name, factory, compiled, warmup, steps))
+        rows.append(measure(name, factory, compiled, warmup, steps, device))
         print(
             f"  {rows[-1]['optimizer']:<20} {rows[-1]['mode']:<20} {rows[-1]['median_ms']:.2f} ms", flush=True
         )

@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m perf.bench_memory [--lm-steps 200] [--vocab 4096] [--gpt2-rank 128] [--out perf/results/memory.csv]
+    python -m perf.bench_memory [--lm-steps 200] [--vocab 4096] [--gpt2-rank 128] [--device auto|cpu|cuda]
+                                [--out perf/results/memory.csv]
 
 Two workloads (issue 9):
 
@@ -28,7 +29,10 @@ Two workloads (issue 9):
 
 State "floats per parameter" = state bytes / parameter bytes (fp32 parameters): AdamW holds 2
 (plus a step counter); the goal of ``sketch=True`` is ≤ 2 at a loss no worse than dense ``rank=k``.
-The table is printed (pandas + tabulate) and written as CSV to ``--out``.
+Parameters, gradients, batches and optimizer state live on ``--device`` (default ``auto``: CUDA
+when available, else the CPU); state sizes do not depend on it, step times do (on CUDA the step
+timer synchronises at both ends). The table is printed (pandas + tabulate) and written as CSV to
+``--out`` with the device.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tritonkron as tk
+from perf.device import add_device_argument, clock, describe_device
 from perf.shapes import DEFAULT_BLOCK_SIZE, GPT2_SMALL
 
 Factory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -90,18 +95,23 @@ def _dense_unblocked_bytes(m: int, n: int) -> int:
     return 4 * (2 * (m * m + n * n) + m + n + 1 + m * n) + 1 + 4
 
 
-def _stepped_state_bytes(factory: Factory, shape: tuple[int, int], grad: str, g: torch.Generator) -> int:
-    """State bytes of ``factory``'s optimizer after one step of an fp32 parameter of ``shape``."""
+def _stepped_state_bytes(
+    factory: Factory, shape: tuple[int, int], grad: str, g: torch.Generator, device: torch.device | str
+) -> int:
+    """State bytes of ``factory``'s optimizer after one step of an fp32 parameter of ``shape`` on ``device``."""
     p = nn.Parameter(torch.empty(shape))
     with torch.no_grad():
         p.normal_(0, 0.02, generator=g)
-    p.grad = torch.randn(shape, generator=g) if grad == "random" else torch.zeros(shape)
+    p = nn.Parameter(p.detach().to(device))
+    p.grad = (torch.randn(shape, generator=g) if grad == "random" else torch.zeros(shape)).to(device)
     opt = factory([p])
     opt.step()
     return state_bytes(opt)
 
 
-def gpt2_rows(rank: int, sketch_block: int, grad: str) -> list[dict[str, object]]:
+def gpt2_rows(
+    rank: int, sketch_block: int, grad: str, device: torch.device | str = "cpu"
+) -> list[dict[str, object]]:
     """Per-layer and total state size of GPT-2-small's matrices for each optimizer.
 
     ``grad="zero"`` allocates the state with an all-zero gradient: every tensor of every optimizer
@@ -115,7 +125,7 @@ def gpt2_rows(rank: int, sketch_block: int, grad: str) -> list[dict[str, object]
     g = torch.Generator().manual_seed(0)
     check = GPT2_SMALL.layer("attn_proj").shape
     for label, factory in specs.items():
-        zero, random = (_stepped_state_bytes(factory, check, kind, g) for kind in ("zero", "random"))
+        zero, random = (_stepped_state_bytes(factory, check, kind, g, device) for kind in ("zero", "random"))
         if zero != random:
             raise RuntimeError(f"{label}: state after a zero-gradient step ({zero} B) != random ({random} B)")
     rows: list[dict[str, object]] = []
@@ -124,7 +134,7 @@ def gpt2_rows(rank: int, sketch_block: int, grad: str) -> list[dict[str, object]
         params = layer.count * layer.rows * layer.cols
         for label, factory in specs.items():
             start = time.perf_counter()
-            nbytes = _stepped_state_bytes(factory, layer.shape, grad, g) * layer.count
+            nbytes = _stepped_state_bytes(factory, layer.shape, grad, g, device) * layer.count
             _progress(f"gpt2 {layer.name} {label}: {time.perf_counter() - start:.1f} s")
             rows.append(_row("gpt2-small", layer.name, label, params, nbytes))
             totals[label][0] += params
@@ -214,8 +224,10 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def lm_rows(args: argparse.Namespace, specs: dict[str, Factory]) -> tuple[list[dict[str, object]], str]:
-    """Train the TinyLM with each optimizer from the same weights on the same batches."""
+    """Train the TinyLM on ``args.device`` with each optimizer from the same weights on the same batches."""
+    device = args.device
     ids, note = load_corpus(args.corpus_files, args.vocab)
+    ids = ids.to(device)
     split = int(0.9 * len(ids))
     g = torch.Generator().manual_seed(0)
     train_starts = torch.randint(0, split - args.context - 1, (args.lm_steps, args.batch), generator=g)
@@ -226,7 +238,7 @@ def lm_rows(args: argparse.Namespace, specs: dict[str, Factory]) -> tuple[list[d
     init = TinyLM(args.vocab, args.d_model, args.context).state_dict()
     rows = []
     for label, factory in specs.items():
-        model = TinyLM(args.vocab, args.d_model, args.context)
+        model = TinyLM(args.vocab, args.d_model, args.context).to(device)
         model.load_state_dict(init)
         opt = factory(model.parameters())
         losses, step_time = [], 0.0
@@ -234,9 +246,9 @@ def lm_rows(args: argparse.Namespace, specs: dict[str, Factory]) -> tuple[list[d
             loss = _loss(model, *_batch(ids, starts, args.context))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            start = time.perf_counter()
+            start = clock(device)
             opt.step()
-            step_time += time.perf_counter() - start
+            step_time += clock(device) - start
             losses.append(float(loss.detach()))
         with torch.no_grad():
             val = [_loss(model, *_batch(ids, s, args.context)) for s in val_starts]
@@ -288,18 +300,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-gpt2", action="store_true")
     parser.add_argument("--skip-lm", action="store_true")
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("perf/results/memory.csv"))
     args = parser.parse_args(argv)
+    device = describe_device(args.device)
 
     stamp = dt.datetime.now().isoformat(timespec="seconds")
     machine = platform.processor() or platform.machine()
     print(
         f"# bench_memory  {stamp}  python {platform.python_version()}  torch {torch.__version__}  "
-        f"threads {torch.get_num_threads()}  {machine}"
+        f"device {device}  {machine}"
     )
     rows: list[dict[str, object]] = []
     if not args.skip_gpt2:
-        rows += gpt2_rows(args.gpt2_rank, args.sketch_block_size, args.gpt2_grad)
+        rows += gpt2_rows(args.gpt2_rank, args.sketch_block_size, args.gpt2_grad, args.device)
         df = pd.DataFrame([r for r in rows if r["workload"] == "gpt2-small"])
         table = df.pivot_table(index="layer", columns="optimizer", values="floats_per_param", sort=False)
         k = args.gpt2_rank
@@ -322,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in lm:
             r["corpus"] = note
     out = pd.DataFrame(rows)
+    out["device"] = device
     out["torch"] = torch.__version__
     out["timestamp"] = stamp
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python -m perf.bench_spot --study betas     # ~3 min on 2 cores
     python -m perf.bench_spot --study long      # ~25 min on 2 cores
     python -m perf.bench_spot --study clip      # ~16 min on 2 cores
+    python -m perf.bench_spot --study betas --device cuda   # (default --device auto: CUDA when available)
 
 Not the benchmark protocol of ``python -m perf train`` (no grid search, no edge extension): each
 study trains a fixed list of (configuration, learning rate, seed) runs with :func:`perf.train.run_one`,
@@ -20,7 +21,7 @@ on the same initial weights and batches per seed, and prints one row per run:
   whose loss spiked near step 737 in the full protocol.
 
 The table is printed (pandas + tabulate) and appended to ``perf/results/spot.csv`` with the
-commit and date.
+device, commit and date.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ import torch
 from torch import nn
 
 import tritonkron as tk
+from perf.__main__ import append_csv
 from perf.check_env import git_commit
+from perf.device import add_device_argument, describe_device
 from perf.peers import PRECONDITION_EVERY, OptimizerEntry, build_registry
 from perf.train import run_one
 from perf.train_workloads import build_workload
@@ -116,8 +119,10 @@ def study_runs(study: str) -> list[Run]:
     raise ValueError(f"study must be 'betas', 'long' or 'clip'; got {study!r}")
 
 
-def run_study(study: str, runs: list[Run] | None = None, tiny: bool = False) -> pd.DataFrame:
-    """Train every run of ``study`` (or ``runs``) and return one row per run; ``tiny`` is the test size."""
+def run_study(
+    study: str, runs: list[Run] | None = None, tiny: bool = False, device: torch.device | str = "cpu"
+) -> pd.DataFrame:
+    """Train every run of ``study`` (or ``runs``) on ``device``; one row per run. ``tiny`` is the test size."""
     entries = configurations()
     full = study in ("long", "clip")
     workloads, batches, rows = {}, {}, []
@@ -127,7 +132,7 @@ def run_study(study: str, runs: list[Run] | None = None, tiny: bool = False) -> 
             print(f"skipped {label}: not installed", flush=True)
             continue
         if wl not in workloads:
-            workloads[wl] = build_workload(wl, quick=not full, tiny=tiny)
+            workloads[wl] = build_workload(wl, quick=not full, tiny=tiny, device=device)
         if (wl, seed) not in batches:
             batches[wl, seed] = workloads[wl].batches(seed)
         r = run_one(workloads[wl], entry, lr, seed, study, batches[wl, seed])
@@ -150,17 +155,21 @@ def run_study(study: str, runs: list[Run] | None = None, tiny: bool = False) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", choices=("betas", "long", "clip"), required=True)
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=RESULTS / "spot.csv")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    table = run_study(args.study)
+    device = describe_device(args.device)
+    print(f"device: {device}", flush=True)
+    table = run_study(args.study, device=args.device)
     print(table.to_markdown(index=False, floatfmt=".4g"))
+    table["device"] = device
     table["commit"] = git_commit()
     table["timestamp"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+    append_csv(args.out, table.to_dict("records"))  # a file started before a new column gets the union
     print(f"appended {len(table)} rows to {args.out}")
 
 

@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m perf.bench_stacking [--steps 40] [--warmup 12] [--out perf/results/stacking.csv]
+    python -m perf.bench_stacking [--steps 40] [--warmup 12] [--device auto|cpu|cuda]
+                                  [--out perf/results/stacking.csv]
 
 Every configuration steps its own copy of the parameters of :class:`perf.models.CharGPT`
 (≈ 0.43 M scalars) with the same fixed N(0, 1) gradients; the configurations take turns step by
@@ -10,16 +11,16 @@ step, so machine contention hits them alike. AdamW (``torch.optim.AdamW``) is th
 same run. With ``precondition_every=10`` the timed window holds ``steps / 10`` basis refreshes, so
 the **mean** is the amortised cost per step. After the run, the parameters stepped with and without
 stacking are compared bit for bit (the ``same bits`` column), the guarantee of
-:mod:`tritonkron.stacking`.
+:mod:`tritonkron.stacking`. Parameters, gradients and state live on ``--device`` (default ``auto``:
+CUDA when available); on CUDA every timed step is bracketed by ``torch.cuda.synchronize()``.
 
 The table is printed (pandas + tabulate) and written as CSV to ``--out`` with machine, versions,
-commit and date.
+device, commit and date.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 
 import tritonkron as tk
 from perf.bench_table import timing_main
+from perf.device import clock
 from perf.models import CharGPT, count_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,12 +55,14 @@ def _label(block_size: int, stack: bool) -> str:
     return f"Kron b={block_size} stack={stack}"
 
 
-def run(steps: int, warmup: int, block_sizes: tuple[int, ...] = BLOCK_SIZES) -> pd.DataFrame:
-    """Interleaved step times of every configuration; ratios against AdamW and against stack=False."""
+def run(
+    steps: int, warmup: int, block_sizes: tuple[int, ...] = BLOCK_SIZES, device: torch.device | str = "cpu"
+) -> pd.DataFrame:
+    """Interleaved step times of every configuration on ``device``; ratios against AdamW and stack=False."""
     torch.manual_seed(0)
-    model = CharGPT(80)
+    model = CharGPT(80).to(device)
     generator = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=generator) for p in model.parameters()]
+    grads = [torch.randn(p.shape, generator=generator).to(device) for p in model.parameters()]
     configs = configurations(block_sizes)
     copies = {label: [p.detach().clone().requires_grad_() for p in model.parameters()] for label in configs}
     opts = {label: factory(copies[label]) for label, factory in configs.items()}
@@ -67,10 +71,10 @@ def run(steps: int, warmup: int, block_sizes: tuple[int, ...] = BLOCK_SIZES) -> 
         for label, opt in opts.items():
             for p, g in zip(copies[label], grads, strict=True):
                 p.grad = g.clone()
-            start = time.perf_counter()
+            start = clock(device)
             opt.step()
             if step >= warmup:
-                times[label].append(1000 * (time.perf_counter() - start))
+                times[label].append(1000 * (clock(device) - start))
     rows = []
     for label, ms in times.items():
         rows.append(

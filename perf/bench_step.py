@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m perf step [--full] [--optimizers LABEL ...] [--steps 20]
+    python -m perf step [--full] [--optimizers LABEL ...] [--steps 20] [--device auto|cpu|cuda]
 
 Each case is one fp32 weight matrix of a real layer shape from :mod:`perf.shapes` (never literals):
 the four GPT-2-small block matrices whole (768 × 768 up to 768 × 3072), one block of GPT-2's qkv
@@ -15,7 +15,9 @@ allocation, initial eigendecompositions, any lazy import, and past pytorch-optim
 start-up phase of 10 steps), then ``steps`` timed steps. With refresh period 10 a window of
 20 steps holds two basis refreshes, so the **mean** is the amortised cost per step; p50/p20/p80 show
 the typical (refresh-free) step. FLOP models are not given: the peers' internals differ too much for
-one formula to be fair, and on CPU the absolute time is what a user pays.
+one formula to be fair, and on CPU the absolute time is what a user pays. The matrix, its gradients
+and the optimizer state live on ``--device``; on CUDA each timed step is bracketed by
+``torch.cuda.synchronize()`` (:func:`perf.device.clock`).
 
 Rows are appended to ``perf/results/step.csv`` (STYLE.md §H columns: op, provider, shape name, m, n,
 B, dtype, metric, unit, p50, p20, p80, plus mean, device, versions, commit, timestamp).
@@ -35,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from perf.device import clock
 from perf.peers import OptimizerEntry
 from perf.shapes import GPT2_SMALL, LLAMA_7B, TINY, LayerShape, ModelShapes, block_shapes
 
@@ -81,19 +84,26 @@ class _OneMatrix(nn.Module):
         self.weight = nn.Parameter(torch.randn(m, n) * 0.02)
 
 
-def time_steps(entry: OptimizerEntry, case: StepCase, warmup: int, steps: int, seed: int = 0) -> list[float]:
-    """Seconds of each timed ``opt.step()`` of ``entry`` on one ``case`` matrix."""
+def time_steps(
+    entry: OptimizerEntry,
+    case: StepCase,
+    warmup: int,
+    steps: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Seconds of each timed ``opt.step()`` of ``entry`` on one ``case`` matrix on ``device``."""
     assert entry.build is not None, entry.skip
     g = torch.Generator().manual_seed(seed)
-    model = _OneMatrix(case.m, case.n)
-    grads = [torch.randn(case.m, case.n, generator=g) for _ in range(min(4, warmup + steps))]
+    model = _OneMatrix(case.m, case.n).to(device)
+    grads = [torch.randn(case.m, case.n, generator=g).to(device) for _ in range(min(4, warmup + steps))]
     opt = entry.build(model, 1e-3)
     times = []
     for i in range(warmup + steps):
         model.weight.grad = grads[i % len(grads)].clone()
-        t0 = time.perf_counter()
+        t0 = clock(device)
         opt.step()
-        elapsed = time.perf_counter() - t0
+        elapsed = clock(device) - t0
         if i >= warmup:
             times.append(elapsed)
     return times
@@ -111,8 +121,9 @@ def run_step_bench(
     steps: int = 20,
     max_seconds_per_case: float = 60.0,
     progress: Callable[[str], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> list[dict[str, object]]:
-    """Time every runnable entry on every case.
+    """Time every runnable entry on every case, on ``device``.
 
     An entry whose warm-up plus timed steps on a case took longer than ``max_seconds_per_case`` is
     not run on larger cases (a row with ``metric="skipped"`` records why).
@@ -132,7 +143,7 @@ def run_step_bench(
                 rows.append({**base, "metric": "skipped", "note": too_slow[entry.label]})
                 continue
             started = time.perf_counter()
-            times = time_steps(entry, case, warmup, steps)
+            times = time_steps(entry, case, warmup, steps, device=device)
             total = time.perf_counter() - started
             row = {
                 **base,
@@ -204,7 +215,7 @@ def step_section(results: Path, rel: Path) -> list[str]:
         f"case, synthetic gradients, {int(step['warmup'].iloc[0])} warm-up steps then "
         f"{int(step['timed_steps'].iloc[0])} timed steps. The tables give the mean (the amortised cost, "
         "including the basis refreshes of the window; period 10) and its ratio to AdamW's on the same "
-        f"matrix. CPU: {step['cpu'].iloc[0]}, torch threads {step['threads'].iloc[0]}."
+        f"matrix. Device: {step['device'].iloc[0]}; CPU: {step['cpu'].iloc[0]}, torch threads {step['threads'].iloc[0]}."
     )
     lines.append("")
     if not timed.empty:
@@ -229,7 +240,7 @@ def step_section(results: Path, rel: Path) -> list[str]:
         if {fp32, bf16} <= set(pivot.index):
             ratio = pivot.loc[bf16, order] / pivot.loc[fp32, order]
             lines += [
-                f"Muon's Newton–Schulz precision on this CPU: torch's stock bfloat16 iteration took "
+                f"Muon's Newton–Schulz precision on this device: torch's stock bfloat16 iteration took "
                 f"{ratio.min():.2g}–{ratio.max():.2g}× the time of the float32 one used in training "
                 "(below 1: bfloat16 is faster here, so the float32 substitution does not flatter Muon).",
                 "",

@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python -m perf.demo [--steps N] [--seeds S] [--lrs 1e-3,3e-3] [--tune-steps 30]
-                        [--out perf/results/demo.md]
+                        [--device auto|cpu|cuda] [--out perf/results/demo.md]
 
 First the tuner (:func:`autotune.tune_model`, what ``python -m autotune`` runs) calibrates the
 demo MLP for ``--tune-steps`` steps on the training split and writes its tuning file next to the
@@ -13,7 +13,9 @@ and the report includes the tuner's per-shape summary. Training runs with the tu
 ``cpu_threads`` knob. Every optimizer configuration is trained from the same initial weights on the same minibatch
 sequence for each seed, over a small learning-rate grid; the learning rate with the lowest mean
 final training loss (full training split, after the last step) is reported. Only ``opt.step()`` is
-timed. The table is printed and written as Markdown to ``--out``.
+timed. Data, models, optimizers and the tuning run live on ``--device`` (default ``auto``: CUDA
+when available, else the CPU; :mod:`perf.device`), which the report states. The table is printed
+and written as Markdown to ``--out``.
 
 Modules: :mod:`perf.demo_training` (optimizer configurations, the MLP, one training run),
 :mod:`perf.demo_tables` (the result tables), :mod:`perf.demo_autotune` (the autotune step); this
@@ -37,6 +39,7 @@ import torch
 import tritonkron as tk
 from autotune.__main__ import summary_frame
 from autotune.measure import cpu_threads
+from autotune.search import TuneResult
 from perf.cli import positive_int
 from perf.demo_autotune import autotune_demo, autotune_section, tuned_threads
 from perf.demo_tables import grid_table, summary_table, to_markdown
@@ -52,6 +55,7 @@ from perf.demo_training import (
     optimizer_specs,
     train_run,
 )
+from perf.device import add_device_argument, describe_device
 from perf.workloads import (
     FASHION_MNIST_ROOT,
     Dataset,
@@ -154,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30,
         help="calibration steps of the autotune step; its tuning.json goes next to --out (default 30)",
     )
+    add_device_argument(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -175,6 +180,55 @@ def load_data(args: argparse.Namespace) -> Dataset:
     return load_image_classification("fashion_mnist", root=args.fashion_root, limit=args.limit)
 
 
+def _autotune_step(
+    args: argparse.Namespace, data: Dataset, hidden: Sequence[int]
+) -> tuple[TuneResult, Path, float]:
+    """Tune the demo MLP on ``data``'s device, print the tuner's summary; (result, tuning file, seconds)."""
+    print(f"autotune: calibrating {args.tune_steps} steps ...", flush=True)
+    tuned, tuning_path, tune_s = autotune_demo(
+        data,
+        hidden,
+        args.out.parent / "tuning.json",
+        steps=args.tune_steps,
+        batch_size=args.batch_size,
+        precondition_every=args.precondition_every,
+    )
+    print(to_markdown(summary_frame(tuned)))
+    print(f"autotune: wrote {tuning_path} on {tuned.device} in {tune_s:.0f} s", flush=True)
+    return tuned, tuning_path, tune_s
+
+
+def _train_grid(
+    data: Dataset,
+    specs: Sequence[OptimizerSpec],
+    lrs: Sequence[float],
+    schedules: dict[int, torch.Tensor],
+    hidden: Sequence[int],
+    threads: int,
+) -> tuple[list[RunResult], str]:
+    """Train every (spec, lr, seed) with ``threads`` torch threads; the runs and the device line.
+
+    The device line (:func:`perf.device.describe_device` of the data's device) is taken while the
+    tuned thread count is in force, so on the CPU it gives the threads the runs used.
+    """
+    results: list[RunResult] = []
+    total = len(specs) * len(lrs) * len(schedules)
+    with cpu_threads(threads):  # surplus threads on a shared CPU slow small matrix products badly
+        device = describe_device(data.x_train.device)
+        for spec in specs:
+            for lr in lrs:
+                for seed, batches in schedules.items():
+                    result = train_run(data, spec, lr, seed, batches, hidden)
+                    results.append(result)
+                    print(
+                        f"[{len(results):>3}/{total}] {spec.label:<24} lr={lr:<8g} seed={seed}  "
+                        f"train loss {result.train_loss:.4f}  test acc {100 * result.test_accuracy:5.1f}%  "
+                        f"({result.wall_s:.1f} s)",
+                        flush=True,
+                    )
+    return results, device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; print the summary table and write it as Markdown to ``--out``.
 
@@ -186,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
-    data = load_data(args)
+    data = load_data(args).to(args.device)
     hidden = args.hidden if args.hidden is not None else ([128, 64] if data.name == "fashion_mnist" else [64])
     lrs = args.lrs if args.lrs is not None else list(DEFAULT_LRS)
     if args.tune_steps < 2:
@@ -194,39 +248,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     architecture = " → ".join(str(w) for w in [data.num_features, *hidden, data.num_classes])
     print(f"data: {data.note}")
-    print(f"autotune: calibrating {args.tune_steps} steps ...", flush=True)
-    tuned, tuning_path, tune_s = autotune_demo(
-        data,
-        hidden,
-        args.out.parent / "tuning.json",
-        steps=args.tune_steps,
-        batch_size=args.batch_size,
-        precondition_every=args.precondition_every,
-    )
-    print(to_markdown(summary_frame(tuned)))
-    print(f"autotune: wrote {tuning_path} in {tune_s:.0f} s", flush=True)
+    print(f"device: {describe_device(args.device)}")
+    tuned, tuning_path, tune_s = _autotune_step(args, data, hidden)
     specs = optimizer_specs(args.rank, args.precondition_every, tuning_path)
     print(
         f"model: MLP {architecture}; {args.steps} steps of batch {args.batch_size}; seeds {seeds}; lrs {lrs}"
     )
     schedules = {
-        seed: batch_schedule(data.x_train.shape[0], args.steps, args.batch_size, seed) for seed in seeds
+        seed: batch_schedule(data.x_train.shape[0], args.steps, args.batch_size, seed).to(args.device)
+        for seed in seeds
     }
-    results: list[RunResult] = []
-    total = len(specs) * len(lrs) * len(seeds)
     threads = tuned_threads(tuned)
-    with cpu_threads(threads):  # surplus threads on a shared CPU slow small matrix products badly
-        for spec in specs:
-            for lr in lrs:
-                for seed in seeds:
-                    result = train_run(data, spec, lr, seed, schedules[seed], hidden)
-                    results.append(result)
-                    print(
-                        f"[{len(results):>3}/{total}] {spec.label:<24} lr={lr:<8g} seed={seed}  "
-                        f"train loss {result.train_loss:.4f}  test acc {100 * result.test_accuracy:5.1f}%  "
-                        f"({result.wall_s:.1f} s)",
-                        flush=True,
-                    )
+    results, device = _train_grid(data, specs, lrs, schedules, hidden, threads)
+    total = len(results)
     summary = summary_table(results)
     grid = grid_table(results)
     elapsed = time.perf_counter() - started
@@ -246,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- all optimizers: betas {BETAS}, eps {EPS:g}, weight decay 0; Kron precondition_every "
         f"{args.precondition_every}, block_size 1024 (rank=auto: the tuned block sizes and ranks, "
         f"`{tuning_path}`)",
+        f"- device: {device}",
         f"- torch {torch.__version__}, tritonkron {getattr(tk, '__version__', '?')}, Python {platform.python_version()}",
         f"- date: {now}; CPU threads: {threads} (torch, the tuned `cpu_threads`) of {os.cpu_count()} (os); "
         f"total time {elapsed:.0f} s",

@@ -36,8 +36,9 @@ def autotune_demo(
 ) -> tuple[TuneResult, Path, float]:
     """Tune the demo MLP (as ``python -m autotune`` would) and write the tuning file to ``out``.
 
-    The calibration trains a fresh MLP (seed ``seed``) for ``steps`` steps on random training
-    batches; kernel configs are searched on CUDA only, and every CPU timing is a single call.
+    The calibration trains a fresh MLP (seed ``seed``) on ``data``'s device (the device tuned for)
+    for ``steps`` steps on random training batches; kernel configs are searched on CUDA only, and
+    every CPU timing is a single call.
 
     Args:
         data: the demo data set.
@@ -52,13 +53,14 @@ def autotune_demo(
         (the tuner's result, the written path, seconds taken).
     """
     start = time.perf_counter()
+    device = data.x_train.device
     torch.manual_seed(seed)
-    model = make_mlp(data.num_features, hidden, data.num_classes)
+    model = make_mlp(data.num_features, hidden, data.num_classes).to(device)
     generator = torch.Generator().manual_seed(20_000 + seed)
     size = min(batch_size, data.x_train.shape[0])
 
     def loss_fn(m: nn.Module) -> torch.Tensor:
-        idx = torch.randint(0, data.x_train.shape[0], (size,), generator=generator)
+        idx = torch.randint(0, data.x_train.shape[0], (size,), generator=generator).to(device)
         return F.cross_entropy(m(data.x_train[idx]), data.y_train[idx])
 
     threads = torch.get_num_threads()
@@ -84,8 +86,9 @@ def autotune_section(result: TuneResult, path: Path, seconds: float) -> list[str
     return [
         "## Autotune",
         "",
-        f"`tune_model` (what `python -m autotune` runs) calibrated the MLP for {len(losses)} steps "
-        f"(loss {losses[0]:.4g} → {losses[-1]:.4g}) and wrote `{path}` in {seconds:.0f} s. "
+        f"`tune_model` (what `python -m autotune` runs) calibrated the MLP on {result.device} for "
+        f"{len(losses)} steps (loss {losses[0]:.4g} → {losses[-1]:.4g}) and wrote `{path}` "
+        f"(tuned for `{result.table.device}`) in {seconds:.0f} s. "
         'Per shape: block size and rank per factor for `rank="auto"`, and for `rank="auto", '
         "sketch=True` the ranks k, the sketch rank ℓ (capped) and the block size; predicted step "
         "times and state are measured on a stand-alone parameter of that shape.",

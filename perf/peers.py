@@ -329,7 +329,7 @@ def build_registry(ranks: Sequence[int] = (8, 32)) -> list[OptimizerEntry]:
             "peer",
             f"torch {torch.__version__} Muon",
             _muon,
-            note="float32 Newton–Schulz on CPU; match_rms_adamw; AdamW for embeddings, head and 1-D",
+            note="float32 Newton–Schulz (bfloat16 GEMMs are slow on CPU); match_rms_adamw; AdamW for embeddings, head and 1-D",
         ),
         OptimizerEntry(
             "Muon (bf16 NS, stock)",

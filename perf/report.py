@@ -30,6 +30,7 @@ __all__ = [
     "mean_curves",
     "plot_curves",
     "render",
+    "session_device",
     "step_costs",
     "summarize",
     "target_table",
@@ -125,6 +126,11 @@ _HEADLINE_COLUMNS = [
 ]
 
 
+def session_device(env: dict) -> str:
+    """The device a session ran on (``cuda (NVIDIA H200)``); sessions recorded before the field ran on the CPU."""
+    return str(env.get("device") or f"cpu ({env['threads']} threads)")
+
+
 def _plotted(meta: dict, table: pd.DataFrame) -> list[str]:
     """Labels drawn in a workload's plot: every non-ablation optimizer that ran, plus the best Kron."""
     labels = [e["label"] for e in meta["entries"] if not e["ablation"] and e["skip"] is None]
@@ -144,7 +150,7 @@ def _headline(meta: dict, tables: dict[str, pd.DataFrame], rel: Path) -> list[st
     return [
         "## Headline: character-level language model",
         "",
-        f"{wl['title']} on {wl['data']}, {wl['params']:,} parameters, {wl['steps']} steps, 2 CPU cores "
+        f"{wl['title']} on {wl['data']}, {wl['params']:,} parameters, {wl['steps']} steps, device {session_device(meta['env'])} "
         f"(`python -m perf train{' --quick' if meta['quick'] else ''}`, {mode} mode, session `{meta['session']}`). "
         "Seed means at each optimizer's best learning rate; × AdamW steps = steps to reach AdamW's final "
         "validation loss relative to AdamW (– = not reached); step ms mean = amortised `opt.step()`.",
@@ -152,6 +158,25 @@ def _headline(meta: dict, tables: dict[str, pd.DataFrame], rel: Path) -> list[st
         target_table(rows[columns]),
         "",
         f"![char_lm validation loss]({(rel / 'report_char_lm.png').as_posix()})",
+        "",
+    ]
+
+
+def _session_lines(meta: dict) -> list[str]:
+    """The report's title and the session's device, machine, versions and protocol."""
+    env = meta["env"]
+    return [
+        "# tritonkron benchmarks against the peers",
+        "",
+        f"Session `{meta['session']}` ({'quick' if meta['quick'] else 'full'} mode), commit `{env['git_commit']}`, "
+        f"{env['timestamp']}; total {meta.get('elapsed_s', math.nan):.0f} s. Command: `{meta['command']}`.",
+        "",
+        f"- device: {session_device(env)}",
+        f"- machine: {env['cpu']} — {env['cores']} cores, torch threads {env['threads']}, {env['platform']}; "
+        f"load average {env['load_start']} at start, {meta.get('load_end', '?')} at end (other jobs share the machine; "
+        "ratios to AdamW are measured in the same process and are the robust numbers)",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}",
+        f"- protocol: {meta['protocol']}",
         "",
     ]
 
@@ -171,20 +196,7 @@ def render(results: Path = RESULTS, out: Path | None = None, session: str | None
         if results.resolve().is_relative_to(out.parent.resolve())
         else results
     )
-    env = meta["env"]
-    lines = [
-        "# tritonkron benchmarks against the peers",
-        "",
-        f"Session `{meta['session']}` ({'quick' if meta['quick'] else 'full'} mode), commit `{env['git_commit']}`, "
-        f"{env['timestamp']}; total {meta.get('elapsed_s', math.nan):.0f} s. Command: `{meta['command']}`.",
-        "",
-        f"- machine: {env['cpu']} — {env['cores']} cores, torch threads {env['threads']}, {env['platform']}; "
-        f"load average {env['load_start']} at start, {meta.get('load_end', '?')} at end (other jobs share the machine; "
-        "ratios to AdamW are measured in the same process and are the robust numbers)",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}",
-        f"- protocol: {meta['protocol']}",
-        "",
-    ]
+    lines = _session_lines(meta)
     entries = pd.DataFrame(meta["entries"])
     tables = {
         name: summarize(

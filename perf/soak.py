@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m perf.soak [--steps 3000] [--nan-rate 0.01] [--fail-every 50] [--out perf/results/soak.md]
+    python -m perf.soak [--steps 3000] [--nan-rate 0.01] [--fail-every 50] [--device auto|cpu|cuda]
+                        [--out perf/results/soak.md]
 
 Workload: an MLP 64-64-32-10 on scikit-learn's bundled ``load_digits`` (real 8 × 8 handwritten
 digits; train on the first 1500, evaluate on the rest), minibatches of 64. Three runs from the same
@@ -16,7 +17,9 @@ weights and batches:
 
 Reported: whether training reached the end, steps skipped (sum of ``skipped_steps``), refresh
 failures injected, whether any parameter became non-finite, and final train/test loss and accuracy.
-Written as Markdown (pandas + tabulate, with machine, versions and date) and CSV next to it.
+The runs live on ``--device`` (default ``auto``: CUDA when available, else the CPU); the batches
+and injected faults are drawn on the CPU, so they are the same on every device. Written as
+Markdown (pandas + tabulate, with the device, machine, versions and date) and CSV next to it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import nn
 
 import tritonkron as tk
 import tritonkron.preconditioner as preconditioner
+from perf.device import add_device_argument, describe_device
 from tritonkron.reference.basis import Eigenpairs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,10 +78,12 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
-def run(label: str, steps: int, nan_rate: float, fail_every: int) -> dict[str, object]:
-    """One soak run; faults only when ``nan_rate`` > 0 or ``fail_every`` > 0."""
-    x, y, x_test, y_test = _data()
-    model = _model()
+def run(
+    label: str, steps: int, nan_rate: float, fail_every: int, device: torch.device | str = "cpu"
+) -> dict[str, object]:
+    """One soak run on ``device``; faults only when ``nan_rate`` > 0 or ``fail_every`` > 0."""
+    x, y, x_test, y_test = (t.to(device) for t in _data())
+    model = _model().to(device)
     params = list(model.parameters())
     if label == "AdamW":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=3e-3)
@@ -89,7 +95,7 @@ def run(label: str, steps: int, nan_rate: float, fail_every: int) -> dict[str, o
     injected = 0
     try:
         for _ in range(steps):
-            idx = torch.randint(0, len(x), (64,), generator=gen)
+            idx = torch.randint(0, len(x), (64,), generator=gen).to(device)
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             if nan_rate and float(torch.rand((), generator=gen)) < nan_rate:
@@ -122,20 +128,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--nan-rate", type=float, default=0.01)
     parser.add_argument("--fail-every", type=int, default=50)
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.md")
     args = parser.parse_args(argv)
     if args.steps < 1 or not 0 <= args.nan_rate < 1 or args.fail_every < 0:
         parser.error("--steps must be >= 1, --nan-rate in [0, 1), --fail-every >= 0")
     rows = [
-        run("Kron (faults)", args.steps, args.nan_rate, args.fail_every),
-        run("Kron (clean)", args.steps, 0.0, 0),
-        run("AdamW", args.steps, 0.0, 0),
+        run("Kron (faults)", args.steps, args.nan_rate, args.fail_every, args.device),
+        run("Kron (clean)", args.steps, 0.0, 0, args.device),
+        run("AdamW", args.steps, 0.0, 0, args.device),
     ]
     table = pd.DataFrame(rows)
     header = (
-        f"# Soak run\n\n{dt.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, tritonkron {tk.__version__}; "
-        f"`python -m perf.soak --steps {args.steps} --nan-rate {args.nan_rate} --fail-every {args.fail_every}`; "
+        f"# Soak run\n\n{dt.date.today().isoformat()}, device {describe_device(args.device)}, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, tritonkron {tk.__version__}; "
+        f"`python -m perf.soak --steps {args.steps} --nan-rate {args.nan_rate} --fail-every {args.fail_every} "
+        f"--device {args.device.type}`; "
         "MLP 64-64-32-10 on scikit-learn digits, batch 64, lr 3e-3, Kron logdet with refresh every 5 steps.\n\n"
     )
     text = header + table.to_markdown(index=False, floatfmt=".4g") + "\n"

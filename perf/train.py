@@ -14,7 +14,8 @@ Protocol (the same for every optimizer on a workload):
 
 Seed ``s`` fixes the initial weights (``torch.manual_seed(s)`` before the model is built) and the
 minibatch sequence, so at equal seeds every optimizer starts from the same weights and sees the
-same batches. Each step is timed in two parts, forward + backward and ``opt.step()``; the
+same batches. Each step is timed in two parts, forward + backward and ``opt.step()``, on the
+workload's device (on CUDA the timer waits for the queued work at each mark, :func:`perf.device.clock`); the
 validation passes are not timed and the cumulative training time at each evaluation is recorded
 for loss-against-seconds plots. After the run, the optimizer state is measured in bytes.
 Library code: progress goes to a callback, never to stdout.
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from perf.device import clock
 from perf.peers import OptimizerEntry, precond_bytes, state_bytes
 from perf.train_workloads import WORKLOADS, Workload, build_workload
 
@@ -102,14 +104,15 @@ def run_one(
     window: list[float] = []
     train_s = 0.0
     diverged = False
+    device = workload.device
     for step, (x, y) in enumerate(batches, start=1):
-        t0 = time.perf_counter()
+        t0 = clock(device)
         opt.zero_grad(set_to_none=True)
         loss = workload.loss(model, x, y)
         loss.backward()
-        t1 = time.perf_counter()
+        t1 = clock(device)
         opt.step()
-        t2 = time.perf_counter()
+        t2 = clock(device)
         fwd_bwd.append(t1 - t0)
         step_times.append(t2 - t1)
         train_s += t2 - t0

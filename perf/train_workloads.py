@@ -41,6 +41,7 @@ class Workload:
         eval_every: steps between validation passes.
         lrs: the learning-rate grid.
         params: number of trainable parameters.
+        device: where the models, batches and validation data live.
     """
 
     name: str
@@ -55,6 +56,7 @@ class Workload:
     eval_every: int
     lrs: tuple[float, ...]
     params: int
+    device: torch.device = torch.device("cpu")
 
 
 def _classification(data: Dataset, val_limit: int) -> tuple[Callable, Callable]:
@@ -77,7 +79,7 @@ def _image_batches(
     from perf.demo_training import batch_schedule
 
     def batches(seed: int) -> list[tuple[Tensor, Tensor]]:
-        schedule = batch_schedule(data.x_train.shape[0], steps, batch_size, seed)
+        schedule = batch_schedule(data.x_train.shape[0], steps, batch_size, seed).to(data.x_train.device)
         return [(data.x_train[idx], data.y_train[idx]) for idx in schedule]
 
     return batches
@@ -104,7 +106,9 @@ _SIZES = {  # (quick, full)
 }
 
 
-def build_workload(name: str, quick: bool, tiny: bool = False) -> Workload:
+def build_workload(
+    name: str, quick: bool, tiny: bool = False, device: torch.device | str = "cpu"
+) -> Workload:
     """Build one workload at the quick, full or test (``tiny``) size.
 
     ==========  =================================  ===============  ===============
@@ -119,6 +123,8 @@ def build_workload(name: str, quick: bool, tiny: bool = False) -> Workload:
         name: one of :data:`WORKLOADS`.
         quick: the ``--quick`` budget (fewer steps, smaller validation sets, grid of 3).
         tiny: a seconds-long configuration for the test suite (overrides ``quick``).
+        device: where the models, batches and validation data live (the data are loaded on the
+            CPU and moved once; batches and initial weights are the same on every device).
 
     Returns:
         The workload.
@@ -126,16 +132,18 @@ def build_workload(name: str, quick: bool, tiny: bool = False) -> Workload:
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; choose from {WORKLOADS}")
     size = _TINY if tiny else _SIZES[name][0 if quick else 1]
+    device = torch.device(device)
     if name == "char_lm":
-        return _char_lm(size, tiny)
+        return _char_lm(size, tiny, device)
     data = load_image_classification("digits" if tiny else "fashion_mnist", limit=20_000 if quick else None)
+    data = data.to(device)
     side = int(round(data.num_features**0.5))
     loss, evaluate = _classification(data, size.val)
     if name == "mlp":
         hidden = [32] if tiny else [256, 256]
 
         def make_model() -> nn.Module:
-            return make_mlp(data.num_features, hidden, data.num_classes)
+            return make_mlp(data.num_features, hidden, data.num_classes).to(device)
 
         title = (
             f"MLP {'-'.join(map(str, [data.num_features, *hidden, data.num_classes]))}, batch {size.batch}"
@@ -144,7 +152,7 @@ def build_workload(name: str, quick: bool, tiny: bool = False) -> Workload:
         channels, width = ((4, 8), 16) if tiny else ((16, 32), 64)
 
         def make_model() -> nn.Module:
-            return SmallCNN(side, data.num_classes, channels=channels, hidden=width)
+            return SmallCNN(side, data.num_classes, channels=channels, hidden=width).to(device)
 
         title = f"CNN 2×(conv3×3 + pool) {channels[0]}/{channels[1]} channels on {side}×{side}, batch {size.batch}"
     torch.manual_seed(0)
@@ -161,20 +169,22 @@ def build_workload(name: str, quick: bool, tiny: bool = False) -> Workload:
         eval_every=max(1, size.steps // size.evals),
         lrs=size.lrs,
         params=count_parameters(make_model()),
+        device=device,
     )
 
 
-def _char_lm(size: _Size, tiny: bool) -> Workload:
+def _char_lm(size: _Size, tiny: bool, device: torch.device) -> Workload:
     corpus = load_corpus("fallback" if tiny else "auto")
     chars = encode_corpus(corpus, max_chars=200_000 if tiny else None)
     context, d_model, n_layer, n_head = (16, 16, 1, 2) if tiny else (64, 128, 2, 4)
     val_windows = 16 if tiny else size.val
     g = torch.Generator().manual_seed(1234)
     starts = torch.randint(0, len(chars.val) - context - 1, (val_windows,), generator=g)
-    val = torch.stack([chars.val[s : s + context + 1] for s in starts.tolist()])
+    val = torch.stack([chars.val[s : s + context + 1] for s in starts.tolist()]).to(device)
 
     def make_model() -> nn.Module:
-        return CharGPT(chars.vocab_size, context=context, d_model=d_model, n_layer=n_layer, n_head=n_head)
+        model = CharGPT(chars.vocab_size, context=context, d_model=d_model, n_layer=n_layer, n_head=n_head)
+        return model.to(device)
 
     def lm_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
@@ -188,7 +198,7 @@ def _char_lm(size: _Size, tiny: bool) -> Workload:
         offsets = torch.randint(0, len(chars.train) - context - 1, (size.steps, size.batch), generator=gen)
         out = []
         for row in offsets:
-            windows = torch.stack([chars.train[s : s + context + 1] for s in row.tolist()])
+            windows = torch.stack([chars.train[s : s + context + 1] for s in row.tolist()]).to(device)
             out.append((windows[:, :-1], windows[:, 1:]))
         return out
 
@@ -207,4 +217,5 @@ def _char_lm(size: _Size, tiny: bool) -> Workload:
         eval_every=max(1, size.steps // size.evals),
         lrs=size.lrs,
         params=count_parameters(make_model()),
+        device=device,
     )

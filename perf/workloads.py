@@ -99,6 +99,14 @@ class Dataset:
         """Number of input features (pixels) per example."""
         return int(self.x_train.shape[1])
 
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data set with its four tensors on ``device`` (``self`` when they are there already)."""
+        device = torch.device(device)
+        if self.x_train.device == device:
+            return self
+        tensors = ("x_train", "y_train", "x_test", "y_test")
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in tensors})
+
 
 def _open_maybe_gzip(path: Path) -> BinaryIO:
     """Open ``path`` for binary reading, transparently decompressing it if it is gzip."""

@@ -9,6 +9,7 @@ the tuned ranks. Kernel tests run the Triton launchers under ``TRITON_INTERPRET=
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,9 @@ def test_cli_end_to_end(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "calibration step 30" in proc.stderr and "[####" in proc.stderr  # progress bar
     assert "rank A" in proc.stdout and "state MB full" in proc.stdout and f"wrote {out}" in proc.stdout
+    device = proc.stdout.splitlines()[0]  # the device line comes first: "device: cpu (2 threads)"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto
+    assert re.fullmatch(rf"device: {expected} \(.+\)", device), device
 
     table = load_tuning(out)
     entries = {e.shape: e for e in table.entries}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,9 @@ def test_autotune_demo_writes_a_tuning_file_with_dense_and_sketched_choices(tmp_
         assert s.sketch_rank <= sketch_cap(m, n, 0.125)
     lines = demo.autotune_section(result, path, seconds)
     text = "\n".join(lines)
-    assert lines[0] == "## Autotune" and str(out) in text and "calibrated the MLP for 6 steps" in text
+    assert lines[0] == "## Autotune" and str(out) in text
+    assert re.fullmatch(r"cpu \(\d+ threads?\)", result.device)  # with the tuned thread count
+    assert f"calibrated the MLP on {result.device} for 6 steps" in text and "(tuned for `cpu`)" in text
     assert "| 32x64 " in text and "| 10x32 " in text and "ℓ " in text
 
 

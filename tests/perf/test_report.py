@@ -16,6 +16,7 @@ from PIL import Image
 
 from perf import peers
 from perf.__main__ import main
+from perf.device import describe_device, resolve_device
 
 CORE = ["AdamW", "Muon (fp32 NS)", "Kron logdet", "Kron logdet r=4"]
 ABLATIONS = ["Kron frobenius", "Kron logdet r=4 sketch"]
@@ -122,6 +123,20 @@ def test_plots_exist_and_show_the_reported_optimizers(tiny_run: Path) -> None:
         assert set(labels) <= set(_table_rows(_section(text, workload)))
     assert "](results/report_step.png)" in text
     assert _png_labels(tiny_run / "results" / "report_step.png") == ["AdamW", "Kron logdet"]
+
+
+def test_report_and_csvs_state_the_device(tiny_run: Path) -> None:
+    results = tiny_run / "results"
+    session = json.loads((results / "train_sessions.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    described = session["env"]["device"]
+    assert described == describe_device(resolve_device("auto"))  # the default --device: "cpu (2 threads)"
+    text = (tiny_run / "REPORT.md").read_text(encoding="utf-8")
+    assert f"\n- device: {described}\n" in text
+    assert f"steps, device {described} (" in text.split("## Headline", 1)[1]
+    assert set(pd.read_csv(results / "train_runs.csv")["device"]) == {described}
+    step = pd.read_csv(results / "step.csv")
+    assert set(step["device"]) == {described}
+    assert f"Device: {described}; CPU: " in text.split("## Step time", 1)[1]
 
 
 def test_curves_and_step_csv_and_rerender(tiny_run: Path) -> None:

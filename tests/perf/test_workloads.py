@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from perf import demo
+from perf.device import resolve_device
 from perf.workloads import (
     Dataset,
     IdxFormatError,
@@ -184,6 +186,10 @@ def test_demo_smoke_run_writes_a_table(tmp_path: Path) -> None:
         assert f"| {label} " in text
     assert "dataset: `digits`" in text and "steps: 12" in text and "torch " in text
     assert (out.parent / "tuning.json").is_file()  # the autotune step writes next to the report
+    kind = resolve_device("auto").type  # the default --device
+    device_line = next(line for line in text.splitlines() if line.startswith("- device: "))
+    assert re.fullmatch(rf"- device: {kind} \(.+\)", device_line), device_line
+    assert f"calibrated the MLP on {kind} (" in text.split("## Autotune", 1)[1]
     summary_rows = [line for line in text.split("## Autotune")[0].splitlines() if line.startswith("| ")]
     assert len(summary_rows) == 8  # header + 7 optimizers
     assert all("nan" not in row.lower() for row in summary_rows), summary_rows
