@@ -44,12 +44,24 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from tritonkron.kernels._common import SMEM_BUDGET, interpreting, is_pow2_tile, resolve_config, tile_size
+from tritonkron.kernels._common import SMEM_BUDGET, is_pow2_tile, resolve_config, tile_size
 
-__all__ = ["BMM_KEYS", "Epilogue", "bmm_config", "bmm_configs", "keep_bmm_config", "launch_bmm"]
+__all__ = ["BMM_KEYS", "Epilogue", "bmm_config", "bmm_configs", "keep_bmm_config", "launch_bmm", "widen_low"]
 
 BMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 _LOW = (torch.float16, torch.bfloat16)
+
+
+def widen_low(t: Tensor) -> Tensor:
+    """t as float64 when it is fp16/bf16 (exact), else t itself.
+
+    A float64 accumulator takes float32/float64 operands only: Triton 3.6 lowers an fp16/bf16
+    operand converted to float64 inside the kernel into an fp64 MMA operand it cannot build (an
+    assertion in its NVIDIA backend, "fp64 don't support largeK MMA"), so such operands are
+    widened before the launch. It costs one copy of the operand, on a path (float64 factors with
+    low-precision gradients) that only a forced float64 state takes.
+    """
+    return t.to(torch.float64) if t.dtype in _LOW else t
 
 
 class Epilogue(enum.IntEnum):
@@ -115,7 +127,7 @@ def _bmm_kernel(
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if NATIVE_DOT:
-            acc = tl.dot(a, b, acc)
+            acc = tl.dot(a, b, acc, out_dtype=tl.float32)
         else:
             b = b.to(ACC)
             if SYM_B:
@@ -125,7 +137,7 @@ def _bmm_kernel(
                 bt = tl.load(bt_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
                 b = 0.5 * (b + bt.to(ACC))
             # Exact products in the accumulator dtype (no TF32), as the reference computes.
-            acc = tl.dot(a.to(ACC), b, acc, input_precision="ieee")
+            acc = tl.dot(a.to(ACC), b, acc, input_precision="ieee", out_dtype=ACC)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
@@ -178,18 +190,17 @@ def bmm_configs() -> list[triton.Config]:
 
 
 def _heuristic(M: int, N: int, K: int) -> dict[str, int]:
-    """Default tiles. Interpreter: tiles ≤ 32 (each program runs serially in numpy; small tiles
-    waste little on masked edges of the small test shapes). GPU: 64 × 64 × 32, or 128 × 128 for
-    large outputs; untuned starting points (fp32 ieee operands)."""
-    interp = interpreting()
-    cap = 32 if interp else (128 if M >= 512 and N >= 512 else 64)
+    """Default tiles: 64 × 64 × 32, or 128 × 128 for large outputs; untuned starting points (fp32
+    ieee operands). The interpreter runs the same tiles as a GPU, so its tests check the variants
+    a GPU launches (every one of them also compiles ahead of time: ``tritonkron.kernels.aot``)."""
+    cap = 128 if M >= 512 and N >= 512 else 64
     tiles = {
         "BLOCK_M": tile_size(M, cap),
         "BLOCK_N": tile_size(N, cap),
         "BLOCK_K": tile_size(K, 32),
         "GROUP_M": 8,
     }
-    return {**tiles, "num_warps": 8 if cap == 128 else 4, "num_stages": 1 if interp else 3}
+    return {**tiles, "num_warps": 8 if cap == 128 else 4, "num_stages": 3}
 
 
 def bmm_config(config: Mapping[str, int] | triton.Config | None, M: int, N: int, K: int) -> dict[str, int]:
@@ -225,7 +236,8 @@ def launch_bmm(
 
     The caller has checked shapes and devices: a ``[B, M, K]``, b ``[B, K, N]``, c ``[B, M, N]``;
     row ``[B, M]``, col ``[B, N]``, y ``[B, M, N]``, shift ``[B]`` as the epilogue needs them.
-    The accumulator is float64 when c is float64, else float32 (module docstring).
+    The accumulator is float64 when c is float64, else float32 (module docstring); with a float64
+    accumulator, fp16/bf16 operands are first widened to float64 in torch (:func:`widen_low`).
 
     Args:
         cfg: a full config with every key of :data:`BMM_KEYS` (see :func:`bmm_config`).
@@ -237,6 +249,8 @@ def launch_bmm(
     if Bsz == 0 or M == 0 or N == 0:
         return
     acc_fp64 = c.dtype == torch.float64
+    if acc_fp64:
+        a, b = widen_low(a), widen_low(b)
     native = a.dtype == b.dtype and a.dtype in _LOW and not acc_fp64 and not sym_b
     # Unused epilogue operands get c as a dummy pointer (never dereferenced) and zero strides.
     row_t, col_t, y_t, shift_t = (t if t is not None else c for t in (row, col, y, shift))

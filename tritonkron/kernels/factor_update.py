@@ -74,7 +74,6 @@ from tritonkron.kernels._common import (
     check_float,
     check_shape,
     check_tensor,
-    interpreting,
     is_pow2_tile,
     may_overlap,
     resolve_config,
@@ -137,16 +136,11 @@ def factor_update_configs() -> list[triton.Config]:
 def _heuristic(d: int, k: int, acc_dtype: torch.dtype) -> dict[str, int]:
     """Default config.
 
-    Interpreter: BLOCK_M = BLOCK_K = the smallest power of two ≥ the size, capped at 64. Each
-    program runs serially in numpy and its cost is mostly per-op overhead, not tile size, so
-    fewer, larger programs are faster: on the kernel tests' reference grid (d, k ≤ 64) caps of
-    64 / 32 / 16 took 4.8 / 7.6 / 17.6 s. (Tests that need several tiles pass a config.)
-    GPU (untuned starting points, fp32 ieee operands): 64 × 64 output tiles with 4 warps, or
-    128 × 128 with 8 warps once d ≥ 1024 (fp32 only: fp64 keeps 64 for shared memory); BLOCK_K
-    32; 3 stages.
+    Untuned starting points (fp32 ieee operands): 64 × 64 output tiles with 4 warps, or 128 × 128
+    with 8 warps once d ≥ 1024 (fp32 only: fp64 keeps 64 for shared memory); BLOCK_K 32; 3 stages.
+    The interpreter runs the same tiles as a GPU, so its tests check the variants a GPU launches.
+    (Tests that need several tiles pass a config.)
     """
-    if interpreting():
-        return {"BLOCK_M": tile_size(d, 64), "BLOCK_K": tile_size(k, 64), "num_warps": 4, "num_stages": 1}
     big = d >= 1024 and acc_dtype == torch.float32
     return {
         "BLOCK_M": tile_size(d, 128 if big else 64),

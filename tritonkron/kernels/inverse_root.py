@@ -36,7 +36,6 @@ import torch
 import triton
 from torch import Tensor
 
-from tritonkron._env import triton_interpret
 from tritonkron.kernels._common import SMEM_BUDGET, is_pow2_tile, resolve_config
 from tritonkron.kernels.sym_gemm import launch_sym_gemm
 from tritonkron.reference.newton_schulz import InverseRootResult, NewtonProgress, RootScaling, RootStatus
@@ -78,11 +77,9 @@ def newton_schulz_configs() -> list[triton.Config]:
 
 
 def _heuristic(d: int) -> dict[str, int]:
-    """Default tiles. Interpreter: BLOCK ≤ 32 (programs run serially in numpy; the test sizes are
-    ≤ 64). GPU: 64 × 64 tiles with BLOCK_K = 32 (128 for d ≥ 1024); untuned starting points."""
-    tile = max(16, min(32 if triton_interpret() else (128 if d >= 1024 else 64), triton.next_power_of_2(d)))
-    if triton_interpret():
-        return {"BLOCK": tile, "BLOCK_K": tile, "num_warps": 4, "num_stages": 1}
+    """Default tiles: 64 × 64 with BLOCK_K = 32 (128 × 128 for d ≥ 1024); untuned starting points.
+    The interpreter runs the same tiles as a GPU."""
+    tile = max(16, min(128 if d >= 1024 else 64, triton.next_power_of_2(d)))
     return {"BLOCK": tile, "BLOCK_K": 32, "num_warps": 8 if tile == 128 else 4, "num_stages": 3}
 
 

@@ -42,6 +42,7 @@ import triton.language as tl
 from torch import Tensor
 
 from tritonkron.kernels._common import split_float
+from tritonkron.kernels.bmm import widen_low
 
 __all__ = ["launch_sym_gemm", "residual_columns"]
 
@@ -99,14 +100,14 @@ def _sym_gemm_kernel(
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if NATIVE_DOT:
             # fp16/bf16 operands: tensor cores, exact products, fp32 sums.
-            acc = tl.dot(a, b, acc)
+            acc = tl.dot(a, b, acc, out_dtype=tl.float32)
         else:
             a = a.to(ACC)
             if HAS_W:
                 w = tl.load(w_ptrs, mask=mask_k, other=0.0)
                 a = a * w.to(ACC)[None, :]
             # No TF32: the Newton iteration amplifies product errors near convergence.
-            acc = tl.dot(a, b.to(ACC), acc, input_precision="ieee")
+            acc = tl.dot(a, b.to(ACC), acc, input_precision="ieee", out_dtype=ACC)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
         w_ptrs += BLOCK_K * stride_wk
@@ -175,6 +176,8 @@ def launch_sym_gemm(
     Bsz, D, K = a.shape
     if out.numel() == 0:
         return
+    if out.dtype == torch.float64:  # see bmm.widen_low
+        a, b, w = widen_low(a), widen_low(b), None if w is None else widen_low(w)
     per_block = isinstance(alpha, Tensor)
     alpha_hi, alpha_lo = (0.0, 0.0) if per_block else split_float(alpha)
     beta_hi, beta_lo = split_float(beta)

@@ -24,7 +24,6 @@ from tritonkron.kernels._common import (
     check_operand,
     check_range,
     check_shape,
-    interpreting,
     is_pow2_tile,
     out_or_empty,
     resolve_config,
@@ -34,6 +33,36 @@ from tritonkron.kernels._common import (
 __all__ = ["track_eigenvalues_configs", "track_eigenvalues_triton"]
 
 _KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+
+
+@triton.jit
+def _row_sums_ema(
+    a_ptr, g_base, w_ptr, s_ptr, out_ptr, beta, pid_b, pid_r, M, N,
+    stride_ab, stride_am, stride_gm, stride_gn, stride_wb, stride_wn, stride_sb, stride_ob, stride_om,
+    HAS_W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j for the BLOCK_M rows of tile ``pid_r``.
+
+    Every value lives inside this function, so the caller's runtime branch joins no tile-shaped
+    variables (BLOCK_M and BLOCK_N may differ on a GPU).
+    """
+    offs_m = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for j in range(0, tl.cdiv(N, BLOCK_N)):
+        offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        g_ptrs = g_base + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn
+        g = tl.load(g_ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        sq = g * g
+        if HAS_W:
+            w = tl.load(w_ptr + pid_b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
+            sq = sq * w.to(tl.float32)[None, :]
+        acc += tl.sum(sq, axis=1)
+    scale = tl.load(s_ptr + pid_b * stride_sb).to(tl.float32)
+    x = tl.load(a_ptr + pid_b * stride_ab + offs_m * stride_am, mask=mask_m, other=0.0).to(tl.float32)
+    x = beta * x + (1.0 - beta) * (acc * scale)
+    tl.store(out_ptr + pid_b * stride_ob + offs_m * stride_om, x.to(out_ptr.dtype.element_ty), mask=mask_m)
 
 
 @triton.jit
@@ -49,7 +78,11 @@ def _track_eigenvalues_kernel(
     HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Programs [0, cdiv(M, BLOCK_M)) of each batch element reduce rows of Ĝ² into a; the
-    remaining cdiv(N, BLOCK_N) programs reduce columns into b. Masked entries load as 0."""
+    remaining cdiv(N, BLOCK_N) programs reduce columns into b. Masked entries load as 0.
+
+    The column reduction is the row reduction of Ĝᵀ: the same helper with M ↔ N, the row and
+    column strides swapped and BLOCK_N-wide output tiles.
+    """
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid = num_pid_m + tl.cdiv(N, BLOCK_N)
@@ -57,45 +90,17 @@ def _track_eigenvalues_kernel(
     pid_r = pid % num_pid
     g_base = g_ptr + pid_b * stride_gb
     if pid_r < num_pid_m:
-        # a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j over this program's BLOCK_M rows.
-        offs_m = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for j in range(0, tl.cdiv(N, BLOCK_N)):
-            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < N
-            g_ptrs = g_base + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn
-            g = tl.load(g_ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            sq = g * g
-            if HAS_WL:
-                w = tl.load(wl_ptr + pid_b * stride_wlb + offs_n * stride_wln, mask=mask_n, other=0.0)
-                sq = sq * w.to(tl.float32)[None, :]
-            acc += tl.sum(sq, axis=1)
-        scale = tl.load(sl_ptr + pid_b * stride_slb).to(tl.float32)
-        x = tl.load(a_ptr + pid_b * stride_ab + offs_m * stride_am, mask=mask_m, other=0.0)
-        x = beta * x.to(tl.float32) + (1.0 - beta) * (acc * scale)
-        a_out_ptrs = a_out_ptr + pid_b * stride_aob + offs_m * stride_aom
-        tl.store(a_out_ptrs, x.to(a_out_ptr.dtype.element_ty), mask=mask_m)
+        _row_sums_ema(
+            a_ptr, g_base, wl_ptr, sl_ptr, a_out_ptr, beta, pid_b, pid_r, M, N,
+            stride_ab, stride_am, stride_gm, stride_gn, stride_wlb, stride_wln, stride_slb, stride_aob,
+            stride_aom, HAS_WL, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
     else:
-        # b_j ← β b_j + (1−β) s_B Σ_i Ĝ_ij² w_A,i over this program's BLOCK_N columns.
-        offs_n = (pid_r - num_pid_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for i in range(0, tl.cdiv(M, BLOCK_M)):
-            offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
-            mask_m = offs_m < M
-            g_ptrs = g_base + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn
-            g = tl.load(g_ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            sq = g * g
-            if HAS_WR:
-                w = tl.load(wr_ptr + pid_b * stride_wrb + offs_m * stride_wrm, mask=mask_m, other=0.0)
-                sq = sq * w.to(tl.float32)[:, None]
-            acc += tl.sum(sq, axis=0)
-        scale = tl.load(sr_ptr + pid_b * stride_srb).to(tl.float32)
-        x = tl.load(b_ptr + pid_b * stride_bb + offs_n * stride_bn, mask=mask_n, other=0.0)
-        x = beta * x.to(tl.float32) + (1.0 - beta) * (acc * scale)
-        b_out_ptrs = b_out_ptr + pid_b * stride_bob + offs_n * stride_bon
-        tl.store(b_out_ptrs, x.to(b_out_ptr.dtype.element_ty), mask=mask_n)
+        _row_sums_ema(
+            b_ptr, g_base, wr_ptr, sr_ptr, b_out_ptr, beta, pid_b, pid_r - num_pid_m, N, M,
+            stride_bb, stride_bn, stride_gn, stride_gm, stride_wrb, stride_wrm, stride_srb, stride_bob,
+            stride_bon, HAS_WR, BLOCK_N, BLOCK_M,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +198,8 @@ def track_eigenvalues_triton(
         raise ValueError("out must be a tuple (a_new, b_new)")
     a_out = out_or_empty(out[0], (Bsz, m), a, "out[0]")
     b_out = out_or_empty(out[1], (Bsz, n), b, "out[1]")
-    interp = interpreting()
-    default = {"BLOCK_M": tile_size(m, 32 if interp else 64), "BLOCK_N": tile_size(n, 32 if interp else 128),
+    # The interpreter runs the GPU's tiles (BLOCK_M and BLOCK_N differ once m, n > 64).
+    default = {"BLOCK_M": tile_size(m, 64), "BLOCK_N": tile_size(n, 128),
                "num_warps": 4, "num_stages": 1}  # fmt: skip
     cfg = resolve_config(config, default, _KEYS, _keep_track_eigenvalues)
     if Bsz == 0 or (m == 0 and n == 0):
