@@ -2,10 +2,13 @@
 
 Each op takes ``backend="auto" | "triton" | "reference"`` (default: the environment variable
 ``TRITONKRON_BACKEND``, else "auto"). "auto" runs the Triton kernel for CUDA tensors when Triton is
-importable and the pure-PyTorch reference otherwise; "triton" forces the kernel (on CPU tensors
-this needs ``TRITON_INTERPRET=1``); "reference" forces the reference. The Triton paths are
-registered as ``torch.library`` custom ops (``tritonkron::<op>``) so that ``torch.compile`` treats
-each launch as one opaque node.
+importable and the kernel takes the operands' dtypes (:data:`tritonkron.kernel_guard.TRITON_DTYPES`),
+and the pure-PyTorch reference otherwise; "triton" forces the kernel (on CPU tensors this needs
+``TRITON_INTERPRET=1``), except for dtypes it has no kernel for, which take the reference with one
+warning; "reference" forces the reference. A kernel that fails at run time (compile error, out of
+resources) disables its op for the process with one warning, and the reference takes over
+(:func:`tritonkron.kernel_guard.guarded`). The Triton paths are registered as ``torch.library``
+custom ops (``tritonkron::<op>``) so that ``torch.compile`` treats each launch as one opaque node.
 
 Ops: :func:`factor_update`, :func:`precondition`, :func:`spike_and_flat`,
 :func:`track_eigenvalues`, :func:`rotate`, :func:`rotate_back`, :func:`rotated_statistics`,
@@ -19,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tritonkron import _env
+from tritonkron import _env, kernel_guard
 from tritonkron.kernels import HAS_TRITON
 from tritonkron.reference import factor_update as _factor_update_ref
 from tritonkron.reference import precondition as _precondition_ref
@@ -29,8 +32,18 @@ Backend = Literal["auto", "triton", "reference"]
 Weight = Tensor | tuple[Tensor, Tensor] | None
 
 
-def resolve_backend(backend: str | None, *tensors: Tensor) -> Literal["triton", "reference"]:
+def on_cuda_device(tensors: tuple[Tensor, ...]) -> bool:
+    """Whether every tensor is on a CUDA device (the condition for "auto" to consider Triton)."""
+    return all(t.is_cuda for t in tensors)
+
+
+def resolve_backend(
+    backend: str | None, *tensors: Tensor, op: str | None = None
+) -> Literal["triton", "reference"]:
     """Return "triton" or "reference" for ``backend`` (None: the library default) and the inputs.
+
+    With ``op`` (a key of :data:`tritonkron.kernel_guard.TRITON_DTYPES`), inputs that op's kernels
+    do not take, and an op disabled by a failure, resolve to "reference" (module docstring).
 
     Raises:
         ValueError: for an unknown backend name, or "triton" when Triton cannot run the inputs.
@@ -39,18 +52,20 @@ def resolve_backend(backend: str | None, *tensors: Tensor) -> Literal["triton", 
     if choice not in _env.BACKENDS:
         allowed = ", ".join(repr(b) for b in _env.BACKENDS)
         raise ValueError(f"backend must be one of {allowed}; got {backend!r}")
-    on_cuda = all(t.is_cuda for t in tensors)
+    on_cuda = on_cuda_device(tensors)
     if choice == "reference":
         return "reference"
     if choice == "auto":
-        return "triton" if HAS_TRITON and on_cuda else "reference"
+        if not (HAS_TRITON and on_cuda):
+            return "reference"
+        return "triton" if op is None or kernel_guard.supports(op, tensors) else "reference"
     if not HAS_TRITON:
         raise ValueError("backend='triton' needs the triton package, which is not importable")
     if not on_cuda and not _env.triton_interpret():
         raise ValueError(
             "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing triton)"
         )
-    return "triton"
+    return "triton" if op is None or kernel_guard.supports(op, tensors, warn=True) else "reference"
 
 
 def _scale_tensor(scale: Tensor | float, like: Tensor) -> Tensor:
@@ -74,7 +89,7 @@ def factor_update(
 
     See :func:`tritonkron.reference.factor_update.factor_update_ref` for the arguments.
     """
-    if resolve_backend(backend, X, G) == "reference":
+    if resolve_backend(backend, X, G, op="factor_update") == "reference":
         return _factor_update_ref.factor_update_ref(X, G, beta, scale, side, weight)
     W, Q, w = (weight, None, None) if isinstance(weight, Tensor) or weight is None else (None, *weight)
     return torch.ops.tritonkron.factor_update(X, G, float(beta), _scale_tensor(scale, X), side, W, Q, w)
@@ -87,7 +102,7 @@ def precondition(
 
     See :func:`tritonkron.reference.precondition.eigenbasis_precondition_ref`.
     """
-    if resolve_backend(backend, M, Q_A, Q_B) == "reference":
+    if resolve_backend(backend, M, Q_A, Q_B, op="precondition") == "reference":
         return _precondition_ref.eigenbasis_precondition_ref(M, Q_A, Q_B, s_A, s_B, eps)
     return torch.ops.tritonkron.precondition(M, Q_A, Q_B, s_A, s_B, float(eps))
 
@@ -99,7 +114,7 @@ def spike_and_flat(
 
     See :func:`tritonkron.reference.precondition.spike_and_flat_apply`.
     """
-    if resolve_backend(backend, U_k, Y) == "reference":
+    if resolve_backend(backend, U_k, Y, op="spike_and_flat") == "reference":
         return _precondition_ref.spike_and_flat_apply(U_k, top_scales, c, Y)
     return torch.ops.tritonkron.spike_and_flat(U_k, top_scales, c, Y)
 
@@ -120,7 +135,7 @@ def track_eigenvalues(
 
     See :func:`tritonkron.divergences.track_eigenvalues` (weights None mean all ones).
     """
-    if resolve_backend(backend, a, G_hat) == "reference":
+    if resolve_backend(backend, a, G_hat, op="track_eigenvalues") == "reference":
         from tritonkron.divergences import Coupling
         from tritonkron.divergences import track_eigenvalues as _track_ref
 
@@ -133,14 +148,14 @@ def track_eigenvalues(
 
 def rotate(X: Tensor, Q_A: Tensor, Q_B: Tensor, *, backend: str | None = None) -> Tensor:
     """X̂ = Q_Aᵀ X Q_B (``[B, m, n]``); see :mod:`tritonkron.reference.rotation`."""
-    if resolve_backend(backend, X, Q_A, Q_B) == "reference":
+    if resolve_backend(backend, X, Q_A, Q_B, op="rotate") == "reference":
         return _rotation_ref.rotate_ref(X, Q_A, Q_B)
     return torch.ops.tritonkron.rotate(X, Q_A, Q_B, False)
 
 
 def rotate_back(X_hat: Tensor, Q_A: Tensor, Q_B: Tensor, *, backend: str | None = None) -> Tensor:
     """X = Q_A X̂ Q_Bᵀ (``[B, m, n]``), the inverse of :func:`rotate` for orthogonal bases."""
-    if resolve_backend(backend, X_hat, Q_A, Q_B) == "reference":
+    if resolve_backend(backend, X_hat, Q_A, Q_B, op="rotate") == "reference":
         return _rotation_ref.rotate_back_ref(X_hat, Q_A, Q_B)
     return torch.ops.tritonkron.rotate(X_hat, Q_A, Q_B, True)
 
@@ -166,7 +181,7 @@ def rotated_statistics(
     :func:`tritonkron.kernels.rotated_statistics.rotated_statistics_triton`). A weight None means
     w = 1 (W = I, von Neumann), for which that factor's Gram matrix reads G itself.
     """
-    if resolve_backend(backend, A, G, Q_A) == "reference":
+    if resolve_backend(backend, A, G, Q_A, op="rotated_statistics") == "reference":
         return _rotation_ref.rotated_statistics_ref(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, beta)
     out = torch.ops.tritonkron.rotated_statistics(A, B, G, Q_A, Q_B, w_A, s_A, w_B, s_B, float(beta))
     return out[0], out[1], out[2]
@@ -182,15 +197,20 @@ def inverse_root(
     """
     from tritonkron.reference.inverse_root import newton_schulz_inverse_root
 
-    if resolve_backend(backend, A) == "reference":
+    if resolve_backend(backend, A, op="inverse_root") == "reference":
         return newton_schulz_inverse_root(A, p, max_iters=max_iters, tol=tol)
     from tritonkron.kernels.inverse_root import newton_schulz_triton
 
-    return newton_schulz_triton(A, p, max_iters=max_iters, tol=tol)
+    return kernel_guard.guarded(
+        "inverse_root",
+        lambda: newton_schulz_triton(A, p, max_iters=max_iters, tol=tol),
+        lambda: newton_schulz_inverse_root(A, p, max_iters=max_iters, tol=tol),
+        A,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
-# Sketched (low-rank-plus-isotropic) factors, issue 9: see tritonkron.reference.sketch.
+# Sketched (low-rank-plus-isotropic) factors: see tritonkron.reference.sketch.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -214,7 +234,7 @@ def sketch_update(
     """
     from tritonkron.reference import sketch as _sketch_ref
 
-    if resolve_backend(backend, U, G) == "reference":
+    if resolve_backend(backend, U, G, op="sketch_update") == "reference":
         return _sketch_ref.sketch_update_ref(U, lam, tau, G, V, w, w_tau, scale, beta, side)
     out = torch.ops.tritonkron.sketch_update(U, lam, tau, G, V, w, w_tau, scale, float(beta), side)
     return out[0], out[1], out[2]
@@ -238,7 +258,7 @@ def sketch_precondition(
     """
     from tritonkron.reference import sketch as _sketch_ref
 
-    if resolve_backend(backend, M, U_A, U_B) == "reference":
+    if resolve_backend(backend, M, U_A, U_B, op="sketch_precondition") == "reference":
         return _sketch_ref.sketch_precondition_ref(M, U_A, s_A, c_A, U_B, s_B, c_B, eps)
     return torch.ops.tritonkron.sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, float(eps))
 

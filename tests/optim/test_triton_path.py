@@ -36,8 +36,8 @@ def test_triton_step_equals_reference_step(
     calls = []
     original = ops.resolve_backend
 
-    def spy(backend, *tensors):
-        choice = original(backend, *tensors)
+    def spy(backend, *tensors, **kwargs):
+        choice = original(backend, *tensors, **kwargs)
         calls.append(choice)
         return choice
 

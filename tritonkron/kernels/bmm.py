@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritonkron.kernel_guard import kernel_failure
 from tritonkron.kernels._common import SMEM_BUDGET, is_pow2_tile, resolve_config, tile_size
 
 __all__ = ["BMM_KEYS", "Epilogue", "bmm_config", "bmm_configs", "keep_bmm_config", "launch_bmm", "widen_low"]
@@ -255,15 +256,18 @@ def launch_bmm(
     # Unused epilogue operands get c as a dummy pointer (never dereferenced) and zero strides.
     row_t, col_t, y_t, shift_t = (t if t is not None else c for t in (row, col, y, shift))
     grid = (Bsz * triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
-    _bmm_kernel[grid](
-        a, b, c, row_t, col_t, y_t, shift_t, eps,
-        M, N, K,
-        *a.stride(), *b.stride(), *c.stride(),
-        *(row.stride() if row is not None else (0, 0)),
-        *(col.stride() if col is not None else (0, 0)),
-        *(y.stride() if y is not None else (0, 0, 0)),
-        shift.stride(0) if shift is not None else 0,
-        ACC_FP64=acc_fp64, NATIVE_DOT=native, SYM_B=sym_b, EPILOGUE=int(epilogue),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+    try:
+        _bmm_kernel[grid](
+            a, b, c, row_t, col_t, y_t, shift_t, eps,
+            M, N, K,
+            *a.stride(), *b.stride(), *c.stride(),
+            *(row.stride() if row is not None else (0, 0)),
+            *(col.stride() if col is not None else (0, 0)),
+            *(y.stride() if y is not None else (0, 0, 0)),
+            shift.stride(0) if shift is not None else 0,
+            ACC_FP64=acc_fp64, NATIVE_DOT=native, SYM_B=sym_b, EPILOGUE=int(epilogue),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    except Exception as exc:
+        raise kernel_failure("_bmm_kernel", cfg, exc) from exc

@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritonkron.kernel_guard import kernel_failure
 from tritonkron.kernels._common import split_float
 from tritonkron.kernels.bmm import widen_low
 
@@ -185,16 +186,19 @@ def launch_sym_gemm(
     num_pid = triton.cdiv(D, cfg["BLOCK_M"])
     grid = (Bsz * num_pid * (num_pid + 1) // 2,)
     # Unused operands get out as a dummy pointer (never dereferenced) and zero strides.
-    _sym_gemm_kernel[grid](
-        a, b, w if w is not None else out, c if c is not None else out, alpha if per_block else out, out,
-        res if res is not None else out,
-        alpha_hi, alpha_lo, beta_hi, beta_lo, gamma,
-        D, K,
-        *a.stride(), *b.stride(), *(w.stride() if w is not None else (0, 0)),
-        *(c.stride() if c is not None else (0, 0, 0)), alpha.stride(0) if per_block else 0,
-        *out.stride(), res.stride(0) if res is not None else 0,
-        HAS_W=w is not None, HAS_C=c is not None, PER_BLOCK_ALPHA=per_block, RESIDUAL=res is not None,
-        NATIVE_DOT=native, ACC_FP64=out.dtype == torch.float64,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+    try:
+        _sym_gemm_kernel[grid](
+            a, b, w if w is not None else out, c if c is not None else out, alpha if per_block else out, out,
+            res if res is not None else out,
+            alpha_hi, alpha_lo, beta_hi, beta_lo, gamma,
+            D, K,
+            *a.stride(), *b.stride(), *(w.stride() if w is not None else (0, 0)),
+            *(c.stride() if c is not None else (0, 0, 0)), alpha.stride(0) if per_block else 0,
+            *out.stride(), res.stride(0) if res is not None else 0,
+            HAS_W=w is not None, HAS_C=c is not None, PER_BLOCK_ALPHA=per_block, RESIDUAL=res is not None,
+            NATIVE_DOT=native, ACC_FP64=out.dtype == torch.float64,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    except Exception as exc:
+        raise kernel_failure("_sym_gemm_kernel", cfg, exc) from exc

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritonkron.kernel_guard import kernel_failure
 from tritonkron.kernels._common import (
     check_operand,
     check_range,
@@ -207,15 +208,18 @@ def track_eigenvalues_triton(
     wl = left_weight if left_weight is not None else a_out
     wr = right_weight if right_weight is not None else a_out
     grid = (Bsz * (triton.cdiv(m, cfg["BLOCK_M"]) + triton.cdiv(n, cfg["BLOCK_N"])),)
-    _track_eigenvalues_kernel[grid](
-        a, b, G_hat, wl, scales[0], wr, scales[1], a_out, b_out, beta,
-        m, n,
-        *a.stride(), *b.stride(), *G_hat.stride(),
-        *(left_weight.stride() if left_weight is not None else (0, 0)), scales[0].stride(0),
-        *(right_weight.stride() if right_weight is not None else (0, 0)), scales[1].stride(0),
-        *a_out.stride(), *b_out.stride(),
-        HAS_WL=left_weight is not None, HAS_WR=right_weight is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+    try:
+        _track_eigenvalues_kernel[grid](
+            a, b, G_hat, wl, scales[0], wr, scales[1], a_out, b_out, beta,
+            m, n,
+            *a.stride(), *b.stride(), *G_hat.stride(),
+            *(left_weight.stride() if left_weight is not None else (0, 0)), scales[0].stride(0),
+            *(right_weight.stride() if right_weight is not None else (0, 0)), scales[1].stride(0),
+            *a_out.stride(), *b_out.stride(),
+            HAS_WL=left_weight is not None, HAS_WR=right_weight is not None,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    except Exception as exc:
+        raise kernel_failure("_track_eigenvalues_kernel", cfg, exc) from exc
     return a_out, b_out
