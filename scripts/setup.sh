@@ -74,6 +74,16 @@ else
 fi
 say "torch $("$PY" -c 'import torch; print(torch.__version__)')"
 
+# The oldest supported triton, beside the installed one, for the ahead-of-time compile test
+# (tests/kernels/test_aot_compile.py puts it first on PYTHONPATH in a subprocess; never imported
+# by the package itself).
+OLDEST_TRITON=3.6.0
+if [ ! -f "$ROOT/.cache/triton-$OLDEST_TRITON/triton/__init__.py" ]; then
+    say "installing triton==$OLDEST_TRITON into .cache/triton-$OLDEST_TRITON (compile test only)"
+    rm -rf "$ROOT/.cache/triton-$OLDEST_TRITON"
+    pip_install --no-deps --target "$ROOT/.cache/triton-$OLDEST_TRITON" "triton==$OLDEST_TRITON"
+fi
+
 # Fashion-MNIST for the demo (perf.demo falls back to scikit-learn's digits without it).
 if dpkg-query -W -f='${Status}' dataset-fashion-mnist 2>/dev/null | grep -q "install ok installed"; then
     say "Fashion-MNIST present (/usr/share/datasets/fashion-mnist)"
