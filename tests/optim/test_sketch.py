@@ -378,7 +378,9 @@ def test_triton_sketch_step_equals_reference_step(divergence: str, monkeypatch: 
 
     calls: list[str] = []
     original = ops.resolve_backend
-    monkeypatch.setattr(ops, "resolve_backend", lambda b, *t: calls.append(original(b, *t)) or calls[-1])
+    monkeypatch.setattr(
+        ops, "resolve_backend", lambda b, *t, **k: calls.append(original(b, *t, **k)) or calls[-1]
+    )
     reference = train("reference")
     triton = train("triton")
     assert "triton" in calls, "the optimizer did not run on the Triton path"
