@@ -28,9 +28,10 @@ __all__ = ["SHAPES", "collect", "launch_calls", "space_calls"]
 
 Call = tuple[str, Callable[[], object]]
 
-SHAPES = ((1, 7), (16, 16), (17, 100), (100, 33), (768, 768), (768, 1024), (1024, 1024), (4096, 11008))
-"""(m, n) of the recorded blocks: tiny, odd, GPT-2 (768), LLaMA-7B (4096 × 11008) and the
-default block size; the heuristics' thresholds (512, 1024 and the tile caps) all fall inside."""
+SHAPES = ((1, 7), (17, 100), (100, 33), (768, 768), (1024, 1024), (4096, 11008))
+"""(m, n) of the recorded blocks: tiny, odd (both orientations), GPT-2 (768), the default block
+size and LLaMA-7B's MLP (4096 × 11008); every threshold of the heuristics (the 512 and 1024
+switches, the tile caps and the 16 floor) is crossed between them."""
 
 _SMALL = ((16, 16), (17, 100), (768, 1024))  # shapes for launchers with host-side linear algebra
 _LOW = (torch.float16, torch.bfloat16)
