@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
+from tritonkron.collectives import collective
 from tritonkron.options import kron_settings
 from tritonkron.preconditioner import BLOCKS
 from tritonkron.reference.blocking import BlockLayout
@@ -60,7 +61,7 @@ def gather_directions(
         padded.append(pad.reshape(-1).to(dtype))
     send = torch.cat(padded)
     received = send.new_empty(world_size * send.numel())
-    dist.all_gather_into_tensor(received, send)
+    collective(dist.all_gather_into_tensor, received, send)
     by_rank = received.reshape(world_size, -1)
     full = []
     offset = 0

@@ -33,6 +33,10 @@ relative cost, so the upper bound serves — plus the power step, QR and Rayleig
 refresh amortised over the period T), and the heaviest unassigned parameter goes to the least-loaded rank. The assignment depends only on the
 parameter shapes, their order and options, and the world size, so every rank computes the same one.
 
+Every collective goes through :func:`tritonkron.collectives.collective`: waited on, its handle
+dropped, and on gloo released by the backend's worker thread before the call returns, so no
+``torch.distributed`` work outlives a step.
+
 Checkpoints (each rank keeps its owned state; DCP resumes on any world size; gathered single
 files) are in :mod:`tritonkron.distributed_checkpoint`, whose functions are importable from here.
 """
@@ -49,6 +53,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
 
 from tritonkron.block_split import SPLIT, chunk_of, gather_directions
+from tritonkron.collectives import collective
 from tritonkron.distributed_checkpoint import (  # re-exported: the checkpoint API of this module
     gather_state_dict,
     kept_state_ids,
@@ -197,7 +202,7 @@ class DistributedPlan:
         """
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
         value = torch.tensor(count if index is None else index, dtype=torch.int64, device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        collective(dist.all_reduce, value, op=dist.ReduceOp.MIN)
         agreed = int(value)
         return None if agreed >= count else agreed
 
@@ -283,7 +288,7 @@ class DistributedPlan:
             else:
                 flat = torch.empty(sum(sizes), dtype=dtype, device=members[0].param.device)
                 self.received_bytes += _nbytes(flat)
-            dist.broadcast(flat, src=src)
+            collective(dist.broadcast, flat, src=src)
             self.collectives += 1
             for unit, chunk in zip(members, flat.split(sizes), strict=True):
                 p = unit.param
@@ -309,7 +314,7 @@ class DistributedPlan:
         flat = [t.reshape(-1).to(dtype) for chunk in sends for t in chunk]
         send = torch.cat(flat) if flat else torch.empty(0, dtype=dtype, device=device)
         received = torch.empty(sum(recv_sizes), dtype=dtype, device=device)
-        dist.all_to_all_single(received, send, recv_sizes, send_sizes)
+        collective(dist.all_to_all_single, received, send, recv_sizes, send_sizes)
         self.collectives += 1
         size = torch.empty((), dtype=dtype).element_size()
         self.sent_bytes += size * sum(n for o, n in enumerate(send_sizes) if o != self.rank)

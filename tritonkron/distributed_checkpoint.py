@@ -7,10 +7,15 @@ AdamW-path parameters (replicated; DTensor moments for FSDP2 parameters).
 back what this rank owns under the *current* world size, so a checkpoint resumes on any number of
 ranks. :func:`gather_state_dict` collects the full state on one rank (for ``torch.save``), and
 :func:`load_full_state_dict` keeps this rank's share of one.
+
+The gathering collectives go through :func:`tritonkron.collectives.collective`, so none of them is
+still held by a gloo worker thread when the function returns (a checkpoint is often the last thing
+a job does before it exits).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -19,9 +24,10 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 
 from tritonkron.block_split import SPLIT
+from tritonkron.collectives import collective
 
 __all__ = ["gather_state_dict", "kept_state_ids", "load_checkpoint", "load_full_state_dict"]
 
@@ -51,11 +57,26 @@ def kept_state_ids(opt: Any) -> set[int]:
     return ids
 
 
+def _full_tensor(value: DTensor) -> Tensor:
+    """The whole tensor of a DTensor: for ``Shard(0)`` over a 1-D mesh (FSDP2) one all-gather of the
+    rows padded to equal shards; other layouts through ``DTensor.full_tensor``."""
+    mesh = value.device_mesh
+    if mesh.ndim != 1 or tuple(value.placements) != (Shard(0),):
+        return value.full_tensor()
+    local = value.to_local()
+    rows = -(-value.shape[0] // mesh.size())
+    send = local.new_zeros((rows, *value.shape[1:]))
+    send[: local.shape[0]] = local
+    received = send.new_empty((mesh.size() * rows, *value.shape[1:]))
+    collective(dist.all_gather_into_tensor, received, send, group=mesh.get_group())
+    return received[: value.shape[0]]
+
+
 def _to_cpu(value: Any) -> Any:
     """A CPU copy of ``value``; DTensors (AdamW-path state of FSDP2 parameters) are gathered whole,
     a collective, so every rank must convert the same DTensors in the same order."""
     if isinstance(value, DTensor):
-        return value.full_tensor().detach().cpu()
+        return _full_tensor(value).detach().cpu()
     if isinstance(value, Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
@@ -68,8 +89,8 @@ def _to_cpu(value: Any) -> Any:
 def gather_state_dict(opt: Any, dst: int = 0) -> dict[str, Any] | None:
     """The full, single-process-equivalent ``state_dict`` of ``opt`` on rank ``dst`` (None elsewhere).
 
-    Every rank must call it. Communication: each rank's owned state, pickled (``gather_object``),
-    moved to the CPU first; sharded AdamW-path state (DTensors) is first gathered whole. The result
+    Every rank must call it. Communication: each rank's owned state, moved to the CPU and serialized
+    (``torch.save``), is gathered to ``dst``; sharded AdamW-path state (DTensors) is first gathered whole. The result
     loads into a single-process :class:`tritonkron.Kron`, or into a distributed one of any world
     size with :func:`load_full_state_dict`.
     """
@@ -79,14 +100,35 @@ def gather_state_dict(opt: Any, dst: int = 0) -> dict[str, Any] | None:
         return sd
     kept = kept_state_ids(opt)
     mine = {i: _to_cpu(sd["state"][i]) for i in sorted(sd["state"]) if i in kept}
-    parts: list | None = [None] * plan.world_size if plan.rank == dst else None
-    dist.gather_object(mine, parts, dst=dst)
-    if plan.rank != dst:
+    parts = _gather_object(mine, dst, plan.rank, plan.world_size)
+    if parts is None:
         return None
     full: dict[int, Any] = {}
     for part in parts:
         full.update(part)
     return {"state": dict(sorted(full.items())), "param_groups": sd["param_groups"]}
+
+
+def _gather_object(obj: Any, dst: int, rank: int, world_size: int) -> list[Any] | None:
+    """Every rank's ``obj`` on rank ``dst`` (None elsewhere), like ``dist.gather_object``: each
+    serialized with ``torch.save``, the sizes all-gathered, the padded bytes gathered to ``dst``."""
+    nccl = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = torch.frombuffer(bytearray(buffer.getbuffer()), dtype=torch.uint8).to(device)
+    sizes = torch.empty(world_size, dtype=torch.int64, device=device)
+    collective(dist.all_gather_into_tensor, sizes, torch.tensor([data.numel()], device=device))
+    padded = data.new_zeros(int(sizes.max()))
+    padded[: data.numel()] = data
+    gathered = [torch.empty_like(padded) for _ in range(world_size)] if rank == dst else None
+    collective(dist.gather, padded, gather_list=gathered, dst=dst)
+    if gathered is None:
+        return None
+    return [
+        torch.load(io.BytesIO(part[:size].cpu().numpy().tobytes()), weights_only=False)
+        for part, size in zip(gathered, sizes.tolist(), strict=True)
+    ]
 
 
 def load_full_state_dict(opt: Any, state_dict: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from tritonkron.collectives import collective
+
 __all__ = ["finite_flags", "like_param", "local"]
 
 
@@ -43,7 +45,7 @@ def finite_flags(grads: Sequence[Tensor]) -> list[Tensor]:
     for mesh, indices in by_mesh.items():
         stacked = torch.stack([flags[i] for i in indices]).to(torch.int32)
         for dim in range(mesh.ndim):
-            dist.all_reduce(stacked, op=dist.ReduceOp.MIN, group=mesh.get_group(dim))
+            collective(dist.all_reduce, stacked, op=dist.ReduceOp.MIN, group=mesh.get_group(dim))
         for i, flag in zip(indices, stacked.bool().unbind(), strict=True):
             flags[i] = flag
     return flags

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,30 @@ def free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, body: Callable, out: str, args: tuple) -> None:
+    """One rank: run ``body``, save its result, then end the process without a teardown.
+
+    The body's own collectives from PyTorch (``full_tensor``, DCP, object collectives) hand tensors
+    to gloo's worker threads, which may still be releasing them, needing the GIL to do so, after
+    the call returned. Destroying the group then (its destructor joins those threads holding the
+    GIL) can deadlock, and interpreter finalization can end such a thread mid-release, aborting the
+    process ("terminate called without an active exception"). So once every rank is past a
+    barrier (all collectives done everywhere, the result on disk) the rank ends with ``os._exit``:
+    no destructor and no finalization left to race with. A failing body still raises, reported by
+    ``torch.multiprocessing``, and destroys the group as before. A clean exit through
+    ``destroy_process_group`` is checked on its own by tests/distributed/test_exit.py.
+    """
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.save(body(rank, world, *args), Path(out) / f"rank{rank}.pt")
-    finally:
+        dist.barrier()
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(body: Callable, world: int, out: Path, *args: Any) -> list[Any]:
