@@ -80,7 +80,8 @@ def check_refresh_failures(
     agree: Callable[[int | None, int], int | None] | None = None,
 ) -> None:
     """Raise ``RuntimeError`` naming a parameter one of whose blocks failed ``max_refresh_failures``
-    consecutive basis refreshes.
+    consecutive basis computations (``refresh_failures``: basis refreshes with a non-finite result,
+    initialisations or sketch updates whose factorisation failed, :mod:`tritonkron.reference.safe_linalg`).
 
     ``agree(index, count)`` makes the decision collective when the state is split over ranks: it
     takes this rank's first failing parameter index (over all groups, None for none) and the number
@@ -105,9 +106,10 @@ def check_refresh_failures(
         gi, pi = position[index]
         raise RuntimeError(
             f"the preconditioner basis of parameter {param_name(groups, gi, pi)} failed "
-            f"{groups[gi]['max_refresh_failures']} consecutive refreshes (non-finite factors or "
-            "eigenvalues); the last good basis is still in use and the step was applied. Lower the learning "
-            "rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
+            f"{groups[gi]['max_refresh_failures']} consecutive refreshes or initialisations (non-finite "
+            "factors or eigenvalues, or an eigendecomposition that failed in every attempt); the last good "
+            "basis is still in use (a block never initialised takes no step) and the step was applied. Lower "
+            "the learning rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
         )
 
 

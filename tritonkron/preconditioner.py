@@ -8,7 +8,9 @@ a dict of tensors (checkpoint-friendly: ``torch.load(weights_only=True)`` reads 
     eig_a    [B, m],    eig_b    [B, n]      tracked eigenvalues a, b = diag(Qᵀ X Q)
     trace    [B]                             τ = EMA of ‖G‖²_F (von Neumann normaliser)
     ready    [B] bool                        block initialised from a non-zero gradient
-    refresh_failures [B]                     consecutive refreshes whose result was not finite
+    refresh_failures [B]                     consecutive failed basis computations: refreshes whose
+                                             result was not finite, initialisations whose
+                                             eigendecomposition failed (block left waiting)
     momentum_hat [B, m, n]                   rotated momentum Q_Aᵀ M Q_B (eigenbasis-form groups only)
 
 Groups whose direction is cheaper in eigenbasis form (full rank, or k near the dimension) keep
@@ -21,6 +23,9 @@ pre-update statistics, (2) the statistics update with the current gradient, so a
 enters its own preconditioner, (3) every T steps the basis refresh. A block is initialised from
 the first non-zero gradient it sees (eigendecomposition of G Gᵀ and Gᵀ G, scale-aware eigenvalues)
 and produces no update on that step, so all-zero blocks (unused embedding rows) never divide by 0.
+Every eigendecomposition goes through :func:`tritonkron.reference.safe_linalg.safe_eigh`, which
+never raises: a block whose initialisation fails in every attempt of its fallback ladder stays
+waiting for the next gradient, and its ``refresh_failures`` count grows.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from tritonkron.divergences import (
     preconditioner_eigenvalues,
     update_factors,
 )
+from tritonkron.reference._root_common import symmetrize
 from tritonkron.reference.basis import canonical_degenerate_basis, subspace_iteration
 from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
-from tritonkron.traceable import robust_eigh_descending, run_if
+from tritonkron.reference.safe_linalg import SITE_INIT, safe_eigh
+from tritonkron.traceable import run_if
 
 FACTOR_A, FACTOR_B = "factor_a", "factor_b"
 BASIS_A, BASIS_B = "basis_a", "basis_b"
@@ -124,6 +131,25 @@ def masked_where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.reshape(-1, *([1] * (old.dim() - 1))), new, old)
 
 
+def ensure_failure_counts(state: dict[str, Tensor]) -> None:
+    """Give state written before failure counting its (zero) ``refresh_failures`` counts."""
+    if FAILURES not in state:
+        ready = state[READY]
+        state[FAILURES] = torch.zeros(ready.shape, dtype=torch.int32, device=ready.device)
+
+
+def counted_failures(failures: Tensor, attempted: Tensor, accepted: Tensor) -> Tensor:
+    """Consecutive-failure counts ``[B]``: n ← 0 where ``accepted``, n + 1 where ``attempted`` but
+    not accepted, n elsewhere."""
+    failed = (attempted & ~accepted).to(failures.dtype)
+    return torch.where(accepted, torch.zeros_like(failures), failures + failed)
+
+
+def finite_blocks(*tensors: Tensor) -> Tensor:
+    """``[B]`` bool: every entry of block b of every tensor ``[B, ...]`` is finite."""
+    return torch.stack([torch.isfinite(t.unsqueeze(-1)).flatten(1).all(1) for t in tensors]).all(0)
+
+
 def squared_norms(G: Tensor) -> Tensor:
     """‖G_b‖²_F of each block of ``G [B, m, n]`` as row sums, then their sum.
 
@@ -150,28 +176,37 @@ def initial_values(
     eig_a: Tensor,
     eig_b: Tensor,
     trace: Tensor,
+    ready: Tensor,
+    failures: Tensor,
     G: Tensor,
     mask: Tensor,
     divergence: Divergence,
     init_floor: float,
 ) -> tuple[Tensor, ...]:
-    """New (A, B, Q_A, Q_B, a, b, τ) with the blocks in ``mask`` initialised from ``G`` (pure)."""
-    left_values, left_vectors = robust_eigh_descending(G @ G.transpose(-1, -2))
-    right_values, right_vectors = robust_eigh_descending(G.transpose(-1, -2) @ G)
+    """New ``INIT_KEYS`` values with the blocks in ``mask`` initialised from ``G`` (pure).
+
+    A block of ``mask`` whose eigendecomposition failed in every attempt (``ok`` of
+    :func:`~tritonkron.reference.safe_linalg.safe_eigh`) or whose new state is not finite keeps its
+    state and stays not ready, and its failure count grows; an initialised block's count is reset.
+    """
+    left = safe_eigh(symmetrize(G @ G.transpose(-1, -2)), site=SITE_INIT, descending=True)
+    right = safe_eigh(symmetrize(G.transpose(-1, -2) @ G), site=SITE_INIT, descending=True)
     sq_norm = squared_norms(G)
-    a, b = initial_eigenvalues(divergence, left_values, right_values, sq_norm, init_floor)
+    a, b = initial_eigenvalues(divergence, left.values, right.values, sq_norm, init_floor)
     # Floored eigenvalues form one degenerate eigenspace: give it a basis that does not depend on
     # eigh's arbitrary choice, so the trajectory is invariant to the scale of the loss.
-    Q_A = canonical_degenerate_basis(left_vectors, a == a.amin(-1, keepdim=True))
-    Q_B = canonical_degenerate_basis(right_vectors, b == b.amin(-1, keepdim=True))
+    Q_A = canonical_degenerate_basis(left.vectors, a == a.amin(-1, keepdim=True))
+    Q_B = canonical_degenerate_basis(right.vectors, b == b.amin(-1, keepdim=True))
     A = (Q_A * a.unsqueeze(-2)) @ Q_A.transpose(-1, -2)
     B = (Q_B * b.unsqueeze(-2)) @ Q_B.transpose(-1, -2)
     new = (A, B, Q_A, Q_B, a, b, sq_norm)
     old = (factor_a, factor_b, basis_a, basis_b, eig_a, eig_b, trace)
-    return tuple(masked_where(mask, n, o) for n, o in zip(new, old, strict=True))
+    accepted = mask & left.ok & right.ok & finite_blocks(*new)
+    kept = tuple(masked_where(accepted, n, o) for n, o in zip(new, old, strict=True))
+    return (*kept, ready | accepted, counted_failures(failures, mask, accepted))
 
 
-INIT_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE)
+INIT_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
 
 
 def initialize_blocks(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
@@ -179,15 +214,16 @@ def initialize_blocks(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
 
     Q_A, l = eigh(G Gᵀ), Q_B, r = eigh(Gᵀ G) (descending); eigenvalues from
     :func:`initial_eigenvalues`; factors A = Q_A diag(a) Q_Aᵀ, B = Q_B diag(b) Q_Bᵀ so that the
-    factors and the tracked eigenvalues share one gauge. Runs only when ``mask`` selects a block.
+    factors and the tracked eigenvalues share one gauge. Runs only when ``mask`` selects a block;
+    a block whose eigendecomposition fails stays waiting (:func:`initial_values`).
     """
 
     def init(*xs: Tensor) -> tuple[Tensor, ...]:
         return initial_values(*xs, settings.divergence, settings.init_floor)
 
+    ensure_failure_counts(state)
     values = run_if(mask.any(), init, tuple(state[k] for k in INIT_KEYS), (G, mask))
     state.update(zip(INIT_KEYS, values, strict=True))
-    state[READY] = state[READY] | mask
 
 
 def kept_rank(rank: int | None, d: int) -> int:
@@ -287,12 +323,10 @@ def refreshed_bases(
     left = subspace_iteration(factor_a, basis_a)
     right = subspace_iteration(factor_b, basis_b)
     new = (left.vectors, right.vectors, left.values, right.values)
-    finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in new]).all(0)
-    accept = ready & finite
+    accept = ready & finite_blocks(*new)
     old = (basis_a, basis_b, eig_a, eig_b)
     kept = tuple(masked_where(accept, n, o) for n, o in zip(new, old, strict=True))
-    counted = torch.where(accept, torch.zeros_like(failures), failures + (ready & ~finite).to(failures.dtype))
-    return (*kept, counted)
+    return (*kept, counted_failures(failures, ready, accept))
 
 
 REFRESH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, FAILURES)
@@ -306,8 +340,7 @@ def refresh_bases(state: dict[str, Tensor], when: Tensor | bool = True) -> None:
     keeps its previous ones and its ``refresh_failures`` count grows (reset by a good refresh);
     blocks that are not ready keep theirs. State written before the count existed gets it here.
     """
-    if FAILURES not in state:
-        state[FAILURES] = torch.zeros(state[READY].shape, dtype=torch.int32, device=state[READY].device)
+    ensure_failure_counts(state)
     pred = when if isinstance(when, Tensor) else torch.tensor(bool(when))
     values = run_if(
         pred,

@@ -31,13 +31,13 @@ from tritonkron.preconditioner import (
     EIG_B,
     FACTOR_A,
     FACTOR_B,
-    FAILURES,
     INIT_KEYS,
     MOMENTUM_HAT,
     READY,
     REFRESH_KEYS,
     TRACE,
     KronSettings,
+    ensure_failure_counts,
     initial_values,
     kept_rank,
     low_rank_is_cheaper,
@@ -107,11 +107,16 @@ def _refresh(*xs: Tensor) -> tuple[Tensor, ...]:
     return (*new, _rebase(M_hat, updated[0], updated[1], new[0], new[1], accepted))
 
 
+_READY_AT = INIT_KEYS.index(READY)
+
+
 def _initialise(*xs: Tensor, settings: KronSettings) -> tuple[Tensor, ...]:
-    """:func:`initial_values` plus M̂ carried from the old (identity) bases into the new ones (pure)."""
+    """:func:`initial_values` plus M̂ carried from the old (identity) bases into the new ones of the
+    blocks that were initialised (a failed initialisation keeps both, pure)."""
     *updated, M_hat, G, mask = xs
     new = initial_values(*updated, G, mask, settings.divergence, settings.init_floor)
-    return (*new, _rebase(M_hat, updated[2], updated[3], new[2], new[3], mask))
+    initialised = mask & new[_READY_AT]
+    return (*new, _rebase(M_hat, updated[2], updated[3], new[2], new[3], initialised))
 
 
 def rotated_group_step(
@@ -147,9 +152,8 @@ def rotated_group_step(
         U = masked_where(active, U, torch.zeros_like(U))
     for key, value in new.items():
         state[key] = value if steady else masked_where(active, value, state[key])
+    ensure_failure_counts(state)
     if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
-        if FAILURES not in state:
-            state[FAILURES] = torch.zeros(ready.shape, dtype=torch.int32, device=ready.device)
         due = active if refresh is True else active & refresh  # the blocks refreshed now
         keys = (*REFRESH_KEYS, MOMENTUM_HAT)
         extra = (state[FACTOR_A], state[FACTOR_B], due)
@@ -167,5 +171,4 @@ def rotated_group_step(
 
     values = run_if(fresh.any(), init, tuple(state[k] for k in keys), (G, fresh))
     state.update(zip(keys, values, strict=True))
-    state[READY] = state[READY] | fresh
     return U

@@ -10,6 +10,7 @@ One block group ``[B, m, n]`` holds (a dict of tensors, ``torch.load(weights_onl
     tail_a  [B],         tail_b  [B]           tail levels τ (0 when ℓ_X = d_X)
     trace   [B]                                τ_vN = EMA of ‖G‖²_F (von Neumann normaliser)
     ready   [B] bool                           block initialised from a non-zero gradient
+    refresh_failures [B]                       consecutive failed initialisations or updates
 
 with ℓ_A = min(ℓ, m), ℓ_B = min(ℓ, n): O((m + n)·ℓ) floats per block instead of 2(m² + n²).
 
@@ -29,6 +30,13 @@ The step mirrors :func:`tritonkron.preconditioner.block_group_step` (PAPER §4.3
 
 The sketch is re-diagonalised at every update (a Rayleigh–Ritz step), so there is no stale basis
 and ``refresh`` (the dense path's every-T-steps basis refresh) is accepted and ignored.
+
+**Failures.** The factorisations never raise (:mod:`tritonkron.reference.safe_linalg`). A block
+whose initial SVD fails in every attempt stays waiting for the next gradient; an update whose
+result is not finite (from either backend) is dropped, so the block keeps its previous sketch.
+Both count in ``refresh_failures`` (reset by the next success), which
+:func:`tritonkron.guards.check_refresh_failures` turns into an error after ``max_refresh_failures``
+in a row, as on the dense path.
 """
 
 from __future__ import annotations
@@ -38,7 +46,15 @@ from torch import Tensor
 
 from tritonkron import ops
 from tritonkron.divergences import coupling, initial_eigenvalues, preconditioner_eigenvalues
-from tritonkron.preconditioner import KronSettings, flatten_tail, masked_where
+from tritonkron.preconditioner import (
+    FAILURES,
+    KronSettings,
+    counted_failures,
+    ensure_failure_counts,
+    finite_blocks,
+    flatten_tail,
+    masked_where,
+)
 from tritonkron.reference.precondition import factor_scales, floor_eigenvalues
 from tritonkron.reference.sketch import top_singular_subspaces, virtual_spectrum
 from tritonkron.traceable import run_if
@@ -47,7 +63,7 @@ BASIS_A, BASIS_B = "basis_a", "basis_b"
 EIG_A, EIG_B = "eig_a", "eig_b"
 TAIL_A, TAIL_B = "tail_a", "tail_b"
 TRACE, READY = "trace", "ready"
-SKETCH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY)
+SKETCH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAILURES)
 
 __all__ = [
     "SKETCH_KEYS",
@@ -81,6 +97,7 @@ def new_sketch_state(
         TAIL_B: torch.zeros(count, **kw),
         TRACE: torch.ones(count, **kw),
         READY: torch.zeros(count, dtype=torch.bool, device=device),
+        FAILURES: torch.zeros(count, dtype=torch.int32, device=device),
     }
 
 
@@ -105,18 +122,19 @@ def initialize_sketch_blocks(
     scale-aware :func:`~tritonkron.divergences.initial_eigenvalues` of l (likewise B). Here the
     eigenpairs come from one thin SVD of G, the first ℓ of (Q_A, a) are kept and the remaining
     m − ℓ eigenvalues (floored zeros and small σ²) become the tail level τ_A = their mean, so that
-    with ℓ ≥ d the sketch *is* the dense initial factor.
+    with ℓ ≥ d the sketch *is* the dense initial factor. A block whose SVD fails, or whose new
+    sketch is not finite, stays waiting and its failure count grows.
     """
 
     def init(*xs: Tensor) -> tuple[Tensor, ...]:
         return _initial_sketch(*xs, settings)
 
+    ensure_failure_counts(state)
     values = run_if(mask.any(), init, tuple(state[k] for k in _INIT_KEYS), (G, mask))
     state.update(zip(_INIT_KEYS, values, strict=True))
-    state[READY] = state[READY] | mask
 
 
-_INIT_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE)
+_INIT_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAILURES)
 
 
 def _initial_sketch(
@@ -127,6 +145,8 @@ def _initial_sketch(
     tail_a: Tensor,
     tail_b: Tensor,
     trace: Tensor,
+    ready: Tensor,
+    failures: Tensor,
     G: Tensor,
     mask: Tensor,
     settings: KronSettings,
@@ -134,7 +154,7 @@ def _initial_sketch(
     """New sketch state (``_INIT_KEYS`` order) with the blocks in ``mask`` initialised from ``G`` (pure)."""
     m, n = G.shape[-2:]
     ell_a, ell_b = basis_a.shape[-1], basis_b.shape[-1]
-    P_A, sq_sigma, P_B = top_singular_subspaces(G, ell_a, ell_b)
+    P_A, sq_sigma, P_B, ok = top_singular_subspaces(G, ell_a, ell_b)
     pad = torch.zeros(*sq_sigma.shape[:-1], max(m, n) - sq_sigma.shape[-1], dtype=G.dtype, device=G.device)
     spectrum = torch.cat([sq_sigma, pad], dim=-1)
     sq_norm = (G * G).sum((-1, -2))
@@ -145,7 +165,9 @@ def _initial_sketch(
     lam_b, tau_b = _split(b, ell_b, n)
     new = (P_A, P_B, lam_a, lam_b, tau_a, tau_b, sq_norm)
     old = (basis_a, basis_b, eig_a, eig_b, tail_a, tail_b, trace)
-    return tuple(masked_where(mask, v.to(o.dtype), o) for v, o in zip(new, old, strict=True))
+    accepted = mask & ok & finite_blocks(*new)
+    kept = tuple(masked_where(accepted, v.to(o.dtype), o) for v, o in zip(new, old, strict=True))
+    return (*kept, ready | accepted, counted_failures(failures, mask, accepted))
 
 
 def _scales(x: Tensor, rank: int, settings: KronSettings) -> tuple[Tensor, Tensor]:
@@ -197,7 +219,11 @@ def _coupling_weight(
 def update_sketch_statistics(
     state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings
 ) -> None:
-    """EMA update of both sketches and the trace for the blocks in ``mask`` (old factors on both sides)."""
+    """EMA update of both sketches and the trace for the blocks in ``mask`` (old factors on both sides).
+
+    A block whose new sketches are not finite keeps its state and its failure count grows; an
+    updated block's count is reset.
+    """
     m, n = G.shape[-2:]
     a = floor_eigenvalues(virtual_spectrum(state[EIG_A], state[TAIL_A], m), settings.eig_floor)
     b = floor_eigenvalues(virtual_spectrum(state[EIG_B], state[TAIL_B], n), settings.eig_floor)
@@ -216,6 +242,7 @@ def update_sketch_statistics(
         state[BASIS_B], state[EIG_B], state[TAIL_B], G, V_A, w_A, wt_A, scale_b, beta, "right"
     )
     trace = beta * state[TRACE] + (1 - beta) * torch.linalg.vector_norm(G, dim=(-2, -1)).square()
+    accepted = mask & finite_blocks(U_a, lam_a, tau_a, U_b, lam_b, tau_b, trace)
     updates = {
         BASIS_A: U_a,
         BASIS_B: U_b,
@@ -226,7 +253,8 @@ def update_sketch_statistics(
         TRACE: trace,
     }
     for key, value in updates.items():
-        state[key] = masked_where(mask, value.to(state[key].dtype), state[key])
+        state[key] = masked_where(accepted, value.to(state[key].dtype), state[key])
+    state[FAILURES] = counted_failures(state[FAILURES], mask, accepted)
 
 
 def sketch_group_step(
@@ -250,6 +278,7 @@ def sketch_group_step(
             direction); None means True.
     """
     del refresh
+    ensure_failure_counts(state)
     ready = state[READY]
     active = ready if ok is None else ready & ok
     U = masked_where(active, sketch_direction(state, M, settings), torch.zeros_like(M))

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from tests import _matrices as mats
-from tritonkron.reference import _root_common, eigh_root, newton_schulz
+from tritonkron.reference import _root_common, eigh_root, newton_schulz, safe_linalg
 from tritonkron.reference import inverse_root as ir
 from tritonkron.reference.inverse_root import (
     EighFailure,
@@ -438,7 +438,9 @@ def test_unknown_keyword_for_method_raises_type_error() -> None:
         coupled_newton_step(_SPD, _SPD, 0)
 
 
-@pytest.mark.parametrize("module", [ir, _root_common, eigh_root, newton_schulz], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [ir, _root_common, eigh_root, newton_schulz, safe_linalg], ids=lambda m: m.__name__
+)
 def test_module_never_imports_triton(module: object) -> None:
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

@@ -140,8 +140,9 @@ def test_low_rank_direction_equals_the_dense_eigenbasis_direction(k_A: int, k_B:
 def test_top_singular_subspaces_are_completed_orthonormally(m: int, n: int, ell_a: int, ell_b: int) -> None:
     g = torch.Generator().manual_seed(5)
     G = torch.randn(B, m, n, generator=g, dtype=F64)
-    P, sq, R = top_singular_subspaces(G, ell_a, ell_b)
+    P, sq, R, ok = top_singular_subspaces(G, ell_a, ell_b)
     r = min(m, n)
+    assert bool(ok.all())
     assert P.shape == (B, m, ell_a) and R.shape == (B, n, ell_b) and sq.shape == (B, r)
     torch.testing.assert_close(P.transpose(-1, -2) @ P, torch.eye(ell_a, dtype=F64).expand(B, -1, -1))
     torch.testing.assert_close(R.transpose(-1, -2) @ R, torch.eye(ell_b, dtype=F64).expand(B, -1, -1))

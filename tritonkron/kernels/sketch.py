@@ -37,6 +37,7 @@ from torch import Tensor
 from tritonkron.kernels._common import FLOATS, check_float, check_shape, check_tensor
 from tritonkron.kernels.bmm import Epilogue, bmm_config, launch_bmm
 from tritonkron.kernels.precondition import spike_and_flat_triton
+from tritonkron.reference.safe_linalg import SITE_SKETCH, safe_eigh
 
 __all__ = [
     "increment_apply_triton",
@@ -188,7 +189,7 @@ def _rayleigh_ritz(U: Tensor, lam: Tensor, tau: Tensor, Q: Tensor, H_K: Tensor, 
     eye = torch.eye(p, dtype=U.dtype, device=U.device)
     old = (C * (lam - tau.unsqueeze(-1)).unsqueeze(-2)) @ C.transpose(-1, -2) + tau.reshape(-1, 1, 1) * eye
     H = (beta * old + H_K).to(torch.float64)
-    mu, Z = torch.linalg.eigh(0.5 * (H + H.transpose(-1, -2)))
+    mu, Z, _ = safe_eigh(0.5 * (H + H.transpose(-1, -2)), site=SITE_SKETCH)
     mu, Z = mu.flip(-1).to(U.dtype), Z.flip(-1).to(U.dtype)
     U_new, lam_new = Q @ Z[..., :ell], mu[..., :ell]
     if ell >= d:

@@ -13,25 +13,20 @@ receive the same increments), this keeps the factor and the eigenvalue vector in
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
+from tritonkron.reference._root_common import symmetrize
+from tritonkron.reference.safe_linalg import SITE_CANONICAL, Eigenpairs, safe_eigh, sort_descending
 
-class Eigenpairs(NamedTuple):
-    """Eigenvalues ``[B, k]`` in descending order and their eigenvectors ``[B, d, k]`` as columns."""
-
-    values: Tensor
-    vectors: Tensor
-
-
-def sort_descending(values: Tensor, vectors: Tensor) -> Eigenpairs:
-    """Permute eigenpairs so that ``values`` are descending along the last dim (ties keep order)."""
-    order = torch.argsort(values, dim=-1, descending=True, stable=True)
-    values = torch.gather(values, -1, order)
-    vectors = torch.gather(vectors, -1, order.unsqueeze(-2).expand_as(vectors))
-    return Eigenpairs(values, vectors)
+__all__ = [
+    "Eigenpairs",
+    "canonical_degenerate_basis",
+    "eigh_descending",
+    "rayleigh_quotients",
+    "sort_descending",
+    "subspace_iteration",
+]
 
 
 def rayleigh_quotients(X: Tensor, Q: Tensor) -> Tensor:
@@ -62,16 +57,13 @@ def subspace_iteration(X: Tensor, Q: Tensor, steps: int = 1) -> Eigenpairs:
 
 
 def eigh_descending(X: Tensor) -> Eigenpairs:
-    """Full eigendecomposition of symmetric ``X: [B, d, d]`` with eigenvalues descending.
+    """Eigenpairs of S = (X + Xᵀ)/2 ``[B, d, d]``, S = V diag(λ) Vᵀ, with λ descending.
 
-    Uses the fallback ladder of :func:`tritonkron.reference.inverse_root.eigh_with_fallback`
-    (float64 retry, then growing damping) so that ill-conditioned or rank-deficient factors,
-    e.g. the Gram matrix of a single gradient, never abort training.
+    :func:`tritonkron.reference.safe_linalg.safe_eigh` without its ``ok`` flags: the fallback
+    ladder (float64 retry, then growing damping) and, if every rung fails, the identity fallback.
     """
-    from tritonkron.reference.inverse_root import eigh_with_fallback
-
-    result = eigh_with_fallback(X)
-    return sort_descending(result.eigenvalues, result.eigenvectors)
+    values, vectors, _ = safe_eigh(symmetrize(X), site="eigh_descending", descending=True)
+    return Eigenpairs(values, vectors)
 
 
 def canonical_degenerate_basis(vectors: Tensor, degenerate: Tensor) -> Tensor:
@@ -91,7 +83,9 @@ def canonical_degenerate_basis(vectors: Tensor, degenerate: Tensor) -> Tensor:
 
     Returns:
         ``[B, d, d]`` orthonormal columns; non-degenerate columns first in their original order,
-        then the canonical basis of the degenerate subspace.
+        then the canonical basis of the degenerate subspace. Where the eigendecomposition of the
+        compression fails (:func:`~tritonkron.reference.safe_linalg.safe_eigh`), W is a permutation
+        (the identity fallback): the degenerate columns are kept as given, sorted by (Q_Fᵀ D Q_F)_ii.
     """
     d = vectors.shape[-1]
     mask = degenerate.to(vectors.dtype)
@@ -102,5 +96,5 @@ def canonical_degenerate_basis(vectors: Tensor, degenerate: Tensor) -> Tensor:
     # keep the other columns in place and in their original order.
     keep = -2.0 * d - torch.flip(ramp, (0,))
     compressed = compressed + torch.diag_embed((1 - mask) * keep)
-    W = torch.linalg.eigh(compressed).eigenvectors
+    W = safe_eigh(compressed, site=SITE_CANONICAL).vectors
     return vectors @ W

@@ -24,7 +24,14 @@ from tritonkron.reference._root_common import (
     work_dtype,
 )
 
-__all__ = ["EighFailure", "EighResult", "eigh_with_fallback", "inverse_root_eigh"]
+__all__ = [
+    "EighFailure",
+    "EighResult",
+    "damping_scale",
+    "eigh_ladder",
+    "eigh_with_fallback",
+    "inverse_root_eigh",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +62,7 @@ class EighResult:
     upcast: bool
 
 
-def _damping_scale(S: Tensor) -> Tensor:
+def damping_scale(S: Tensor) -> Tensor:
     """s = tr S / d per member ``[...]``; mean |diag S|, max |S_ij| or 1 where that is not positive."""
     diag = S.diagonal(dim1=-2, dim2=-1)
     scale = diag.mean(dim=-1)
@@ -76,14 +83,19 @@ def _ladder(dtype: torch.dtype, max_damping: float) -> list[tuple[torch.dtype, f
     return rungs
 
 
-def _eigh_ladder(S: Tensor, max_damping: float) -> EighResult:
-    """Run the ladder on symmetric ``S`` (float32/64); results in the dtype of the accepted rung."""
+def eigh_ladder(S: Tensor, max_damping: float) -> EighResult:
+    """Run the ladder (:func:`eigh_with_fallback`) on symmetric ``S`` (float32/64, read like
+    ``torch.linalg.eigh``: lower triangle); results in the dtype of the accepted rung.
+
+    Raises:
+        EighFailure: every rung raised or gave non-finite output.
+    """
     errors: list[str] = []
     rungs = _ladder(S.dtype, max_damping)
     for attempt, (dtype, delta) in enumerate(rungs, start=1):
         B = S.to(dtype)
         if delta > 0:
-            B = B + (delta * _damping_scale(B))[..., None, None] * eye_like(B)
+            B = B + (delta * damping_scale(B))[..., None, None] * eye_like(B)
         try:
             L, Q = torch.linalg.eigh(B)
         except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
@@ -130,7 +142,7 @@ def eigh_with_fallback(A: Tensor, *, max_damping: float = 1e-3) -> EighResult:
     """
     check_matrix(A)
     max_damping = check_nonnegative(max_damping, "max_damping")
-    res = _eigh_ladder(symmetrize(A.to(work_dtype(A.dtype))), max_damping)
+    res = eigh_ladder(symmetrize(A.to(work_dtype(A.dtype))), max_damping)
     return EighResult(
         res.eigenvalues.to(A.dtype), res.eigenvectors.to(A.dtype), res.attempts, res.damping, res.upcast
     )
@@ -163,7 +175,7 @@ def inverse_root_eigh(A: Tensor, p: int, *, eps: float = 0.0) -> Tensor:
     work = work_dtype(A.dtype)
     if A.numel() == 0:
         return torch.empty_like(A)
-    res = _eigh_ladder(symmetrize(A.to(work)), 1e-3)
+    res = eigh_ladder(symmetrize(A.to(work)), 1e-3)
     L, Q = res.eigenvalues, res.eigenvectors
     floor = (L[..., -1:] * torch.finfo(work).eps).clamp_min(max(eps, torch.finfo(work).tiny))
     w = torch.maximum(L, floor).pow(-1.0 / p)  # [..., d]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from tritonkron.config import Divergence, parse_divergence
+from tritonkron.reference.eigh_root import eigh_with_fallback
 
 _DTYPES = (torch.float32, torch.float64)
 # Default LogDet stopping tolerance on the relative change of the factors per sweep.
@@ -73,6 +74,17 @@ def _clamp_psd(w: Tensor, name: str) -> Tensor:
     if w.min() < -tol:
         raise ValueError(f"{name} must be positive semidefinite; smallest eigenvalue {w.min().item():.3g}")
     return torch.where(w <= tol, torch.zeros_like(w), w)
+
+
+def _eigh(X: Tensor) -> tuple[Tensor, Tensor]:
+    """X = U diag(x) Uᵀ, x ascending, from the eigh ladder without its damping rungs (X's dtype,
+    then float64; :func:`~tritonkron.reference.eigh_root.eigh_with_fallback`).
+
+    A damped decomposition, or the optimizer's identity fallback, would change the value computed
+    from it, so here a decomposition that fails in both dtypes raises ``EighFailure``.
+    """
+    result = eigh_with_fallback(X, max_damping=0.0)
+    return result.eigenvalues, result.eigenvectors
 
 
 def _cholesky(X: Tensor, name: str) -> Tensor:
@@ -281,8 +293,8 @@ def kronecker_projection(
 
 def _von_neumann_divergence(X: Tensor, Y: Tensor) -> Tensor:
     """tr(X log X − X log Y − X + Y) from the eigendecompositions of X (PSD) and Y (SPD)."""
-    x, U = torch.linalg.eigh(X)
-    y, V = torch.linalg.eigh(Y)
+    x, U = _eigh(X)
+    y, V = _eigh(Y)
     if not y.min() > 0:
         raise ValueError("Y must be positive definite for the von Neumann divergence")
     x = _clamp_psd(x, "X")
@@ -296,7 +308,7 @@ def _logdet_divergence(X: Tensor, Y: Tensor) -> Tensor:
     L = _cholesky(Y, "Y")
     M = torch.linalg.solve_triangular(L, X, upper=False)  # L⁻¹ X
     M = torch.linalg.solve_triangular(L, M.T, upper=False)  # L⁻¹ X L⁻ᵀ
-    mu = _clamp_psd(torch.linalg.eigvalsh(0.5 * (M + M.T)), "X")
+    mu = _clamp_psd(_eigh(0.5 * (M + M.T))[0], "X")
     if (mu == 0).any():
         return torch.tensor(float("inf"), dtype=X.dtype, device=X.device)
     return (mu - mu.log() - 1).sum()
@@ -324,7 +336,8 @@ def bregman_divergence(X: Tensor, Y: Tensor, divergence: str | Divergence) -> Te
 
     Raises:
         ValueError: on an unknown ``divergence``, non-square, mismatched or non-symmetric X, Y,
-            or X / Y outside the domain stated above.
+            X / Y outside the domain stated above, or non-finite entries (von Neumann, LogDet).
+        EighFailure: an eigendecomposition failed in X's dtype and in float64.
     """
     kind = parse_divergence(divergence)
     _check_square(X, "X")

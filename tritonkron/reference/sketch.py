@@ -29,8 +29,13 @@ X̃' = β X̃ + K are projected back onto the family by a Rayleigh–Ritz step:
 1. candidate basis Q = qr([U, K U]) ([B, d, min(d, 2ℓ)]): the current sketch and one block-Krylov
    (power) step with the increment, which brings in the increment's new directions;
 2. H = Qᵀ X̃' Q = β (τ I + C (Λ − τ I) Cᵀ) + Qᵀ K Q with C = Qᵀ U  (a p × p matrix, p ≤ 2ℓ);
-3. H = Z diag(μ) Zᵀ (``torch.linalg.eigh`` in float64, descending), keep U' = Q Z[:, :ℓ], λ' = μ[:ℓ];
+3. H = Z diag(μ) Zᵀ (float64 :func:`~tritonkron.reference.safe_linalg.safe_eigh`, descending),
+   keep U' = Q Z[:, :ℓ], λ' = μ[:ℓ];
 4. τ' = escaped mass / (d − ℓ), escaped = Σ_{i>ℓ} μ_i + β τ (d − p) + (tr K − tr Qᵀ K Q).
+
+If the eigendecomposition of step 3 fails in every attempt, Z = I (up to order) and μ = diag(H):
+the sketch keeps Q's own directions, the old sketch's and the Krylov step's, with the largest
+Rayleigh quotients qᵢᵀ X̃' qᵢ, and step 4 still conserves the trace.
 
 **The tail level τ.** τ(d − ℓ) is exactly the trace of X̃' outside span(U'): the trace of X̃' is
 conserved (tr X̃' = β tr X̃ + tr K, with tr K = s (w_τ ‖G‖²_F + Σ_j (w_j − w_τ) ‖G_s v_j‖²)), and
@@ -63,10 +68,13 @@ Shapes: G ``[B, m, n]``, sketches ``[B, d, ℓ]``; everything is batched over th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from tritonkron.reference._root_common import symmetrize
+from tritonkron.reference.safe_linalg import SITE_SKETCH, SITE_SKETCH_INIT, safe_eigh, safe_svd
 
 Side = Literal["left", "right"]
 
@@ -74,9 +82,11 @@ __all__ = [
     "increment_apply_ref",
     "increment_rayleigh_ref",
     "increment_trace_ref",
+    "rayleigh_ritz",
     "reconstruct",
     "sketch_precondition_ref",
     "sketch_update_ref",
+    "SingularSubspaces",
     "top_singular_subspaces",
     "virtual_spectrum",
 ]
@@ -152,13 +162,6 @@ def increment_trace_ref(G: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: T
     return scale * (w_tau * sq_norm + ((w - w_tau.unsqueeze(-1)) * col_sq).sum(-1))
 
 
-def _sym_eigh_descending(H: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenpairs of the small symmetric H ``[B, p, p]`` in float64, descending, cast back."""
-    H64 = H.to(torch.float64)
-    values, vectors = torch.linalg.eigh(0.5 * (H64 + H64.transpose(-1, -2)))
-    return values.flip(-1).to(H.dtype), vectors.flip(-1).to(H.dtype)
-
-
 def rayleigh_ritz(
     U: Tensor, lam: Tensor, tau: Tensor, Q: Tensor, H_K: Tensor, tr_K: Tensor, beta: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -181,7 +184,9 @@ def rayleigh_ritz(
     C = Q.transpose(-1, -2) @ U  # [B, p, ℓ]
     eye = torch.eye(p, dtype=U.dtype, device=U.device)
     old = (C * (lam - tau.unsqueeze(-1)).unsqueeze(-2)) @ C.transpose(-1, -2) + tau.reshape(-1, 1, 1) * eye
-    mu, Z = _sym_eigh_descending(beta * old + H_K)
+    H = (beta * old + H_K).to(torch.float64)
+    mu, Z, _ = safe_eigh(symmetrize(H), site=SITE_SKETCH)  # float64, ascending; failure: module doc
+    mu, Z = mu.flip(-1).to(U.dtype), Z.flip(-1).to(U.dtype)
     U_new = Q @ Z[..., :ell]
     lam_new = mu[..., :ell]
     if ell >= d:
@@ -284,13 +289,30 @@ def _complete(P: Tensor, ell: int) -> Tensor:
     return torch.cat([P, torch.ormqr(reflectors, taus, select)], dim=-1)
 
 
-def top_singular_subspaces(G: Tensor, ell_a: int, ell_b: int) -> tuple[Tensor, Tensor, Tensor]:
+class SingularSubspaces(NamedTuple):
+    """The sketch's initial subspaces from :func:`top_singular_subspaces`.
+
+    Attributes:
+        left: P completed to ℓ_A columns ``[B, m, ℓ_A]``.
+        squares: σ² ``[B, min(m, n)]``, descending.
+        right: R completed to ℓ_B columns ``[B, n, ℓ_B]``.
+        ok: ``[B]`` bool, False where the SVD failed in every attempt (then P, R are identity
+            columns and σ = 0; :func:`~tritonkron.reference.safe_linalg.safe_svd`).
+    """
+
+    left: Tensor
+    squares: Tensor
+    right: Tensor
+    ok: Tensor
+
+
+def top_singular_subspaces(G: Tensor, ell_a: int, ell_b: int) -> SingularSubspaces:
     """Top singular subspaces of the first gradient, completed to ℓ columns: the sketch's init.
 
-    G = P diag(σ) Rᵀ (thin SVD, σ descending). Returns P completed to ``ell_a`` columns
-    ``[B, m, ell_a]``, σ² ``[B, min(m, n)]`` (the non-zero part of spec(G Gᵀ) and spec(Gᵀ G)), and R
-    completed to ``ell_b`` columns ``[B, n, ell_b]``. Costs one thin SVD, O(m n min(m, n)); no
-    m × m or n × n matrix is formed.
+    G = P diag(σ) Rᵀ (thin SVD, σ descending; :func:`~tritonkron.reference.safe_linalg.safe_svd`).
+    Returns P completed to ``ell_a`` columns ``[B, m, ell_a]``, σ² ``[B, min(m, n)]`` (the non-zero
+    part of spec(G Gᵀ) and spec(Gᵀ G)), R completed to ``ell_b`` columns ``[B, n, ell_b]`` and the
+    SVD's ``ok`` flags. Costs one thin SVD, O(m n min(m, n)); no m × m or n × n matrix is formed.
     """
-    P, S, Vh = torch.linalg.svd(G, full_matrices=False)
-    return _complete(P, ell_a), S * S, _complete(Vh.transpose(-1, -2), ell_b)
+    P, S, Vh, ok = safe_svd(G, site=SITE_SKETCH_INIT)
+    return SingularSubspaces(_complete(P, ell_a), S * S, _complete(Vh.transpose(-1, -2), ell_b), ok)
