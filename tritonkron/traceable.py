@@ -15,8 +15,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from tritonkron.reference.basis import eigh_descending
-
 
 def run_if(
     pred: Tensor,
@@ -39,26 +37,3 @@ def run_if(
 
         return tuple(torch.cond(pred.reshape(()), true_fn, false_fn, (*updated, *extra)))
     return tuple(fn(*updated, *extra)) if bool(pred) else updated
-
-
-@torch.library.custom_op("tritonkron::eigh_descending", mutates_args=())
-def _eigh_descending_op(X: Tensor) -> tuple[Tensor, Tensor]:
-    pairs = eigh_descending(X)
-    return pairs.values.contiguous(), pairs.vectors.contiguous()
-
-
-@_eigh_descending_op.register_fake
-def _(X):  # noqa: ANN001, ANN202 - signature mirrors the op
-    return X.new_empty(X.shape[:-1]), torch.empty_like(X, memory_format=torch.contiguous_format)
-
-
-def robust_eigh_descending(X: Tensor) -> tuple[Tensor, Tensor]:
-    """(values, vectors) of symmetric ``X [B, d, d]``, values descending, with the eigh fallback ladder.
-
-    See :func:`tritonkron.reference.basis.eigh_descending`; under ``torch.compile`` it is the
-    opaque custom op ``tritonkron::eigh_descending``.
-    """
-    if torch.compiler.is_compiling():
-        return _eigh_descending_op(X)
-    pairs = eigh_descending(X)
-    return pairs.values, pairs.vectors

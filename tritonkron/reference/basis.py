@@ -16,13 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tritonkron.reference._root_common import symmetrize
 from tritonkron.reference.safe_linalg import SITE_CANONICAL, Eigenpairs, safe_eigh, sort_descending
 
 __all__ = [
     "Eigenpairs",
     "canonical_degenerate_basis",
-    "eigh_descending",
     "rayleigh_quotients",
     "sort_descending",
     "subspace_iteration",
@@ -54,16 +52,6 @@ def subspace_iteration(X: Tensor, Q: Tensor, steps: int = 1) -> Eigenpairs:
     for _ in range(steps):
         Q = torch.linalg.qr(X @ Q).Q
     return sort_descending(rayleigh_quotients(X, Q), Q)
-
-
-def eigh_descending(X: Tensor) -> Eigenpairs:
-    """Eigenpairs of S = (X + Xᵀ)/2 ``[B, d, d]``, S = V diag(λ) Vᵀ, with λ descending.
-
-    :func:`tritonkron.reference.safe_linalg.safe_eigh` without its ``ok`` flags: the fallback
-    ladder (float64 retry, then growing damping) and, if every rung fails, the identity fallback.
-    """
-    values, vectors, _ = safe_eigh(symmetrize(X), site="eigh_descending", descending=True)
-    return Eigenpairs(values, vectors)
 
 
 def canonical_degenerate_basis(vectors: Tensor, degenerate: Tensor) -> Tensor:
