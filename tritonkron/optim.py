@@ -86,7 +86,7 @@ class Kron(Optimizer):
     The factors follow ``divergence``'s one-step EMA fixed-point rule (``"logdet"`` is KL-Shampoo,
     ``"von_neumann"`` Shampoo's statistics with exponent −1/2, ``"frobenius"`` the nearest Kronecker
     product); the eigenbases are refreshed every ``precondition_every`` steps by a power step + QR.
-    A block's first non-zero gradient initialises its statistics and moves nothing (PAPER §4.3).
+    A block's first non-zero gradient initialises its statistics and moves nothing (README, "What is derived and what is reconstructed").
     Parameters with fewer than 2 dims and groups with ``kron=False`` take AdamW's update.
 
     Args:
@@ -123,7 +123,7 @@ class Kron(Optimizer):
         max_update_rms: None (off), or c > 0: a parameter's direction U is scaled by
             min(1, c / RMS(U)) before the step, RMS(U) = ‖U‖_F/√(numel). A safeguard against the
             rare huge update when a gradient lands in directions whose tracked eigenvalues are tiny
-            (the direction uses the pre-update statistics, PAPER §4.3).
+            (the direction uses the pre-update statistics; README, "What is derived and what is reconstructed").
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:

@@ -348,14 +348,9 @@ def test_sketch_update_failure_keeps_training_with_the_candidate_directions(
     _assert_finite(params, opt)
 
 
-def test_sketch_fallback_conserves_the_trace_and_matches_the_triton_launcher(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The Rayleigh–Ritz step with its eigh failing: tr X̃' = β tr X̃ + tr K still holds, and the
-    Triton launcher's copy of the step (pure torch) takes the same fallback."""
-    pytest.importorskip("triton")
-    from tritonkron.kernels.sketch import _rayleigh_ritz
-
+def test_sketch_fallback_conserves_the_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Rayleigh–Ritz step with its eigh failing: tr X̃' = β tr X̃ + tr K still holds (the
+    Triton launcher runs this same function for its small dense part)."""
     gen = torch.Generator().manual_seed(5)
     batch, d, ell, beta = 2, 9, 3, 0.9
     Q = torch.linalg.qr(torch.randn(batch, d, 2 * ell, generator=gen, dtype=F64)).Q
@@ -367,11 +362,7 @@ def test_sketch_fallback_conserves_the_trace_and_matches_the_triton_launcher(
     tr_K = torch.diagonal(H_K, dim1=-2, dim2=-1).sum(-1) + 0.5  # mass outside span(Q)
     _fail(monkeypatch, "eigh", lambda A: True)
     with pytest.warns(LinalgFallbackWarning, match=SITE_SKETCH):
-        reference = rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
-        triton = _rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
-    for a, b in zip(reference, triton, strict=True):
-        assert torch.equal(a, b)
-    U2, lam2, tau2 = reference
+        U2, lam2, tau2 = rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
     torch.testing.assert_close(U2.transpose(-1, -2) @ U2, torch.eye(ell, dtype=F64).expand(batch, -1, -1))
     before = beta * (lam.sum(-1) + (d - ell) * tau) + tr_K
     torch.testing.assert_close(lam2.sum(-1) + (d - ell) * tau2, before, rtol=1e-12, atol=0.0)

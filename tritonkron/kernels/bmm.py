@@ -7,7 +7,7 @@ Computes, per batch element b (a torch reference is ``epilogue(A[b] @ B̃[b])`` 
 
     epilogue, applied to the accumulator before the store (``Epilogue``):
         NONE        acc
-        SIGMA       acc ⊙ σ/(1 + εσ),   σ_ij = row[i]·col[j]      (eigenbasis scaling, PAPER §4.2)
+        SIGMA       acc ⊙ σ/(1 + εσ),   σ_ij = row[i]·col[j]      (eigenbasis scaling)
         ROW_SHIFT   (row[i] − shift) · acc_ij                       (D_k − c I) rows, spike-and-flat
         AXPY        acc + shift · Y_ij                              (+ c·Y, spike-and-flat)
 

@@ -1,4 +1,4 @@
-"""Eigenbasis preconditioning and spike-and-flat application (PAPER §4.2–§4.3).
+"""Eigenbasis preconditioning and spike-and-flat application (README, "What is derived and what is reconstructed").
 
 Triton twins of :mod:`tritonkron.reference.precondition`. Both launchers are chains of the batched
 GEMM of :mod:`tritonkron.kernels.bmm` (fp32 accumulation, fused epilogues, transposed operands as

@@ -1,4 +1,4 @@
-"""Thin batched GEMMs of the low-rank-plus-isotropic factor sketches (issue 9, PAPER §4.4).
+"""Thin batched GEMMs of the low-rank-plus-isotropic factor sketches (README: "Use", `sketch`).
 
 Triton twins of :mod:`tritonkron.reference.sketch`. Every heavy product is thin — one side is the
 sketch rank ℓ (or 2ℓ), never d × d — and runs on the batched GEMM of
@@ -37,7 +37,7 @@ from torch import Tensor
 from tritonkron.kernels._common import FLOATS, check_float, check_shape, check_tensor
 from tritonkron.kernels.bmm import Epilogue, bmm_config, launch_bmm
 from tritonkron.kernels.precondition import spike_and_flat_triton
-from tritonkron.reference.safe_linalg import SITE_SKETCH, safe_eigh
+from tritonkron.reference.sketch import rayleigh_ritz
 
 __all__ = [
     "increment_apply_triton",
@@ -178,27 +178,6 @@ def increment_trace_triton(
     return scale.to(torch.float32) * total
 
 
-def _rayleigh_ritz(U: Tensor, lam: Tensor, tau: Tensor, Q: Tensor, H_K: Tensor, tr_K: Tensor,
-                   beta: float) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """The small dense part of the update, identical to ``reference.sketch.rayleigh_ritz``
-    (kernels never import the reference): H = β Qᵀ X̃ Q + Qᵀ K Q, float64 eigh, keep the top ℓ,
-    escaped mass into τ."""
-    d, ell = U.shape[-2:]
-    p = Q.shape[-1]
-    C = Q.transpose(-1, -2) @ U
-    eye = torch.eye(p, dtype=U.dtype, device=U.device)
-    old = (C * (lam - tau.unsqueeze(-1)).unsqueeze(-2)) @ C.transpose(-1, -2) + tau.reshape(-1, 1, 1) * eye
-    H = (beta * old + H_K).to(torch.float64)
-    mu, Z, _ = safe_eigh(0.5 * (H + H.transpose(-1, -2)), site=SITE_SKETCH)
-    mu, Z = mu.flip(-1).to(U.dtype), Z.flip(-1).to(U.dtype)
-    U_new, lam_new = Q @ Z[..., :ell], mu[..., :ell]
-    if ell >= d:
-        return U_new, lam_new, torch.zeros_like(tau)
-    outside_q = (tr_K - torch.diagonal(H_K, dim1=-2, dim2=-1).sum(-1)).clamp_min(0)
-    escaped = mu[..., ell:].sum(-1) + beta * tau * (d - p) + outside_q
-    return U_new, lam_new, (escaped / (d - ell)).clamp_min(0)
-
-
 def sketch_update_triton(
     U: Tensor,
     lam: Tensor,
@@ -248,7 +227,8 @@ def sketch_update_triton(
         Q = U
     H_K = increment_rayleigh_triton(G, Q, V, w, w_tau, scale, side, config=config)
     tr_K = increment_trace_triton(G, V, w, w_tau, scale, side, config=config).to(U.dtype)
-    return _rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
+    # The small dense part (QR'd basis, ℓ-sized eigh) is the reference's own.
+    return rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
 
 
 def sketch_precondition_triton(

@@ -1,4 +1,4 @@
-"""Eigenvalue tracking in a fixed eigenbasis (PAPER §4.4), the Triton twin of
+"""Eigenvalue tracking in a fixed eigenbasis, the Triton twin of
 :func:`tritonkron.divergences.track_eigenvalues`::
 
     a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j        a: [B, m]
