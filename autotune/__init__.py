@@ -4,7 +4,7 @@ It chooses, per parameter shape of a model, the block size, the subspace rank of
 factor (from the spectra of a short calibration run on real batches), the ranks and sketch rank ℓ
 of the sketched mode (``sketch=True``, under a memory cap) and, on CUDA, the Triton kernel
 configurations, and writes them as a versioned JSON tuning file. The library reads that
-file through :mod:`tritonkron.tuning` and never imports this package.
+file through :mod:`tritonkron.tuning.file` and never imports this package.
 
 Modules: :mod:`autotune.space` (what is searched), :mod:`autotune.measure` (the timing
 primitive), :mod:`autotune.rank` (calibration and the rank rule: :mod:`autotune.calibration`,

@@ -11,7 +11,7 @@ Usage::
 a ``device`` parameter is called as ``FACTORY(device=...)`` and must build its model and batches
 there; one without must build its model on that device itself (a mismatch is an error). The search
 is described in :mod:`autotune.search`; the file format and how ``tk.Kron`` reads it in
-:mod:`tritonkron.tuning`. A progress bar goes to stderr; the device line and a summary table go to
+:mod:`tritonkron.tuning.file`. A progress bar goes to stderr; the device line and a summary table go to
 stdout.
 """
 

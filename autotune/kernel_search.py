@@ -17,7 +17,7 @@ from torch import Tensor
 from autotune import space
 from autotune.measure import Timing, bench
 from autotune.search_types import KernelResult, SearchOptions, ShapeResult
-from tritonkron.reference.blocking import BlockLayout
+from tritonkron.math.blocking import BlockLayout
 
 logger = logging.getLogger(__name__)
 

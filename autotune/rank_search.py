@@ -25,7 +25,7 @@ from autotune.calibration import ParamSpectra, calibrate
 from autotune.rank_rule import layer_ranks
 from autotune.search_types import Reporter, SearchOptions, ShapeResult
 from autotune.sketch_choice import sketch_ranks
-from tritonkron.reference.inverse_root import RootStatus, newton_schulz_inverse_root
+from tritonkron.ops.inverse_root.methods import RootStatus, newton_schulz_inverse_root
 
 
 def _ns_steps(factors: list[Tensor], tol: float) -> int | None:

@@ -16,7 +16,7 @@ import torch
 from autotune.measure import Timing
 from autotune.rank_rule import DEFAULT_FLATNESS, DEFAULT_MASS, RankChoice
 from autotune.sketch_choice import DEFAULT_SKETCH_BUDGET, SketchChoice
-from tritonkron.tuning import SketchTuning, TuningEntry, TuningTable, dtype_name
+from tritonkron.tuning.file import SketchTuning, TuningEntry, TuningTable, dtype_name
 
 __all__ = ["KernelResult", "Reporter", "SearchOptions", "ShapeResult", "TuneResult"]
 

@@ -1,6 +1,6 @@
 """What the tuner searches: block sizes, each kernel's legal configs for a shape, and CPU knobs.
 
-The kernels own legality (``tritonkron.kernels.<op>.<op>_configs()``, filtered there by
+The kernels own legality (``tritonkron.ops.<op>.<op>_configs()``, filtered there by
 ``_keep_<op>``); this module decides what is worth *searching* for one block shape: configs
 whose tiles exceed the problem (beyond the next power of two of the dimension they tile) only
 add masked work and are dropped, and the survivors are deduplicated. Each op also says how to
@@ -10,7 +10,7 @@ with an explicit ``config=`` (launchers never pick configs themselves when one i
 Ops (names as stored in a tuning entry's ``kernels``):
 
 ==========================  =========================================  ==========================
-op                          launch (``tritonkron.kernels``)            in place
+op                          launch (``tritonkron.ops``)            in place
 ==========================  =========================================  ==========================
 ``factor_update.left``      A ← βA + s·G Q_B diag(w) Q_Bᵀ Gᵀ            yes (``out=A``)
 ``factor_update.right``     B ← βB + s·Gᵀ Q_A diag(w) Q_Aᵀ G            yes (``out=B``)
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tritonkron.kernels import HAS_TRITON
-from tritonkron.reference.blocking import BlockLayout, matrix_shape
+from tritonkron.math.blocking import BlockLayout, matrix_shape
+from tritonkron.ops._triton import HAS_TRITON
 
 __all__ = [
     "BLOCK_SIZES",
@@ -190,7 +190,7 @@ def _factor_inputs(side: str) -> Callable[[Block, torch.dtype, torch.device, int
 
 def _factor_launch(side: str) -> Callable[[Inputs, Mapping[str, int] | None], Any]:
     def launch(x: Inputs, config: Mapping[str, int] | None) -> Tensor:
-        from tritonkron.kernels.factor_update import factor_update_triton
+        from tritonkron.ops.factor_update.triton import factor_update_triton
 
         return factor_update_triton(
             x["X"], x["G"], 0.98, 0.02, side, (x["Q"], x["w"]), out=x["X"], config=config
@@ -213,7 +213,7 @@ def _precondition_inputs(block: Block, dtype: torch.dtype, device: torch.device,
 
 
 def _precondition_launch(x: Inputs, config: Mapping[str, int] | None) -> Tensor:
-    from tritonkron.kernels.precondition import eigenbasis_precondition_triton
+    from tritonkron.ops.precondition.triton import eigenbasis_precondition_triton
 
     return eigenbasis_precondition_triton(x["M"], x["Q_A"], x["Q_B"], x["s_A"], x["s_B"], 1e-8, config=config)
 
@@ -233,7 +233,7 @@ def _track_inputs(block: Block, dtype: torch.dtype, device: torch.device, seed: 
 
 
 def _track_launch(x: Inputs, config: Mapping[str, int] | None) -> tuple[Tensor, Tensor]:
-    from tritonkron.kernels.track_eigenvalues import track_eigenvalues_triton
+    from tritonkron.ops.track_eigenvalues.triton import track_eigenvalues_triton
 
     return track_eigenvalues_triton(
         x["a"],
@@ -260,7 +260,7 @@ def _ns_inputs(side: str) -> Callable[[Block, torch.dtype, torch.device, int], I
 
 
 def _ns_launch(x: Inputs, config: Mapping[str, int] | None) -> Tensor:
-    from tritonkron.kernels.inverse_root import newton_schulz_triton
+    from tritonkron.ops.inverse_root.triton import newton_schulz_triton
 
     return newton_schulz_triton(x["A"], 2, max_iters=NS_TIMING_STEPS, tol=0.0, config=config).root
 
@@ -271,17 +271,17 @@ def _legal(module: str, fn: str) -> Callable[[], list[dict[str, int]]]:
             return []
         import importlib
 
-        from tritonkron.kernels._common import normalize_config
+        from tritonkron.ops._triton.common import normalize_config
 
         return [normalize_config(c) for c in getattr(importlib.import_module(module), fn)()]
 
     return legal
 
 
-_FU = "tritonkron.kernels.factor_update"
-_PC = "tritonkron.kernels.precondition"
-_TE = "tritonkron.kernels.track_eigenvalues"
-_NS = "tritonkron.kernels.inverse_root"
+_FU = "tritonkron.ops.factor_update.triton"
+_PC = "tritonkron.ops.precondition.triton"
+_TE = "tritonkron.ops.track_eigenvalues.triton"
+_NS = "tritonkron.ops.inverse_root.triton"
 
 KERNEL_OPS: dict[str, KernelOp] = {
     op.name: op

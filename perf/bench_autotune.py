@@ -60,8 +60,8 @@ from perf.demo_training import batch_schedule, evaluate, make_mlp
 from perf.device import add_device_argument, clock, describe_device
 from perf.workloads import FASHION_MNIST_ROOT, Dataset, load_digits_dataset, load_image_classification
 from tritonkron.optim import BLOCKS
-from tritonkron.tuning import TuningTable, device_name, load_tuning
-from tritonkron.tuning_lookup import sketch_tuning_for, tuned_param_groups
+from tritonkron.tuning.file import TuningTable, device_name, load_tuning
+from tritonkron.tuning.lookup import sketch_tuning_for, tuned_param_groups
 
 BETAS = (0.9, 0.98)
 GOAL_MEMORY = 3.0

@@ -7,7 +7,7 @@ Usage (from the repository root)::
 
 Two parts:
 
-* **cost model** (any world size): :mod:`tritonkron.distributed`'s assignment (the code the
+* **cost model** (any world size): :mod:`tritonkron.distributed.plan`'s assignment (the code the
   optimizer runs: a parameter heavier than a rank's fair share is split by blocks over all ranks,
   the rest go whole to owners by greedy LPT over its cost model) applied to every Kronecker matrix
   of the model's transformer blocks ("blocks"), and for GPT-2-small also with the 50257 × 768 token
@@ -46,9 +46,9 @@ import torch.multiprocessing as mp
 
 import tritonkron as tk
 from perf.shapes import DEFAULT_BLOCK_SIZE, GPT2_SMALL, LLAMA_7B, ModelShapes
-from tritonkron.block_split import chunk_of
-from tritonkron.distributed import SPLIT, DistributedPlan, assign_owners, block_cost, layout_cost
-from tritonkron.reference.blocking import BlockLayout
+from tritonkron.distributed.block_split import chunk_of
+from tritonkron.distributed.plan import SPLIT, DistributedPlan, assign_owners, block_cost, layout_cost
+from tritonkron.math.blocking import BlockLayout
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"gpt2-small": GPT2_SMALL, "llama-7b": LLAMA_7B}

@@ -11,7 +11,7 @@ step, so machine contention hits them alike. AdamW (``torch.optim.AdamW``) is th
 same run. With ``precondition_every=10`` the timed window holds ``steps / 10`` basis refreshes, so
 the **mean** is the amortised cost per step. After the run, the parameters stepped with and without
 stacking are compared bit for bit (the ``same bits`` column), the guarantee of
-:mod:`tritonkron.stacking`. Parameters, gradients and state live on ``--device`` (default ``auto``:
+:mod:`tritonkron.step.stacking`. Parameters, gradients and state live on ``--device`` (default ``auto``:
 CUDA when available); on CUDA every timed step is bracketed by ``torch.cuda.synchronize()``.
 
 The table is printed (pandas + tabulate) and written as CSV to ``--out`` with machine, versions,

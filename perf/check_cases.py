@@ -2,7 +2,7 @@
 timing runs, and the case lists of each section.
 
 A :class:`Case` is one (op, variant, stacked block shape, input dtype); its setup draws random
-inputs and returns a :class:`Prepared` that runs the op through :mod:`tritonkron.ops` on either
+inputs and returns a :class:`Prepared` that runs the op through :mod:`tritonkron.ops.dispatch` on either
 backend, with the FLOP / byte model of one call (the table in the docstring of
 ``perf/gpu_check.py``).
 """
@@ -29,7 +29,7 @@ from perf.check_plan import (
     Plan,
 )
 from perf.shapes import BlockShape
-from tritonkron import ops
+from tritonkron.ops import dispatch as ops
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Prepared(NamedTuple):
     """Inputs of a case and how to call the op on them.
 
     Attributes:
-        fn: ``fn(backend, *tensors)`` runs the op through :mod:`tritonkron.ops`.
+        fn: ``fn(backend, *tensors)`` runs the op through :mod:`tritonkron.ops.dispatch`.
         tensors: the inputs (already in their dtypes).
         flops: the FLOP model of one call (module docstring).
         bytes: the byte model of one call (memory-bound ops; 0 otherwise).

@@ -12,7 +12,7 @@ import torch
 from perf.check_cases import SETUPS, Case, Prepared, correctness_cases, generator
 from perf.check_plan import CORRECTNESS_BUDGET_SHARE, NS_RESIDUAL_TOL, TOLERANCE, Plan
 from perf.check_report import Report, dtype_name, fmt, make_row
-from tritonkron.reference.inverse_root import RootStatus, inverse_root_eigh
+from tritonkron.ops.inverse_root.methods import RootStatus, inverse_root_eigh
 
 
 def rel_err(actual: Any, expected: Any) -> float:

@@ -17,7 +17,7 @@ llama-7b mlp_down         11008 × 4096            32
 ========================  ======================  =====================================
 
 A layer and a block size (default 1024, ``tk.Kron``'s default) give stacked block shapes
-``[B, m, n]`` through :meth:`tritonkron.reference.blocking.BlockLayout.build`, exactly as the
+``[B, m, n]`` through :meth:`tritonkron.math.blocking.BlockLayout.build`, exactly as the
 optimizer stacks them: qkv 768 × 2304 → ``[3, 768, 768]``; wte → ``[7, 1006, 768]`` and
 ``[43, 1005, 768]``; Llama's 4096 × 11008 → ``[32, 1024, 1001]`` and ``[12, 1024, 1000]``.
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tritonkron.reference.blocking import BlockLayout
+from tritonkron.math.blocking import BlockLayout
 
 __all__ = [
     "CORRECTNESS_BLOCKS_CPU",

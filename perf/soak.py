@@ -36,9 +36,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import tritonkron as tk
-import tritonkron.preconditioner as preconditioner
+import tritonkron.step.dense as preconditioner
 from perf.device import add_device_argument, describe_device
-from tritonkron.reference.basis import Eigenpairs
+from tritonkron.math.basis import Eigenpairs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

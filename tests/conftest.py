@@ -15,4 +15,4 @@ def pytest_configure(config: pytest.Config) -> None:
     """A kernel falling back to the reference would hide a kernel bug: in the tests it is an error,
     except where a test expects it (``pytest.warns``, ``warnings.catch_warnings``). Registered here,
     after TRITON_INTERPRET is set: naming the class in pyproject.toml would import the kernels first."""
-    config.addinivalue_line("filterwarnings", "error::tritonkron.kernel_guard.KernelFallbackWarning")
+    config.addinivalue_line("filterwarnings", "error::tritonkron.ops.kernel_guard.KernelFallbackWarning")

@@ -5,9 +5,9 @@ Public API: :class:`Kron`, :func:`kronecker_projection`, :func:`bregman_divergen
 """
 
 from tritonkron.config import Divergence, TailRule
-from tritonkron.divergences import bregman_divergence, kronecker_projection
+from tritonkron.math.divergences import bregman_divergence, kronecker_projection
+from tritonkron.ops.inverse_root.methods import inverse_root
 from tritonkron.optim import Kron
-from tritonkron.reference.inverse_root import inverse_root
 
 __all__ = ["Divergence", "Kron", "TailRule", "bregman_divergence", "inverse_root", "kronecker_projection"]
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """The only module that reads environment variables.
 
-- ``TRITONKRON_BACKEND``: default backend of :mod:`tritonkron.ops` ("auto", "triton" or "reference").
+- ``TRITONKRON_BACKEND``: default backend of :mod:`tritonkron.ops.dispatch` ("auto", "triton" or "reference").
 - ``TRITON_INTERPRET``: when "1", Triton kernels run on CPU tensors through the interpreter.
 - ``TRITONKRON_TUNING``: path of the tuning file (from ``python -m autotune``) used when none is passed.
 """

@@ -12,11 +12,10 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
-from tritonkron.adamw import STEP, adamw_step, adamw_steps
-from tritonkron.block_split import localize_split_state, shard_split_state
-from tritonkron.distributed import DistributedPlan, resolve_distributed
-from tritonkron.guards import check_gradients, check_refresh_failures
-from tritonkron.momentum import MOMENTUM
+from tritonkron.distributed.block_split import localize_split_state, shard_split_state
+from tritonkron.distributed.plan import DistributedPlan, resolve_distributed
+from tritonkron.distributed.shards import finite_flags, like_param
+from tritonkron.math.blocking import BlockLayout
 from tritonkron.options import (
     AUTO,
     COMM_DTYPES,
@@ -25,13 +24,14 @@ from tritonkron.options import (
     kron_settings,
     validate_group,
 )
-from tritonkron.preconditioner import BLOCKS, KronSettings
-from tritonkron.reference.blocking import BlockLayout
-from tritonkron.shards import finite_flags, like_param
-from tritonkron.stacking import BlockStacks, run_group
-from tritonkron.tuning import TuningTable, TuningWarning
-from tritonkron.tuning_lookup import auto_settings, resolve_tuning
-from tritonkron.unit_step import PreparedUnit, finish_unit, prepare_unit
+from tritonkron.step.adamw import STEP, adamw_step, adamw_steps
+from tritonkron.step.dense import BLOCKS, KronSettings
+from tritonkron.step.guards import check_gradients, check_refresh_failures
+from tritonkron.step.momentum import MOMENTUM
+from tritonkron.step.stacking import BlockStacks, run_group
+from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_unit
+from tritonkron.tuning.file import TuningTable, TuningWarning
+from tritonkron.tuning.lookup import auto_settings, resolve_tuning
 
 __all__ = ["BLOCKS", "MOMENTUM", "Kron", "KronUnit"]  # state keys re-exported for callers of the front end
 
@@ -109,7 +109,7 @@ class Kron(Optimizer):
         sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch X̃ = U diag(λ) Uᵀ + τ(I − UUᵀ)
             instead of a dense d × d matrix and eigenbasis (requires ``rank=k``): O((m + n)·ℓ) state per
             block instead of 2(m² + n²), so large dims (embeddings, LM heads) need no blocking: raise
-            ``block_size`` to the largest dim to sketch them whole. See :mod:`tritonkron.sketch`;
+            ``block_size`` to the largest dim to sketch them whole. See :mod:`tritonkron.step.sketched`;
             ``precondition_every`` is ignored (the sketch is re-diagonalised at every step).
         sketch_rank: ℓ ≥ rank, the sketch rank (default 2·rank); only used with ``sketch=True``.
         nonfinite: "skip" (a NaN/Inf gradient leaves that parameter, its statistics and its step count
@@ -131,12 +131,12 @@ class Kron(Optimizer):
         distributed: split the preconditioner work over the ranks of the default ``torch.distributed``
             process group (each Kronecker parameter gets one owner rank, which alone keeps its state;
             directions are broadcast, or scattered as shards for FSDP2 ``fully_shard`` parameters; see
-            :mod:`tritonkron.distributed` and docs/distributed.md). None: on when a group with more than
+            :mod:`tritonkron.distributed.plan` and docs/distributed.md). None: on when a group with more than
             one rank is initialised at construction; True: required; False: every rank computes everything.
         comm_dtype: dtype of the shared directions (None: float32, float64 for float64 parameters);
             ``torch.bfloat16`` halves the traffic at the cost of rounding the update.
         stack: step the equal-shape block groups of different parameters as one batch (one process,
-            eager; :mod:`tritonkron.stacking`): the same bits as stepping them one parameter at a
+            eager; :mod:`tritonkron.step.stacking`): the same bits as stepping them one parameter at a
             time, with one launch per op and block shape instead of one per parameter. Under
             ``torch.compile`` and with ``distributed`` each parameter is stepped on its own.
 
@@ -297,7 +297,7 @@ class Kron(Optimizer):
 
     def _run_adamw(self, params: list[tuple[Tensor, dict[str, Any]]]) -> None:
         """AdamW steps of ``params``; DTensor (FSDP2) parameters are stepped shard by shard, their
-        finiteness agreed over the mesh in one collective (:mod:`tritonkron.shards`)."""
+        finiteness agreed over the mesh in one collective (:mod:`tritonkron.distributed.shards`)."""
         sharded = [i for i, (p, _) in enumerate(params) if isinstance(p.grad, DTensor)]
         agreed = dict(zip(sharded, finite_flags([params[i][0].grad for i in sharded]), strict=True))
         batches: dict[tuple, list[Tensor]] = {}
@@ -318,9 +318,9 @@ class Kron(Optimizer):
     def _run_kron(self, units: list[KronUnit]) -> None:
         """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).
 
-        With a :class:`~tritonkron.distributed.DistributedPlan` each rank computes the directions of
+        With a :class:`~tritonkron.distributed.plan.DistributedPlan` each rank computes the directions of
         the parameters it owns and shares them (broadcast, or a scatter of shards for FSDP2
-        parameters); see :mod:`tritonkron.distributed`.
+        parameters); see :mod:`tritonkron.distributed.plan`.
         """
 
         def apply(unit: KronUnit, update: Tensor, ok: Tensor) -> None:
@@ -360,7 +360,7 @@ class Kron(Optimizer):
         return self._finish(prepared, [run_group(job) for job in prepared.jobs])
 
     def _prepare(self, unit: KronUnit) -> PreparedUnit:
-        """``unit``'s step up to its block groups (:func:`tritonkron.unit_step.prepare_unit`)."""
+        """``unit``'s step up to its block groups (:func:`tritonkron.step.unit.prepare_unit`)."""
         p, group, settings = unit
         settings, layout = self._resolve(p, group, settings)
         chunks = (

@@ -2,7 +2,7 @@
 
 Every option can be overridden per param group; :func:`validate_group` names the first invalid one
 and its allowed values, and :func:`kron_settings` turns a group into the
-:class:`~tritonkron.preconditioner.KronSettings` of the Kronecker path.
+:class:`~tritonkron.step.dense.KronSettings` of the Kronecker path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from tritonkron.config import parse_divergence, parse_tail_rule
-from tritonkron.preconditioner import KronSettings
+from tritonkron.step.dense import KronSettings
 
 AUTO = "auto"
 

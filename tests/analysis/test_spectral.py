@@ -23,7 +23,7 @@ from tritonkron.analysis.spectral import (
     kronecker_eigh,
     null_dimension,
 )
-from tritonkron.reference.projection import bregman_divergence
+from tritonkron.math.projection import bregman_divergence
 
 F64 = torch.float64
 

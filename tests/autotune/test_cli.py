@@ -23,8 +23,8 @@ from autotune.__main__ import main
 from autotune.measure import bench, cpu_threads
 from autotune.search import SearchOptions, ShapeResult, tune_kernel, tune_shape_kernels
 from tritonkron._env import triton_interpret
-from tritonkron.tuning import TuningTable, device_name, load_tuning
-from tritonkron.tuning_lookup import tuned_param_groups
+from tritonkron.tuning.file import TuningTable, device_name, load_tuning
+from tritonkron.tuning.lookup import tuned_param_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 CAN_LAUNCH = torch.cuda.is_available() or triton_interpret()

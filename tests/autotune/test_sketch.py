@@ -24,7 +24,7 @@ from autotune.rank import (
     sketch_width,
 )
 from autotune.search import SearchOptions, tune_model
-from tritonkron.tuning import (
+from tritonkron.tuning.file import (
     SketchTuning,
     TuningEntry,
     TuningFileError,
@@ -32,7 +32,7 @@ from tritonkron.tuning import (
     TuningWarning,
     load_tuning,
 )
-from tritonkron.tuning_lookup import sketch_tuning_for
+from tritonkron.tuning.lookup import sketch_tuning_for
 
 
 def _decaying(d: int, power: float = 1.0, seed: int = 0) -> Tensor:

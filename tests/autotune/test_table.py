@@ -1,4 +1,4 @@
-"""Tuning files (:mod:`tritonkron.tuning`): schema round-trip, corrupt and stale files, overrides."""
+"""Tuning files (:mod:`tritonkron.tuning.file`): schema round-trip, corrupt and stale files, overrides."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import nn
 
 import tritonkron as tk
 from autotune.measure import cpu_threads
-from tritonkron import tuning
-from tritonkron.tuning import (
+from tritonkron.tuning import file as tuning
+from tritonkron.tuning.file import (
     SCHEMA_VERSION,
     TuningEntry,
     TuningFileError,
@@ -21,7 +21,7 @@ from tritonkron.tuning import (
     TuningWarning,
     load_tuning,
 )
-from tritonkron.tuning_lookup import (
+from tritonkron.tuning.lookup import (
     heuristic_entry,
     ranks_for,
     resolve_tuning,

@@ -24,7 +24,7 @@ import torch.distributed.checkpoint as dcp
 
 import tritonkron as tk
 from tests.distributed._harness import STEPS, gradients, launch
-from tritonkron.distributed import SPLIT, gather_state_dict, load_checkpoint, load_full_state_dict
+from tritonkron.distributed.plan import SPLIT, gather_state_dict, load_checkpoint, load_full_state_dict
 
 CONFIGS = [{"divergence": "logdet"}, {"divergence": "frobenius", "rank": 2}, {"rank": 2, "sketch": True}]
 SAVE_AT = 3

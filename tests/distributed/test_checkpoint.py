@@ -11,7 +11,7 @@ import torch.distributed.checkpoint as dcp
 
 import tritonkron as tk
 from tests.distributed._harness import STEPS, gradients, launch, make_model, make_opt, reference
-from tritonkron.distributed import gather_state_dict, load_checkpoint, load_full_state_dict
+from tritonkron.distributed.plan import gather_state_dict, load_checkpoint, load_full_state_dict
 
 SAVE_AT = 3  # steps before the checkpoint; STEPS - SAVE_AT after it (a refresh on each side)
 OPTIONS = [{"divergence": "logdet"}, {"divergence": "frobenius", "rank": 2}]

@@ -1,4 +1,4 @@
-""":func:`tritonkron.collectives.collective` in one process, with stand-ins for the collective and its ``Work``:
+""":func:`tritonkron.distributed.collectives.collective` in one process, with stand-ins for the collective and its ``Work``:
 the handle is always dropped, errors propagate, and the wait for the backend's release is bounded."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tritonkron import collectives
+from tritonkron.distributed import collectives
 
 
 class _Work:

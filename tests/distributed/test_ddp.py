@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import tritonkron as tk
 from tests.distributed._harness import CONFIGS, STEPS, gradients, launch, make_model, make_opt, reference
-from tritonkron.distributed import assign_owners, block_cost, kept_state_ids
+from tritonkron.distributed.plan import assign_owners, block_cost, kept_state_ids
 
 
 def _train(options: dict, resume_at: int | None = None) -> tuple[list[torch.Tensor], tk.Kron]:

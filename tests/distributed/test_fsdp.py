@@ -17,7 +17,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 import tritonkron as tk
 from tests.distributed._harness import CONFIGS, STEPS, gradients, launch, make_model, make_opt, reference
-from tritonkron.distributed import load_checkpoint
+from tritonkron.distributed.plan import load_checkpoint
 
 SAVE_AT = 3
 RESUMED = {"divergence": "von_neumann", "rank": 2}

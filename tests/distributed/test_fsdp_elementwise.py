@@ -17,9 +17,9 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 import tritonkron as tk
 from tests.distributed._harness import STEPS, gradients, launch, make_model, make_opt
 from tests.distributed.test_fsdp import _sharded_model
-from tritonkron import preconditioner
-from tritonkron.distributed import gather_state_dict, load_checkpoint, load_full_state_dict
-from tritonkron.reference.basis import Eigenpairs
+from tritonkron.distributed.plan import gather_state_dict, load_checkpoint, load_full_state_dict
+from tritonkron.math.basis import Eigenpairs
+from tritonkron.step import dense as preconditioner
 
 OPTIONS = [{"divergence": "logdet"}, {"divergence": "frobenius", "rank": 2}]
 NAN_STEP, NAN_PARAM = 2, 1  # a NaN in the first row of the first bias at step 2: only rank 0's shard has it

@@ -12,7 +12,7 @@ after ``Work.wait()`` has returned. That lag is microseconds and seldom outlasts
 recorder widens it on purpose: it keeps a view of every tensor (a view holds a C++ reference to its
 base, as a ``Work`` does) for ``HOLD_S`` after the collective returns. An optimizer that returns
 while its collectives' tensors are still held fails here every time; one that waits for the
-release (:mod:`tritonkron.collectives`) passes.
+release (:mod:`tritonkron.distributed.collectives`) passes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch.distributed.tensor import distribute_tensor
 import tritonkron as tk
 from tests.distributed._harness import gradients, launch
 from tests.distributed.test_fsdp import _sharded_model
-from tritonkron.distributed import SPLIT, gather_state_dict
+from tritonkron.distributed.plan import SPLIT, gather_state_dict
 
 COLLECTIVES = (
     "broadcast",

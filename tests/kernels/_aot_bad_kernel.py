@@ -29,8 +29,8 @@ SIGNATURE = (("x_ptr", "*fp32"), ("n", "i32"), ("BLOCK_M", "constexpr"), ("BLOCK
 
 
 def main() -> None:
-    from tritonkron.kernels.aot.build import compile_variant
-    from tritonkron.kernels.aot.record import Variant
+    from tritonkron.ops.aot.build import compile_variant
+    from tritonkron.ops.aot.record import Variant
 
     errors = []
     for bm, bn in ((64, 64), (64, 128)):

@@ -1,13 +1,13 @@
 """Every kernel variant a launcher can choose compiles for sm_80 and sm_90, with no GPU.
 
 The interpreter does not type-check kernels, so these tests compile ahead of time
-(``python -m tritonkron.kernels.aot``) at both ends of the supported Triton range: the installed
+(``python -m tritonkron.ops.aot``) at both ends of the supported Triton range: the installed
 (newest) release, and the oldest supported one, installed by ``scripts/setup.sh`` into
 ``.cache/triton-<version>`` (see ``OLDEST_TRITON``). Each run is one subprocess (the kernels must be
 JIT functions, so ``TRITON_INTERPRET`` is unset there) whose JSON outcome the tests read.
 
 Runs (``RUNS``): the launch tier (heuristic tiles at realistic and odd shapes, every dtype and
-flag; ``tritonkron.kernels.aot.catalog``) for sm_90 and sm_80 at both releases, to cubin for sm_90
+flag; ``tritonkron.ops.aot.catalog``) for sm_90 and sm_80 at both releases, to cubin for sm_90
 at the oldest (what the GPU machines run) and at least through the GPU layout passes elsewhere;
 the legal-space tier (every autotuner config) for sm_90 at the oldest release.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tritonkron.kernels.aot.build import SHARED_LIMIT
+from tritonkron.ops.aot.build import SHARED_LIMIT
 
 ROOT = Path(__file__).resolve().parents[2]
 OLDEST_TRITON = "3.6.0"
@@ -49,7 +49,7 @@ def _run(name: str, tmp: Path) -> dict:
             pytest.fail(f"triton {OLDEST_TRITON} is not installed in {prefix}: run scripts/setup.sh")
         env["PYTHONPATH"] = os.pathsep.join([str(prefix), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = tmp / f"{name}.json"
-    cmd = [sys.executable, "-m", "tritonkron.kernels.aot", "--tiers", tiers, "--arch", str(arch),
+    cmd = [sys.executable, "-m", "tritonkron.ops.aot", "--tiers", tiers, "--arch", str(arch),
            "--until", until, "--json", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     if not out.exists():
@@ -121,7 +121,7 @@ def test_harness_catches_a_branch_joining_different_tile_shapes() -> None:
 
 def test_specialisation_matches_the_jit() -> None:
     """The recorder types arguments as Triton's JIT does (its native specialiser, where present)."""
-    from tritonkron.kernels.aot.record import specialise
+    from tritonkron.ops.aot.record import specialise
 
     native = pytest.importorskip("triton._C.libtriton").native_specialize_impl
     from triton.backends.compiler import BaseBackend

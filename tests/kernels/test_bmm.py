@@ -1,4 +1,4 @@
-"""The batched GEMM (``tritonkron.kernels.bmm``) in every option combination, against float64 torch.
+"""The batched GEMM (``tritonkron.ops._triton.bmm``) in every option combination, against float64 torch.
 
 Reference: ``epilogue(A @ B̃)`` computed in float64 from the very same (already rounded) inputs,
 with B̃ = ½(B + Bᵀ) when ``sym_b``. Error metric: relative Frobenius error ‖C − ref‖_F / ‖ref‖_F.
@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from tritonkron.kernels.bmm import Epilogue, bmm_config, bmm_configs, keep_bmm_config, launch_bmm
+from tritonkron.ops._triton.bmm import Epilogue, bmm_config, bmm_configs, keep_bmm_config, launch_bmm
 
 F64 = torch.float64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

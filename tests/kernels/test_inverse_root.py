@@ -19,20 +19,20 @@ import pytest
 import torch
 from torch import Tensor
 
-import tritonkron.kernels.inverse_root as kernel_module
-import tritonkron.reference.newton_schulz as reference_module
-from tritonkron.kernels.inverse_root import (
-    _keep_newton_schulz,
-    coupled_newton_step_triton,
-    newton_schulz_configs,
-    newton_schulz_triton,
-)
-from tritonkron.reference.eigh_root import inverse_root_eigh
-from tritonkron.reference.newton_schulz import (
+import tritonkron.ops.inverse_root.reference as reference_module
+import tritonkron.ops.inverse_root.triton as kernel_module
+from tritonkron.math.eigh_root import inverse_root_eigh
+from tritonkron.ops.inverse_root.reference import (
     RootStatus,
     coupled_newton_init,
     coupled_newton_step,
     newton_schulz_inverse_root,
+)
+from tritonkron.ops.inverse_root.triton import (
+    _keep_newton_schulz,
+    coupled_newton_step_triton,
+    newton_schulz_configs,
+    newton_schulz_triton,
 )
 
 TOL_STEP = 1e-5

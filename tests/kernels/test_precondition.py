@@ -18,19 +18,19 @@ import torch
 from torch import Tensor
 
 from tritonkron._env import triton_interpret
-from tritonkron.divergences import Coupling, track_eigenvalues
-from tritonkron.kernels.bmm import keep_bmm_config
-from tritonkron.kernels.precondition import (
+from tritonkron.math.divergences import Coupling, track_eigenvalues
+from tritonkron.ops._triton.bmm import keep_bmm_config
+from tritonkron.ops.precondition.reference import eigenbasis_precondition_ref, spike_and_flat_apply
+from tritonkron.ops.precondition.triton import (
     eigenbasis_precondition_triton,
     precondition_configs,
     spike_and_flat_triton,
 )
-from tritonkron.kernels.track_eigenvalues import (
+from tritonkron.ops.track_eigenvalues.triton import (
     _keep_track_eigenvalues,
     track_eigenvalues_configs,
     track_eigenvalues_triton,
 )
-from tritonkron.reference.precondition import eigenbasis_precondition_ref, spike_and_flat_apply
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 F64 = torch.float64

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.kernels.test_precondition import DEVICE, DTYPES, F64, _assert_close, _nan, _orthogonal
-from tritonkron import ops
-from tritonkron.kernels.rotated_statistics import rotated_statistics_triton
-from tritonkron.kernels.rotation import rotate_triton
-from tritonkron.reference.rotation import rotate_back_ref, rotate_ref, rotated_statistics_ref
+from tritonkron.ops import dispatch as ops
+from tritonkron.ops.rotated_statistics.triton import rotated_statistics_triton
+from tritonkron.ops.rotation.reference import rotate_back_ref, rotate_ref, rotated_statistics_ref
+from tritonkron.ops.rotation.triton import rotate_triton
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,4 +1,4 @@
-"""Sketch kernels (``tritonkron.kernels.sketch``) against their float64 references (CPU: interpreter).
+"""Sketch kernels (``tritonkron.ops.sketch.triton``) against their float64 references (CPU: interpreter).
 
 Error metric: relative Frobenius error ‖out − ref‖_F / ‖ref‖_F with ref computed in float64 from
 the same (already rounded) inputs. Every launch accumulates in fp32 and low-precision inputs
@@ -20,20 +20,20 @@ import pytest
 import torch
 from torch import Tensor
 
-from tritonkron.kernels.sketch import (
-    increment_apply_triton,
-    increment_rayleigh_triton,
-    increment_trace_triton,
-    sketch_precondition_triton,
-    sketch_update_triton,
-)
-from tritonkron.reference.sketch import (
+from tritonkron.ops.sketch.reference import (
     increment_apply_ref,
     increment_rayleigh_ref,
     increment_trace_ref,
     reconstruct,
     sketch_precondition_ref,
     sketch_update_ref,
+)
+from tritonkron.ops.sketch.triton import (
+    increment_apply_triton,
+    increment_rayleigh_triton,
+    increment_trace_triton,
+    sketch_precondition_triton,
+    sketch_update_triton,
 )
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}

@@ -1,4 +1,4 @@
-"""The symmetric batched GEMM (``tritonkron.kernels.sym_gemm``) in its option combinations.
+"""The symmetric batched GEMM (``tritonkron.ops._triton.sym_gemm``) in its option combinations.
 
 Reference, in float64 from the very same (already rounded) inputs, with A diag(w) Aᵀ symmetric by
 construction (B = Aᵀ, a transposed view) and C symmetric::
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from tritonkron.kernels.sym_gemm import launch_sym_gemm, residual_columns
+from tritonkron.ops._triton.sym_gemm import launch_sym_gemm, residual_columns
 
 F64 = torch.float64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

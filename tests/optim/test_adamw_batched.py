@@ -1,4 +1,4 @@
-"""The multi-tensor AdamW path (:func:`tritonkron.adamw.adamw_steps`) against the per-parameter one."""
+"""The multi-tensor AdamW path (:func:`tritonkron.step.adamw.adamw_steps`) against the per-parameter one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.adamw import adamw_step, adamw_steps
+from tritonkron.step.adamw import adamw_step, adamw_steps
 
 SHAPES = [(7,), (3, 4), (1,), (2, 3, 5), (16,)]
 

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from tritonkron.config import Divergence, TailRule
-from tritonkron.preconditioner import (
+from tritonkron.ops.precondition.reference import (
+    eigenbasis_precondition_ref,
+    factor_scales,
+    floor_eigenvalues,
+)
+from tritonkron.step.dense import (
     BASIS_A,
     BASIS_B,
     EIG_A,
@@ -17,7 +22,6 @@ from tritonkron.preconditioner import (
     low_rank_is_cheaper,
     new_group_state,
 )
-from tritonkron.reference.precondition import eigenbasis_precondition_ref, factor_scales, floor_eigenvalues
 
 
 def _orthonormal(b: int, d: int, gen: torch.Generator) -> torch.Tensor:

@@ -15,8 +15,9 @@ import torch
 import triton
 
 import tritonkron as tk
-from tritonkron import kernel_guard, ops
-from tritonkron.kernel_guard import KernelFallbackWarning
+from tritonkron.ops import dispatch as ops
+from tritonkron.ops import kernel_guard
+from tritonkron.ops.kernel_guard import KernelFallbackWarning
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
@@ -114,17 +115,17 @@ class _FailingKernel:
 
 FAILURES = {
     "compile error in track_eigenvalues": (
-        "tritonkron.kernels.track_eigenvalues._track_eigenvalues_kernel",
+        "tritonkron.ops.track_eigenvalues.triton._track_eigenvalues_kernel",
         RuntimeError("Mismatched type for acc between then block and else block"),
         "track_eigenvalues",
     ),
     "out of shared memory in bmm": (
-        "tritonkron.kernels.bmm._bmm_kernel",
+        "tritonkron.ops._triton.bmm._bmm_kernel",
         triton.runtime.errors.OutOfResources(262144, 232448, "shared memory"),
         "rotate",
     ),
     "launch failure in sym_gemm": (
-        "tritonkron.kernels.sym_gemm._sym_gemm_kernel",
+        "tritonkron.ops._triton.sym_gemm._sym_gemm_kernel",
         RuntimeError("Triton Error [CUDA]: invalid argument"),
         "rotated_statistics",
     ),

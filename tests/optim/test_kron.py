@@ -11,7 +11,7 @@ import torch
 import tritonkron as tk
 from tritonkron.config import Divergence, TailRule
 from tritonkron.optim import MOMENTUM
-from tritonkron.preconditioner import MOMENTUM_HAT, KronSettings, direction, new_group_state
+from tritonkron.step.dense import MOMENTUM_HAT, KronSettings, direction, new_group_state
 
 DIVERGENCES = ["logdet", "von_neumann", "frobenius"]
 

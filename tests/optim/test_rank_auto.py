@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.tuning import TuningEntry, TuningFileError, TuningTable, TuningWarning, device_name
+from tritonkron.tuning.file import TuningEntry, TuningFileError, TuningTable, TuningWarning, device_name
 
 
 def _model() -> torch.nn.Module:

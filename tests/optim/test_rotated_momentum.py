@@ -1,6 +1,6 @@
-"""The rotated-momentum step (tritonkron.rotated) equals the eigenbasis step with M (float64).
+"""The rotated-momentum step (tritonkron.step.rotated) equals the eigenbasis step with M (float64).
 
-Claims tested (tritonkron/reference/rotation.py and tritonkron/rotated.py docstrings):
+Claims tested (tritonkron/ops/rotation/reference.py and tritonkron/step/rotated.py docstrings):
 - the shared-product statistics equal two factor updates plus Q_Aᵀ G Q_B, for every divergence's weights;
 - stepping M̂ = Q_Aᵀ M Q_B, carried across refreshes and initialisation, gives the same directions and
   state as stepping M, through skipped steps, zero blocks initialised late and basis refreshes;
@@ -17,8 +17,9 @@ import torch
 
 import tritonkron as tk
 from tritonkron.config import Divergence, TailRule
-from tritonkron.momentum import MOMENTUM
-from tritonkron.preconditioner import (
+from tritonkron.ops.factor_update.reference import factor_update_ref
+from tritonkron.ops.rotation.reference import rotate_back_ref, rotated_statistics_ref
+from tritonkron.step.dense import (
     BASIS_A,
     BASIS_B,
     FACTOR_A,
@@ -28,9 +29,8 @@ from tritonkron.preconditioner import (
     block_group_step,
     new_group_state,
 )
-from tritonkron.reference.factor_update import factor_update_ref
-from tritonkron.reference.rotation import rotate_back_ref, rotated_statistics_ref
-from tritonkron.rotated import rotated_group_step, uses_rotated_momentum
+from tritonkron.step.momentum import MOMENTUM
+from tritonkron.step.rotated import rotated_group_step, uses_rotated_momentum
 
 F64 = torch.float64
 

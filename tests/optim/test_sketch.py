@@ -31,14 +31,14 @@ import torch
 from torch import Tensor
 
 import tritonkron as tk
-from tritonkron import ops
 from tritonkron.config import Divergence, TailRule
-from tritonkron.divergences import initial_eigenvalues
+from tritonkron.math.divergences import initial_eigenvalues
+from tritonkron.ops import dispatch as ops
+from tritonkron.ops.precondition.reference import floor_eigenvalues
+from tritonkron.ops.sketch.reference import _complete, reconstruct, virtual_spectrum
 from tritonkron.optim import BLOCKS, MOMENTUM
-from tritonkron.preconditioner import KronSettings, direction, new_group_state
-from tritonkron.reference.precondition import floor_eigenvalues
-from tritonkron.reference.sketch import _complete, reconstruct, virtual_spectrum
-from tritonkron.sketch import new_sketch_state, sketch_direction, sketch_group_step
+from tritonkron.step.dense import KronSettings, direction, new_group_state
+from tritonkron.step.sketched import new_sketch_state, sketch_direction, sketch_group_step
 
 DIVERGENCES = ["logdet", "von_neumann", "frobenius"]
 F64 = torch.float64

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron import ops
+from tritonkron.ops import dispatch as ops
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),

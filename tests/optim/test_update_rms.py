@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.unit_step import limit_rms
+from tritonkron.step.unit import limit_rms
 
 
 def _rms(x: torch.Tensor) -> float:

@@ -13,7 +13,7 @@ from autotune.measure import cpu_threads
 from autotune.rank import sketch_cap
 from perf import demo
 from perf.workloads import load_digits_dataset
-from tritonkron.tuning import load_tuning
+from tritonkron.tuning.file import load_tuning
 
 pytest.importorskip("sklearn")
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tritonkron.config import Divergence, TailRule
-from tritonkron.divergences import coupling, initial_eigenvalues, track_eigenvalues, update_factors
-from tritonkron.reference.basis import canonical_degenerate_basis, subspace_iteration
-from tritonkron.reference.blocking import BlockLayout, split_sizes
-from tritonkron.reference.factor_update import factor_update_ref, weighted_gram
-from tritonkron.reference.precondition import (
+from tritonkron.math.basis import canonical_degenerate_basis, subspace_iteration
+from tritonkron.math.blocking import BlockLayout, split_sizes
+from tritonkron.math.divergences import coupling, initial_eigenvalues, track_eigenvalues, update_factors
+from tritonkron.ops.factor_update.reference import factor_update_ref, weighted_gram
+from tritonkron.ops.precondition.reference import (
     eigenbasis_precondition_ref,
     factor_scales,
     spike_and_flat_apply,

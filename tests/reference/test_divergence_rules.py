@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tritonkron.config import Divergence
-from tritonkron.divergences import coupling, update_factors
-from tritonkron.reference.projection import bregman_divergence, kronecker_projection
+from tritonkron.math.divergences import coupling, update_factors
+from tritonkron.math.projection import bregman_divergence, kronecker_projection
 
 F64 = torch.float64
 M, N = 3, 4

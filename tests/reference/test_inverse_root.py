@@ -24,9 +24,11 @@ import pytest
 import torch
 
 from tests import _matrices as mats
-from tritonkron.reference import _root_common, eigh_root, newton_schulz, safe_linalg
-from tritonkron.reference import inverse_root as ir
-from tritonkron.reference.inverse_root import (
+from tritonkron.math import eigh_root, safe_linalg
+from tritonkron.math import root_checks as _root_common
+from tritonkron.ops.inverse_root import methods as ir
+from tritonkron.ops.inverse_root import reference as newton_schulz
+from tritonkron.ops.inverse_root.methods import (
     EighFailure,
     RootNotConverged,
     RootStatus,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from tritonkron.reference.projection import (
+from tritonkron.math.projection import (
     bregman_divergence,
     divergence_weighted_residuals,
     kron_covariance,

@@ -1,4 +1,4 @@
-"""The low-rank-plus-isotropic sketch maths (``tritonkron.reference.sketch``) against dense float64 oracles."""
+"""The low-rank-plus-isotropic sketch maths (``tritonkron.ops.sketch.reference``) against dense float64 oracles."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from tritonkron.reference.precondition import eigenbasis_precondition_ref
-from tritonkron.reference.sketch import (
+from tritonkron.ops.precondition.reference import eigenbasis_precondition_ref
+from tritonkron.ops.sketch.reference import (
     increment_apply_ref,
     increment_rayleigh_ref,
     increment_trace_ref,

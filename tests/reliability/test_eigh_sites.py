@@ -1,6 +1,6 @@
 """Every factorisation of ``Kron.step`` survives a failing ``torch.linalg.eigh``/``svd``.
 
-Each call site of :func:`tritonkron.reference.safe_linalg.safe_eigh` (and ``safe_svd``) is made to
+Each call site of :func:`tritonkron.math.safe_linalg.safe_eigh` (and ``safe_svd``) is made to
 fail in turn by patching the LAPACK call to raise ``torch.linalg.LinAlgError`` whenever it is
 reached from one function of the step (every attempt of the fallback ladder then fails). Training
 must go on with finite parameters and state, and the failure must be reported: a
@@ -20,9 +20,9 @@ import torch
 
 import tritonkron as tk
 from tests import _matrices as mats
-from tritonkron.reference.basis import canonical_degenerate_basis
-from tritonkron.reference.projection import bregman_divergence
-from tritonkron.reference.safe_linalg import (
+from tritonkron.math.basis import canonical_degenerate_basis
+from tritonkron.math.projection import bregman_divergence
+from tritonkron.math.safe_linalg import (
     SITE_CANONICAL,
     SITE_INIT,
     SITE_SKETCH,
@@ -31,7 +31,7 @@ from tritonkron.reference.safe_linalg import (
     safe_eigh,
     safe_svd,
 )
-from tritonkron.reference.sketch import rayleigh_ritz
+from tritonkron.ops.sketch.reference import rayleigh_ritz
 
 F32, F64 = torch.float32, torch.float64
 _REAL_EIGH = torch.linalg.eigh
@@ -194,7 +194,7 @@ def test_every_path_and_the_compiled_op_give_one_layout(
     eigenvectors; row-major once sorted), fallback and the custom op's fake must all agree."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from tritonkron.reference.safe_linalg import _safe_eigh_op
+    from tritonkron.math.safe_linalg import _safe_eigh_op
 
     X = torch.stack([mats.planted(5, 10.0, seed=s).matrix for s in range(3)])
     expected = _REAL_EIGH(X).eigenvectors

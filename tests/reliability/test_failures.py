@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import tritonkron as tk
-import tritonkron.preconditioner as preconditioner
-from tritonkron.reference.basis import Eigenpairs
+import tritonkron.step.dense as preconditioner
+from tritonkron.math.basis import Eigenpairs
 
 
 def _poisoned(X: torch.Tensor, Q: torch.Tensor, steps: int = 1) -> Eigenpairs:

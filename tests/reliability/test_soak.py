@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tritonkron.preconditioner as preconditioner
+import tritonkron.step.dense as preconditioner
 from perf.soak import run
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from tritonkron.config import Divergence, parse_divergence
-from tritonkron.reference.projection import (
+from tritonkron.math.projection import (
     divergence_weighted_residuals,
     partial_trace_a,
     partial_trace_b,
@@ -169,7 +169,7 @@ def kronecker_divergences(
         D_vN = Σ λᵢ log λᵢ − tr(Tr_B(C) log A) − tr(Tr_A(C) log B) − tr C + tr A · tr B
         D_LD = Σ μᵢ − Σ log λᵢ + n log det A + m log det B − mn     (μ = eig(S^{-1/2} C S^{-1/2}))
 
-    These equal :func:`~tritonkron.reference.projection.bregman_divergence` (tested) at a
+    These equal :func:`~tritonkron.math.projection.bregman_divergence` (tested) at a
     fraction of its cost. A non-positive-definite factor gives inf for vN and LD; a singular C
     gives inf for LD.
 

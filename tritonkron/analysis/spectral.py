@@ -2,7 +2,7 @@
 
 For a dense gradient covariance C ``[mn, mn]`` (row-major ``vec``, PAPER §1) with eigenpairs
 λ₁ ≥ … ≥ λ_mn, u_i, and the projection S = A ⊗ B of each divergence
-(:func:`~tritonkron.reference.projection.kronecker_projection`), this module measures
+(:func:`~tritonkron.math.projection.kronecker_projection`), this module measures
 
 * the **error per eigendirection** of C, r_i = log(sᵢ / λᵢ) with sᵢ = uᵢᵀ S uᵢ, summarised as the
   median |rᵢ| over the top-k directions and over the tail (PAPER §3.3's toy table);
@@ -50,7 +50,7 @@ from tritonkron.analysis.measures import (
     whitened_spectrum,
 )
 from tritonkron.config import parse_divergence
-from tritonkron.reference.projection import kronecker_projection
+from tritonkron.math.projection import kronecker_projection
 
 __all__ = [
     "DIVERGENCES",

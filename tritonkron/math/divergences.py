@@ -1,0 +1,151 @@
+"""The three Bregman divergences as per-step factor rules (PAPER §2.3).
+
+Each divergence projects the gradient covariance C = E[vec(G) vec(G)ᵀ] onto Kronecker products
+A ⊗ B. In the optimizer one fixed-point step is taken per iteration inside an EMA, using the
+*previous* opposite factor in its tracked eigen-form X̂ = Q diag(x) Qᵀ:
+
+    logdet      A ← β A + (1−β) G B̂⁻¹ Gᵀ / n          B ← β B + (1−β) Gᵀ Â⁻¹ G / m
+    von_neumann A ← β A + (1−β) G Gᵀ                  B ← β B + (1−β) Gᵀ G,   τ ← β τ + (1−β) ‖G‖²_F
+    frobenius   A ← β A + (1−β) G B̂ Gᵀ / Σ_j b_j²     B ← β B + (1−β) Gᵀ Â G / Σ_i a_i²
+
+Every rule has the form A ← β A + (1−β) s_A G Q_B diag(w_B) Q_Bᵀ Gᵀ (and its mirror), so the
+per-step eigenvalue tracking in the stale basis (Ĝ = Q_Aᵀ G Q_B) is the diagonal of the same
+increment:
+
+    a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j          b_j ← β b_j + (1−β) s_B Σ_i Ĝ_ij² w_A,i
+
+The preconditioner's eigenvalues are a_i b_j (logdet, frobenius) and a_i b_j / τ (von Neumann,
+whose projection is L ⊗ R / tr C). The dense projections and the divergence values themselves are
+:func:`kronecker_projection` and :func:`bregman_divergence`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from tritonkron.config import Divergence
+from tritonkron.math.projection import bregman_divergence, kronecker_projection
+from tritonkron.ops import dispatch as ops
+
+__all__ = [
+    "Coupling",
+    "bregman_divergence",
+    "coupling",
+    "initial_eigenvalues",
+    "kronecker_projection",
+    "preconditioner_eigenvalues",
+    "track_eigenvalues",
+    "update_factors",
+]
+
+
+class Coupling(NamedTuple):
+    """The weights of one divergence's factor increments.
+
+    Attributes:
+        left_weight: w_B ``[B, n]`` with W = Q_B diag(w_B) Q_Bᵀ, or None for W = I.
+        left_scale: s_A ``[B]``.
+        right_weight: w_A ``[B, m]``, or None for W = I.
+        right_scale: s_B ``[B]``.
+    """
+
+    left_weight: Tensor | None
+    left_scale: Tensor
+    right_weight: Tensor | None
+    right_scale: Tensor
+
+
+def coupling(divergence: Divergence, a: Tensor, b: Tensor) -> Coupling:
+    """Weights (w, s) of the factor increments of ``divergence`` given eigenvalues a ``[B, m]``, b ``[B, n]``.
+
+    logdet: w_B = 1/b, s_A = 1/n; w_A = 1/a, s_B = 1/m.
+    von_neumann: W = I, s = 1.
+    frobenius: w_B = b, s_A = 1/Σb²; w_A = a, s_B = 1/Σa².
+    """
+    m, n = a.shape[-1], b.shape[-1]
+    ones = torch.ones(a.shape[:-1], dtype=a.dtype, device=a.device)
+    if divergence is Divergence.LOGDET:
+        return Coupling(b.reciprocal(), ones / n, a.reciprocal(), ones / m)
+    if divergence is Divergence.VON_NEUMANN:
+        return Coupling(None, ones, None, ones)
+    return Coupling(b, (b * b).sum(-1).reciprocal(), a, (a * a).sum(-1).reciprocal())
+
+
+def update_factors(
+    A: Tensor, B: Tensor, G: Tensor, Q_A: Tensor, Q_B: Tensor, rule: Coupling, beta: float
+) -> tuple[Tensor, Tensor]:
+    """Simultaneous EMA update of both factors (both use the old opposite factor).
+
+    Args:
+        A: ``[B, m, m]``; B: ``[B, n, n]``; G: gradient blocks ``[B, m, n]``.
+        Q_A, Q_B: the stale eigenbases the coupling weights refer to.
+        rule: the divergence's :class:`Coupling`.
+        beta: retention β₂.
+    """
+    w = 1 - beta
+    left = None if rule.left_weight is None else (Q_B, rule.left_weight)
+    right = None if rule.right_weight is None else (Q_A, rule.right_weight)
+    A_new = ops.factor_update(A, G, beta, w * rule.left_scale, "left", left)
+    B_new = ops.factor_update(B, G, beta, w * rule.right_scale, "right", right)
+    return A_new, B_new
+
+
+def track_eigenvalues(
+    a: Tensor, b: Tensor, G_hat: Tensor, rule: Coupling, beta: float
+) -> tuple[Tensor, Tensor]:
+    """Per-step eigenvalue EMA in the stale basis: the diagonals of the factor increments.
+
+    a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j ;  b_j ← β b_j + (1−β) s_B Σ_i Ĝ_ij² w_A,i.
+
+    Args:
+        a: ``[B, m]``; b: ``[B, n]``; G_hat: Ĝ = Q_Aᵀ G Q_B ``[B, m, n]``.
+    """
+    sq = G_hat * G_hat
+    # Weighted sums as multiply-and-reduce, not matrix-vector products: a batched GEMV rounds
+    # differently for one block than for several, and stacked steps must not (tritonkron.step.stacking).
+    inc_a = sq.sum(-1) if rule.left_weight is None else (sq * rule.left_weight.unsqueeze(-2)).sum(-1)
+    inc_b = sq.sum(-2) if rule.right_weight is None else (sq * rule.right_weight.unsqueeze(-1)).sum(-2)
+    inc_a = inc_a * rule.left_scale.unsqueeze(-1)
+    inc_b = inc_b * rule.right_scale.unsqueeze(-1)
+    w = 1 - beta
+    return beta * a + w * inc_a, beta * b + w * inc_b
+
+
+def preconditioner_eigenvalues(
+    divergence: Divergence, a: Tensor, b: Tensor, trace: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per-factor eigenvalues whose products a_i b_j are the eigenvalues of S = A ⊗ B.
+
+    von Neumann divides by the trace, S = L ⊗ R / τ, split evenly: (a/√τ, b/√τ).
+    """
+    if divergence is Divergence.VON_NEUMANN:
+        root = trace.clamp_min(torch.finfo(trace.dtype).tiny).sqrt().unsqueeze(-1)
+        return a / root, b / root
+    return a, b
+
+
+def initial_eigenvalues(
+    divergence: Divergence, l: Tensor, r: Tensor, sq_norm: Tensor, init_floor: float
+) -> tuple[Tensor, Tensor]:
+    """Scale-aware initial eigenvalues from the first gradient's Gram spectra.
+
+    With l = spec(G₀G₀ᵀ), r = spec(G₀ᵀG₀) and s = ‖G₀‖²_F, the split a = l/√s, b = r/√s gives
+    mean(a)·mean(b) = s/(mn), i.e. a_i b_j has the scale of E[G²] as Adam's second moment does,
+    so multiplying the loss by a constant leaves the trajectory unchanged (PAPER §8). von Neumann
+    keeps raw Shampoo statistics (a = l, b = r) and divides by τ = s later. Each vector is floored
+    at ``init_floor`` times its mean, since a single gradient's Gram matrix is rank-deficient.
+
+    Args:
+        l: ``[B, m]``; r: ``[B, n]``; sq_norm: ``[B]``.
+    """
+    if divergence is not Divergence.VON_NEUMANN:
+        root = sq_norm.clamp_min(torch.finfo(sq_norm.dtype).tiny).sqrt().unsqueeze(-1)
+        l, r = l / root, r / root
+    l = l.clamp_min(0)
+    r = r.clamp_min(0)
+    l = torch.maximum(l, init_floor * l.mean(-1, keepdim=True))
+    r = torch.maximum(r, init_floor * r.mean(-1, keepdim=True))
+    return l, r

@@ -1,0 +1,138 @@
+"""Input and failure checks of :class:`tritonkron.Kron` that raise errors naming the parameter.
+
+Each check makes at most one host read per device for the whole optimizer (flags are stacked on the
+device first), so the eager step does not synchronise once per parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tritonkron.distributed.shards import finite_flags
+from tritonkron.math.blocking import BlockLayout
+from tritonkron.step.dense import BASIS_A, BASIS_B, BLOCKS, FAILURES
+from tritonkron.step.momentum import MOMENTUM
+from tritonkron.step.sketched import is_sketch_state
+
+
+def param_name(groups: Sequence[dict[str, Any]], group_index: int, param_index: int) -> str:
+    """``named_parameters()`` name of a parameter, else its position and shape."""
+    group = groups[group_index]
+    names = group.get("param_names")
+    if names is not None and param_index < len(names):
+        return repr(names[param_index])
+    shape = tuple(group["params"][param_index].shape)
+    return f"param_groups[{group_index}]['params'][{param_index}] (shape {shape})"
+
+
+def first_true(flags: Sequence[Tensor]) -> int | None:
+    """Index of the first one-element bool tensor that holds, with one host read per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, flag in enumerate(flags):
+        by_device.setdefault(flag.device, []).append(i)
+    hits = []
+    for indices in by_device.values():
+        stacked = torch.stack([flags[i].reshape(()) for i in indices])
+        if bool(stacked.any()):
+            hits.append(indices[int(stacked.nonzero()[0])])
+    return min(hits) if hits else None
+
+
+def check_gradients(groups: Sequence[dict[str, Any]]) -> None:
+    """Reject sparse and complex gradients, and non-finite ones in ``nonfinite="raise"`` groups.
+
+    Runs before any update, so a raise leaves parameters and state untouched.
+    """
+    watched, where = [], []
+    for gi, group in enumerate(groups):
+        for pi, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None:
+                continue
+            if grad.layout != torch.strided:
+                raise ValueError(
+                    f"Kron does not support sparse gradients; parameter {param_name(groups, gi, pi)} has a "
+                    f"{grad.layout} gradient (use a dense embedding, or a separate sparse optimizer)"
+                )
+            if p.is_complex() or grad.is_complex():
+                raise ValueError(
+                    f"Kron does not support complex parameters; parameter {param_name(groups, gi, pi)} is "
+                    f"{p.dtype} (optimise torch.view_as_real(p) instead)"
+                )
+            if group["nonfinite"] == "raise":
+                watched.append(grad)
+                where.append((gi, pi))
+    bad = first_true([~ok for ok in finite_flags(watched)]) if watched else None
+    if bad is not None:
+        raise FloatingPointError(
+            f"non-finite gradient (NaN or Inf) for parameter {param_name(groups, *where[bad])}; nothing was "
+            "updated (nonfinite='raise'; use nonfinite='skip' to skip such steps)"
+        )
+
+
+def check_refresh_failures(
+    groups: Sequence[dict[str, Any]],
+    state: dict[Tensor, dict[str, Any]],
+    agree: Callable[[int | None, int], int | None] | None = None,
+) -> None:
+    """Raise ``RuntimeError`` naming a parameter one of whose blocks failed ``max_refresh_failures``
+    consecutive basis computations (``refresh_failures``: basis refreshes with a non-finite result,
+    initialisations or sketch updates whose factorisation failed, :mod:`tritonkron.math.safe_linalg`).
+
+    ``agree(index, count)`` makes the decision collective when the state is split over ranks: it
+    takes this rank's first failing parameter index (over all groups, None for none) and the number
+    of parameters, and returns the first over every rank, so that every rank raises together.
+    """
+    counts, where = [], []
+    position: list[tuple[int, int]] = []
+    for gi, group in enumerate(groups):
+        for pi, p in enumerate(group["params"]):
+            position.append((gi, pi))
+            for blocks in state.get(p, {}).get(BLOCKS, []):
+                if FAILURES in blocks:
+                    counts.append(
+                        (blocks[FAILURES] >= group["max_refresh_failures"]).any()
+                    )  # a split chunk may be empty
+                    where.append(len(position) - 1)
+    bad = first_true(counts) if counts else None
+    index = None if bad is None else where[bad]
+    if agree is not None:
+        index = agree(index, len(position))
+    if index is not None:
+        gi, pi = position[index]
+        raise RuntimeError(
+            f"the preconditioner basis of parameter {param_name(groups, gi, pi)} failed "
+            f"{groups[gi]['max_refresh_failures']} consecutive refreshes or initialisations (non-finite "
+            "factors or eigenvalues, or an eigendecomposition that failed in every attempt); the last good "
+            "basis is still in use (a block never initialised takes no step) and the step was applied. Lower "
+            "the learning rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
+        )
+
+
+def check_state(
+    p: Tensor, state: dict[str, Any], layout: BlockLayout, sketch: bool, counts: list[int]
+) -> None:
+    """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode
+    (``counts``: the blocks this rank keeps per group, fewer than the layout's for a split parameter)."""
+    momentum = state.get(MOMENTUM)
+    wrong_matrix = momentum is not None and tuple(momentum.shape) != layout.matrix
+    wrong_blocks = len(state[BLOCKS]) != len(layout.groups) or any(
+        tuple(b[BASIS_A].shape[:2]) != (count, g.shape[0])
+        or tuple(b[BASIS_B].shape[:2]) != (count, g.shape[1])
+        for b, g, count in zip(state[BLOCKS], layout.groups, counts, strict=False)
+    )
+    if wrong_matrix or wrong_blocks:
+        raise ValueError(
+            f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
+            f"({len(layout.groups)} block group(s) of a {layout.matrix[0]} × {layout.matrix[1]} matrix); "
+            "was the state loaded from another model or block_size?"
+        )
+    if any(is_sketch_state(b) != sketch for b in state[BLOCKS]):
+        raise ValueError(
+            f"optimizer state of a parameter of shape {tuple(p.shape)} was created with "
+            f"sketch={not sketch}, but its group now has sketch={sketch}"
+        )

@@ -1,0 +1,174 @@
+"""The block-group step with the momentum kept in the eigenbasis (the default dense path).
+
+Same mathematics as :func:`tritonkron.step.dense.block_group_step` with the eigenbasis form of
+the direction, organised so that each product is computed once (:mod:`tritonkron.ops.rotation.reference`):
+
+1. (A', B', Ĝ) from the shared products G Q_B and Q_Aᵀ G (:func:`tritonkron.ops.dispatch.rotated_statistics`);
+2. M̂ ← β₁ M̂ + (1 − β₁) Ĝ, the rotated momentum M̂ = Q_Aᵀ M Q_B (where the step is not skipped);
+3. U = Q_A (M̂ ⊙ Σ) Q_Bᵀ with Σ from the pre-update eigenvalues, so a gradient never enters its
+   own preconditioner (PAPER §4.3);
+4. statistics written for ready blocks; every T steps the basis refresh, and a block's first
+   non-zero gradient initialises it; both carry M̂ into the new bases exactly,
+   M̂' = Q_A'ᵀ (Q_A M̂ Q_Bᵀ) Q_B'.
+
+Per step this is 3mn(m + n) + mn·min(m, n) multiply-adds instead of 5mn(m + n). The block state is
+that of :func:`tritonkron.step.dense.new_group_state` plus ``momentum_hat [B, m, n]``; the
+parameter then keeps no momentum of its own. Used when the direction is not cheaper in low-rank
+form (:func:`uses_rotated_momentum`); the low-rank and sketched forms need M itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tritonkron.math.divergences import preconditioner_eigenvalues
+from tritonkron.ops import dispatch as ops
+from tritonkron.ops.precondition.reference import factor_scales, floor_eigenvalues
+from tritonkron.step.dense import (
+    BASIS_A,
+    BASIS_B,
+    EIG_A,
+    EIG_B,
+    FACTOR_A,
+    FACTOR_B,
+    INIT_KEYS,
+    MOMENTUM_HAT,
+    READY,
+    REFRESH_KEYS,
+    TRACE,
+    KronSettings,
+    ensure_failure_counts,
+    initial_values,
+    kept_rank,
+    low_rank_is_cheaper,
+    masked_where,
+    refreshed_bases,
+    statistics_coupling,
+    tracked_updates,
+)
+from tritonkron.step.traceable import run_if
+
+__all__ = ["MOMENTUM_HAT", "rotated_group_step", "uses_rotated_momentum"]
+
+
+def uses_rotated_momentum(settings: KronSettings, m: int, n: int) -> bool:
+    """Whether an m × n block group keeps its momentum rotated (dense factors, eigenbasis-form direction)."""
+    k_A, k_B = kept_rank(settings.rank_a, m), kept_rank(settings.rank_b, n)
+    return not settings.sketch and not low_rank_is_cheaper(m, n, k_A, k_B)
+
+
+def _rebase(
+    M_hat: Tensor, old_A: Tensor, old_B: Tensor, new_A: Tensor, new_B: Tensor, mask: Tensor
+) -> Tensor:
+    """M̂ in the new bases for the blocks in ``mask``: Q_A'ᵀ (Q_A M̂ Q_Bᵀ) Q_B'; unchanged elsewhere."""
+    moved = ops.rotate(ops.rotate_back(M_hat, old_A, old_B), new_A, new_B)
+    return masked_where(mask, moved, M_hat)
+
+
+def _damped_sigma(state: dict[str, Tensor], settings: KronSettings) -> Tensor:
+    """Σ = σ/(1 + εσ), σ_ij = s_A,i s_B,j, from the current eigenvalues (see ``preconditioner.direction``)."""
+    a, b = preconditioner_eigenvalues(settings.divergence, state[EIG_A], state[EIG_B], state[TRACE])
+    s_A = factor_scales(
+        floor_eigenvalues(a, settings.eig_floor), settings.rank_a, settings.tail, settings.alpha
+    )
+    s_B = factor_scales(
+        floor_eigenvalues(b, settings.eig_floor), settings.rank_b, settings.tail, settings.alpha
+    )
+    sigma = s_A.unsqueeze(-1) * s_B.unsqueeze(-2)
+    return sigma / (1 + settings.eps * sigma)
+
+
+def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> dict[str, Tensor]:
+    """New factors, tracked eigenvalues, trace and the rotated gradient Ĝ (nothing written)."""
+    rule = statistics_coupling(state, settings)
+    beta = settings.beta2
+    A, B, G_hat = ops.rotated_statistics(
+        state[FACTOR_A],
+        state[FACTOR_B],
+        G,
+        state[BASIS_A],
+        state[BASIS_B],
+        rule.right_weight,
+        (1 - beta) * rule.left_scale,
+        rule.left_weight,
+        (1 - beta) * rule.right_scale,
+        beta,
+    )
+    return {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta), "G_hat": G_hat}
+
+
+def _refresh(*xs: Tensor) -> tuple[Tensor, ...]:
+    """:func:`refreshed_bases` of the blocks ``due`` (ready, not skipped, at their refresh step) plus
+    M̂ carried into the accepted new bases (pure; run_if body)."""
+    *updated, M_hat, factor_a, factor_b, due = xs
+    new = refreshed_bases(*updated, factor_a, factor_b, due)
+    accepted = due & (new[-1] == 0)  # a due block's failure count is reset exactly when accepted
+    return (*new, _rebase(M_hat, updated[0], updated[1], new[0], new[1], accepted))
+
+
+_READY_AT = INIT_KEYS.index(READY)
+
+
+def _initialise(*xs: Tensor, settings: KronSettings) -> tuple[Tensor, ...]:
+    """:func:`initial_values` plus M̂ carried from the old (identity) bases into the new ones of the
+    blocks that were initialised (a failed initialisation keeps both, pure)."""
+    *updated, M_hat, G, mask = xs
+    new = initial_values(*updated, G, mask, settings.divergence, settings.init_floor)
+    initialised = mask & new[_READY_AT]
+    return (*new, _rebase(M_hat, updated[2], updated[3], new[2], new[3], initialised))
+
+
+def rotated_group_step(
+    state: dict[str, Tensor],
+    G: Tensor,
+    settings: KronSettings,
+    refresh: Tensor | bool,
+    ok: Tensor | None = None,
+) -> Tensor:
+    """One optimizer step of a block group with rotated momentum; returns the direction ``[B, m, n]``.
+
+    Args:
+        state: the group's state, with ``momentum_hat`` (modified in place).
+        G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite; zero when skipped).
+        settings: hyperparameters (``beta1`` is the momentum's retention).
+        refresh: whether this is a basis-refresh step; bool, one-element bool tensor, or ``[B]`` bool
+            (per block: blocks of different parameters stepped together, :mod:`tritonkron.step.stacking`).
+        ok: one-element or ``[B]`` bool tensor, False where the step is skipped: statistics and
+            momentum are untouched and the direction is zero. None means True.
+    """
+    ready = state[READY]
+    active = ready if ok is None else ready & ok
+    # Eagerly, one host read tells whether every block is ready and stepping (the steady state):
+    # then the masks select everything and are skipped, as is the initialisation test.
+    steady = not torch.compiler.is_compiling() and bool(active.all())
+    new = _statistics(state, G, settings)
+    M_hat = state[MOMENTUM_HAT]
+    moved = M_hat.lerp(new.pop("G_hat"), 1 - settings.beta1)
+    M_hat = moved if ok is None or steady else masked_where(ok, moved, M_hat)
+    state[MOMENTUM_HAT] = M_hat
+    U = ops.rotate_back(M_hat * _damped_sigma(state, settings), state[BASIS_A], state[BASIS_B])
+    if not steady:
+        U = masked_where(active, U, torch.zeros_like(U))
+    for key, value in new.items():
+        state[key] = value if steady else masked_where(active, value, state[key])
+    ensure_failure_counts(state)
+    if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
+        due = active if refresh is True else active & refresh  # the blocks refreshed now
+        keys = (*REFRESH_KEYS, MOMENTUM_HAT)
+        extra = (state[FACTOR_A], state[FACTOR_B], due)
+        values = run_if(due.any(), _refresh, tuple(state[k] for k in keys), extra)
+        state.update(zip(keys, values, strict=True))
+    if steady:  # every block is ready: none to initialise
+        return U
+    fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
+    if ok is not None:
+        fresh = fresh & ok
+    keys = (*INIT_KEYS, MOMENTUM_HAT)
+
+    def init(*xs: Tensor) -> tuple[Tensor, ...]:
+        return _initialise(*xs, settings=settings)
+
+    values = run_if(fresh.any(), init, tuple(state[k] for k in keys), (G, fresh))
+    state.update(zip(keys, values, strict=True))
+    return U
