@@ -137,6 +137,7 @@ _DEFAULT_TOL = 1e-6  # float32 work dtype
 
 
 def _frobenius(A: Tensor) -> Tensor:
+    """Frobenius norm of each matrix of ``A`` ``[..., d, d]``."""
     return torch.linalg.matrix_norm(A, ord="fro")
 
 
@@ -167,6 +168,7 @@ def _spectral_bound(S: Tensor, scaling: RootScaling, cfg: dict[str, int]) -> Ten
 
 
 def _check_square(name: str, t: object, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``t`` itself when it is a ``[B, d, d]`` tensor of ``dtype``; ValueError naming ``name`` otherwise."""
     if not isinstance(t, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
     if t.dim() != 3 or t.shape[-1] != t.shape[-2]:
@@ -177,12 +179,14 @@ def _check_square(name: str, t: object, dtype: torch.dtype = torch.float32) -> T
 
 
 def _check_p(p: object) -> int:
+    """The root ``p`` as an int when it is 2 or 4; ValueError otherwise."""
     if isinstance(p, bool) or p not in (2, 4):
         raise ValueError(f"p must be 2 or 4; got {p!r}")
     return int(p)  # type: ignore[call-overload]
 
 
 def _check_out(name: str, out: Tensor | None, like: Tensor) -> Tensor:
+    """``out`` checked against ``like``'s shape and device, or a new contiguous tensor like it when None."""
     if out is None:
         return torch.empty_like(like, memory_format=torch.contiguous_format)
     _check_square(name, out)
@@ -241,6 +245,83 @@ def coupled_newton_step_triton(
     return X_out, M_out
 
 
+def _check_newton_args(
+    A: object, p: object, max_iters: object, tol: object, scaling: object, out: object
+) -> tuple[int, float, RootScaling]:
+    """Validates the arguments of :func:`newton_schulz_triton`; returns (p, tol, scaling).
+
+    Raises:
+        ValueError: as documented by :func:`newton_schulz_triton`.
+    """
+    if not isinstance(A, Tensor):
+        raise ValueError(f"A must be a torch.Tensor; got {type(A).__name__}")
+    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A must be square with shape [..., d, d]; got {list(A.shape)}")
+    if A.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"A must be float32, float16 or bfloat16 (float64: use the reference); got {A.dtype}"
+        )
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError("A contains non-finite values (NaN or Inf)")
+    p = _check_p(p)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 0:
+        raise ValueError(f"max_iters must be an integer ≥ 0; got {max_iters!r}")
+    if tol is None:
+        tol = _DEFAULT_TOL
+    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number ≥ 0; got {tol!r}")
+    try:
+        scaling = RootScaling(scaling)
+    except ValueError:
+        raise ValueError(
+            f"scaling must be one of {[s.value for s in RootScaling]}; got {scaling!r}"
+        ) from None
+    if out is not None and (not isinstance(out, Tensor) or out.shape != A.shape or out.dtype != A.dtype
+                            or out.device != A.device):  # fmt: skip
+        raise ValueError(f"out must be a {A.dtype} tensor of shape {list(A.shape)} on {A.device}")
+    return p, tol, scaling
+
+
+def _newton_start(
+    S: Tensor, p: int, scaling: RootScaling, cfg: dict[str, int], tol: float
+) -> tuple[Tensor, Tensor, NewtonProgress]:
+    """The scaled start X₀ = I/c, M₀ = S/cᵖ (cᵖ = β ≥ λ_max(S)) and the progress at step 0."""
+    d = S.shape[-1]
+    beta = _spectral_bound(S, scaling, cfg)
+    beta = torch.where(beta > 0, beta, 1.0)[:, None, None]
+    X = torch.eye(d, dtype=S.dtype, device=S.device).mul(beta.pow(-1.0 / p))  # [B, d, d]
+    M = S / beta
+    progress = NewtonProgress.start(
+        X, _frobenius(M - torch.eye(d, dtype=S.dtype, device=S.device)) / math.sqrt(d), tol
+    )
+    return X, M, progress
+
+
+def _newton_loop(
+    X: Tensor, M: Tensor, p: int, cfg: dict[str, int], progress: NewtonProgress, max_iters: int
+) -> int:
+    """Steps (X, M) until every member has finished or ``max_iters`` steps ran, recording each step
+    in ``progress`` (finished members frozen); returns the number of steps."""
+    d = X.shape[-1]
+    X_new, M_new = torch.empty_like(X), torch.empty_like(M)
+    scratch = (torch.empty_like(M), torch.empty_like(M))
+    num_t = triton.cdiv(d, cfg["BLOCK"])
+    partial = torch.zeros(X.shape[0], num_t * num_t, dtype=torch.float32, device=X.device)
+    iterations = 0
+    while iterations < max_iters and bool((active := progress.active()).any()):
+        _step(X, M, p, X_new, M_new, cfg, res=partial, scratch=scratch)
+        iterations += 1
+        r = partial.sum(dim=-1).sqrt() / math.sqrt(d)  # ‖M_new − I‖_F/√d, from the fused partials
+        finite = torch.isfinite(r) & torch.isfinite(X_new).all(dim=-1).all(dim=-1)
+        if bool(active.all()):  # swap buffers; no member is frozen
+            X, X_new, M, M_new = X_new, X, M_new, M
+        else:
+            keep = active[:, None, None]
+            X, M = torch.where(keep, X_new, X), torch.where(keep, M_new, M)  # fresh tensors
+        progress.record(X, r, finite, active)
+    return iterations
+
+
 def newton_schulz_triton(
     A: Tensor,
     p: int,
@@ -282,32 +363,7 @@ def newton_schulz_triton(
         ValueError: invalid A (not a square float32/float16/bfloat16 tensor, non-finite), p,
             max_iters, tol, scaling, out or config.
     """
-    if not isinstance(A, Tensor):
-        raise ValueError(f"A must be a torch.Tensor; got {type(A).__name__}")
-    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"A must be square with shape [..., d, d]; got {list(A.shape)}")
-    if A.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"A must be float32, float16 or bfloat16 (float64: use the reference); got {A.dtype}"
-        )
-    if not bool(torch.isfinite(A).all()):
-        raise ValueError("A contains non-finite values (NaN or Inf)")
-    p = _check_p(p)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 0:
-        raise ValueError(f"max_iters must be an integer ≥ 0; got {max_iters!r}")
-    if tol is None:
-        tol = _DEFAULT_TOL
-    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number ≥ 0; got {tol!r}")
-    try:
-        scaling = RootScaling(scaling)
-    except ValueError:
-        raise ValueError(
-            f"scaling must be one of {[s.value for s in RootScaling]}; got {scaling!r}"
-        ) from None
-    if out is not None and (not isinstance(out, Tensor) or out.shape != A.shape or out.dtype != A.dtype
-                            or out.device != A.device):  # fmt: skip
-        raise ValueError(f"out must be a {A.dtype} tensor of shape {list(A.shape)} on {A.device}")
+    p, tol, scaling = _check_newton_args(A, p, max_iters, tol, scaling, out)
     batch, d = A.shape[:-2], A.shape[-1]
     cfg = _resolve(config, d)
     S = A.reshape(-1, d, d).float()
@@ -317,30 +373,8 @@ def newton_schulz_triton(
         root = out if out is not None else torch.empty_like(A)
         return InverseRootResult(root, RootStatus.CONVERGED, ok.float() * 0, 0, ok)
 
-    beta = _spectral_bound(S, scaling, cfg)
-    beta = torch.where(beta > 0, beta, 1.0)[:, None, None]
-    X = torch.eye(d, dtype=S.dtype, device=S.device).mul(beta.pow(-1.0 / p))  # [B, d, d]
-    M = S / beta
-    progress = NewtonProgress.start(
-        X, _frobenius(M - torch.eye(d, dtype=S.dtype, device=S.device)) / math.sqrt(d), tol
-    )
-    X_new, M_new = torch.empty_like(X), torch.empty_like(M)
-    scratch = (torch.empty_like(M), torch.empty_like(M))
-    num_t = triton.cdiv(d, cfg["BLOCK"])
-    partial = torch.zeros(S.shape[0], num_t * num_t, dtype=torch.float32, device=S.device)
-    iterations = 0
-    while iterations < max_iters and bool((active := progress.active()).any()):
-        _step(X, M, p, X_new, M_new, cfg, res=partial, scratch=scratch)
-        iterations += 1
-        r = partial.sum(dim=-1).sqrt() / math.sqrt(d)  # ‖M_new − I‖_F/√d, from the fused partials
-        finite = torch.isfinite(r) & torch.isfinite(X_new).all(dim=-1).all(dim=-1)
-        if bool(active.all()):  # swap buffers; no member is frozen
-            X, X_new, M, M_new = X_new, X, M_new, M
-        else:
-            keep = active[:, None, None]
-            X, M = torch.where(keep, X_new, X), torch.where(keep, M_new, M)  # fresh tensors
-        progress.record(X, r, finite, active)
-
+    X, M, progress = _newton_start(S, p, scaling, cfg, tol)
+    iterations = _newton_loop(X, M, p, cfg, progress, max_iters)
     status, best, converged = progress.status(), progress.best, progress.converged
     X_best = progress.X_best
     root = X_best.to(A.dtype).reshape(A.shape)
