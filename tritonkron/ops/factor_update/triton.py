@@ -174,6 +174,8 @@ def _thin_gemm_config(cfg: Mapping[str, int]) -> dict[str, int]:
 
 
 def _check_out(out: Tensor | None, X: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+    """``out`` checked (X's dtype and shape, no zero strides, X itself or no overlap with X or any of
+    ``inputs``), or a new tensor like X when None."""
     if out is None:
         return torch.empty(X.shape, dtype=X.dtype, device=X.device)
     check_tensor("out", out, 3, (X.dtype,), X.device)
@@ -186,6 +188,70 @@ def _check_out(out: Tensor | None, X: Tensor, inputs: dict[str, Tensor]) -> Tens
         if may_overlap(out, t):
             raise ValueError(f"out must not share memory with {name}")
     return out
+
+
+def _check_scale(scale: Tensor | float, Bsz: int, G: Tensor, inputs: dict[str, Tensor]) -> Tensor | float:
+    """The scale s as the symmetric kernel's α: a ``[B]`` view of a tensor scale (recorded in
+    ``inputs``) or a checked Python float."""
+    if isinstance(scale, Tensor):
+        check_tensor("scale", scale, scale.dim(), _G_DTYPES, G.device)
+        if scale.numel() != Bsz:
+            raise ValueError(
+                f"scale must be a float or a tensor with B = {Bsz} elements; got {list(scale.shape)}"
+            )
+        inputs["scale"] = scale
+        return scale.reshape(Bsz)
+    return check_float("scale", scale)
+
+
+def _check_weight(
+    weight: Weight, Bsz: int, k: int, G: Tensor, inputs: dict[str, Tensor]
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(Q, w)`` of the weight: ``(None, None)`` for W = I, ``(W, None)`` for a dense W and
+    ``(Q, w)`` for the eigen form; every weight tensor is recorded in ``inputs``."""
+    if weight is None:
+        return None, None
+    if isinstance(weight, Tensor):
+        Q = check_tensor("weight", weight, 3, _G_DTYPES, G.device)
+        check_shape("weight", Q, (Bsz, k, k))
+        inputs["weight"] = Q
+        return Q, None
+    if isinstance(weight, tuple) and len(weight) == 2:
+        Q = check_tensor("weight[0] (Q)", weight[0], 3, _G_DTYPES, G.device)
+        w = check_tensor("weight[1] (w)", weight[1], 2, _G_DTYPES, G.device)
+        check_shape("weight[0] (Q)", Q, (Bsz, k, k))
+        check_shape("weight[1] (w)", w, (Bsz, k))
+        inputs |= {"weight[0] (Q)": Q, "weight[1] (w)": w}
+        return Q, w
+    raise ValueError(
+        f"weight must be None, a [B, k, k] tensor or a (Q, w) tuple; got {type(weight).__name__}"
+    )
+
+
+def _launch_update(
+    X: Tensor,
+    G: Tensor,
+    beta: float,
+    alpha: Tensor | float,
+    side: Side,
+    Q: Tensor | None,
+    w: Tensor | None,
+    dense: bool,
+    out: Tensor,
+    cfg: dict[str, int],
+) -> None:
+    """The thin GEMM P (weighted forms only), then the symmetric GEMM into ``out``."""
+    Bsz, d, _ = out.shape
+    k = G.shape[2] if side == "left" else G.shape[1]
+    # Operands: 𝒢 = G or Gᵀ ([B, d, k], a strided view), then A, C as in the module docstring.
+    g_op = G if side == "left" else G.transpose(1, 2)
+    if Q is None:
+        a_op = c_op = g_op
+    else:
+        a_op = torch.empty((Bsz, d, k), dtype=X.dtype, device=X.device)  # P = 𝒢 Q or 𝒢 ½(W + Wᵀ)
+        launch_bmm(g_op, Q, a_op, _thin_gemm_config(cfg), sym_b=dense)
+        c_op = g_op if dense else a_op
+    launch_sym_gemm(a_op, c_op.transpose(1, 2), out, cfg, w=w, c=X, alpha=alpha, beta=beta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,48 +310,11 @@ def factor_update_triton(
         raise ValueError("G is float64 but X is float32: use a float64 X (or a float32 G)")
     beta = check_float("beta", beta)
     inputs = {"G": G}
-
-    if isinstance(scale, Tensor):
-        check_tensor("scale", scale, scale.dim(), _G_DTYPES, G.device)
-        if scale.numel() != Bsz:
-            raise ValueError(
-                f"scale must be a float or a tensor with B = {Bsz} elements; got {list(scale.shape)}"
-            )
-        alpha: Tensor | float = scale.reshape(Bsz)
-        inputs["scale"] = scale
-    else:
-        alpha = check_float("scale", scale)
-
-    dense = isinstance(weight, Tensor)
-    if weight is None:
-        Q = w = None
-    elif dense:
-        Q, w = check_tensor("weight", weight, 3, _G_DTYPES, G.device), None
-        check_shape("weight", Q, (Bsz, k, k))
-        inputs["weight"] = Q
-    elif isinstance(weight, tuple) and len(weight) == 2:
-        Q = check_tensor("weight[0] (Q)", weight[0], 3, _G_DTYPES, G.device)
-        w = check_tensor("weight[1] (w)", weight[1], 2, _G_DTYPES, G.device)
-        check_shape("weight[0] (Q)", Q, (Bsz, k, k))
-        check_shape("weight[1] (w)", w, (Bsz, k))
-        inputs |= {"weight[0] (Q)": Q, "weight[1] (w)": w}
-    else:
-        raise ValueError(
-            f"weight must be None, a [B, k, k] tensor or a (Q, w) tuple; got {type(weight).__name__}"
-        )
-
+    alpha = _check_scale(scale, Bsz, G, inputs)
+    Q, w = _check_weight(weight, Bsz, k, G, inputs)
     out = _check_out(out, X, inputs)
     cfg = factor_update_config(config, d, k, X.dtype)
     if out.numel() == 0:
         return out
-
-    # Operands: 𝒢 = G or Gᵀ ([B, d, k], a strided view), then A, C as in the module docstring.
-    g_op = G if side == "left" else G.transpose(1, 2)
-    if Q is None:
-        a_op = c_op = g_op
-    else:
-        a_op = torch.empty((Bsz, d, k), dtype=X.dtype, device=X.device)  # P = 𝒢 Q or 𝒢 ½(W + Wᵀ)
-        launch_bmm(g_op, Q, a_op, _thin_gemm_config(cfg), sym_b=dense)
-        c_op = g_op if dense else a_op
-    launch_sym_gemm(a_op, c_op.transpose(1, 2), out, cfg, w=w, c=X, alpha=alpha, beta=beta)
+    _launch_update(X, G, beta, alpha, side, Q, w, isinstance(weight, Tensor), out, cfg)
     return out
