@@ -132,6 +132,84 @@ def track_eigenvalues_configs() -> list[triton.Config]:
     ]
 
 
+def _check_operands(
+    a: Tensor, b: Tensor, G_hat: Tensor, left_weight: Tensor | None, right_weight: Tensor | None
+) -> None:
+    """Checks Ĝ ``[B, m, n]``, a ``[B, m]``, b ``[B, n]`` and the optional weights (w_B ``[B, n]``,
+    w_A ``[B, m]``), all on Ĝ's device."""
+    check_operand("G_hat", G_hat, 3)
+    Bsz, m, n = G_hat.shape
+    dev = G_hat.device
+    for name, t, shape in (("a", a, (Bsz, m)), ("b", b, (Bsz, n))):
+        check_operand(name, t, 2, dev)
+        check_shape(name, t, shape)
+    for name, t, shape in (("left_weight", left_weight, (Bsz, n)), ("right_weight", right_weight, (Bsz, m))):
+        if t is not None:
+            check_operand(name, t, 2, dev)
+            check_shape(name, t, shape)
+
+
+def _check_scales(
+    left_scale: Tensor | float, right_scale: Tensor | float, Bsz: int, dev: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(s_A, s_B) as ``[B]`` tensors: checked tensors, or fp32 tensors filled with a checked float."""
+    scales = []
+    for name, s in (("left_scale", left_scale), ("right_scale", right_scale)):
+        if not isinstance(s, Tensor):
+            s = torch.full((Bsz,), check_range(name, s, -float("inf")), dtype=torch.float32, device=dev)
+        check_operand(name, s, 1, dev)
+        check_shape(name, s, (Bsz,))
+        scales.append(s)
+    return scales[0], scales[1]
+
+
+def _check_outputs(out: object, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a_new, b_new)``: the checked ``out`` pair, or new tensors like a and b when None."""
+    Bsz, m = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = (torch.empty_like(a), torch.empty_like(b))
+    elif not isinstance(out, tuple) or len(out) != 2:
+        raise ValueError("out must be a tuple (a_new, b_new)")
+    a_out = out_or_empty(out[0], (Bsz, m), a, "out[0]")
+    b_out = out_or_empty(out[1], (Bsz, n), b, "out[1]")
+    return a_out, b_out
+
+
+def _launch_track(
+    a: Tensor,
+    b: Tensor,
+    G_hat: Tensor,
+    left_weight: Tensor | None,
+    right_weight: Tensor | None,
+    scales: tuple[Tensor, Tensor],
+    beta: float,
+    a_out: Tensor,
+    b_out: Tensor,
+    cfg: dict[str, int],
+) -> None:
+    """One launch of :func:`_track_eigenvalues_kernel` (a missing weight passes a dummy pointer and
+    zero strides); a launch failure is raised as :func:`kernel_failure`."""
+    Bsz, m, n = G_hat.shape
+    wl = left_weight if left_weight is not None else a_out
+    wr = right_weight if right_weight is not None else a_out
+    grid = (Bsz * (triton.cdiv(m, cfg["BLOCK_M"]) + triton.cdiv(n, cfg["BLOCK_N"])),)
+    try:
+        _track_eigenvalues_kernel[grid](
+            a, b, G_hat, wl, scales[0], wr, scales[1], a_out, b_out, beta,
+            m, n,
+            *a.stride(), *b.stride(), *G_hat.stride(),
+            *(left_weight.stride() if left_weight is not None else (0, 0)), scales[0].stride(0),
+            *(right_weight.stride() if right_weight is not None else (0, 0)), scales[1].stride(0),
+            *a_out.stride(), *b_out.stride(),
+            HAS_WL=left_weight is not None, HAS_WR=right_weight is not None,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    except Exception as exc:
+        raise kernel_failure("_track_eigenvalues_kernel", cfg, exc) from exc
+
+
 # ---------------------------------------------------------------------------------------------
 # Launcher.
 # ---------------------------------------------------------------------------------------------
@@ -175,51 +253,16 @@ def track_eigenvalues_triton(
         ValueError: on a wrong type, shape, dtype or device (naming the parameter), β outside
             [0, 1] or an illegal config.
     """
-    check_operand("G_hat", G_hat, 3)
+    _check_operands(a, b, G_hat, left_weight, right_weight)
     Bsz, m, n = G_hat.shape
-    dev = G_hat.device
-    for name, t, shape in (("a", a, (Bsz, m)), ("b", b, (Bsz, n))):
-        check_operand(name, t, 2, dev)
-        check_shape(name, t, shape)
-    for name, t, shape in (("left_weight", left_weight, (Bsz, n)), ("right_weight", right_weight, (Bsz, m))):
-        if t is not None:
-            check_operand(name, t, 2, dev)
-            check_shape(name, t, shape)
-    scales = []
-    for name, s in (("left_scale", left_scale), ("right_scale", right_scale)):
-        if not isinstance(s, Tensor):
-            s = torch.full((Bsz,), check_range(name, s, -float("inf")), dtype=torch.float32, device=dev)
-        check_operand(name, s, 1, dev)
-        check_shape(name, s, (Bsz,))
-        scales.append(s)
+    scales = _check_scales(left_scale, right_scale, Bsz, G_hat.device)
     beta = check_range("beta", beta, 0.0, 1.0)
-    if out is None:
-        out = (torch.empty_like(a), torch.empty_like(b))
-    elif not isinstance(out, tuple) or len(out) != 2:
-        raise ValueError("out must be a tuple (a_new, b_new)")
-    a_out = out_or_empty(out[0], (Bsz, m), a, "out[0]")
-    b_out = out_or_empty(out[1], (Bsz, n), b, "out[1]")
+    a_out, b_out = _check_outputs(out, a, b)
     # The interpreter runs the GPU's tiles (BLOCK_M and BLOCK_N differ once m, n > 64).
     default = {"BLOCK_M": tile_size(m, 64), "BLOCK_N": tile_size(n, 128),
                "num_warps": 4, "num_stages": 1}  # fmt: skip
     cfg = resolve_config(config, default, _KEYS, _keep_track_eigenvalues)
     if Bsz == 0 or (m == 0 and n == 0):
         return a_out, b_out
-    wl = left_weight if left_weight is not None else a_out
-    wr = right_weight if right_weight is not None else a_out
-    grid = (Bsz * (triton.cdiv(m, cfg["BLOCK_M"]) + triton.cdiv(n, cfg["BLOCK_N"])),)
-    try:
-        _track_eigenvalues_kernel[grid](
-            a, b, G_hat, wl, scales[0], wr, scales[1], a_out, b_out, beta,
-            m, n,
-            *a.stride(), *b.stride(), *G_hat.stride(),
-            *(left_weight.stride() if left_weight is not None else (0, 0)), scales[0].stride(0),
-            *(right_weight.stride() if right_weight is not None else (0, 0)), scales[1].stride(0),
-            *a_out.stride(), *b_out.stride(),
-            HAS_WL=left_weight is not None, HAS_WR=right_weight is not None,
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )  # fmt: skip
-    except Exception as exc:
-        raise kernel_failure("_track_eigenvalues_kernel", cfg, exc) from exc
+    _launch_track(a, b, G_hat, left_weight, right_weight, scales, beta, a_out, b_out, cfg)
     return a_out, b_out
