@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 import tritonkron as tk
 from tritonkron.optim import BLOCKS
-from tritonkron.step.dense import EIG_A, EIG_B, FACTOR_A, FACTOR_B, READY
+from tritonkron.state import EIG_A, EIG_B, FACTOR_A, FACTOR_B, READY
 
 __all__ = ["Calibration", "ParamSpectra", "calibrate", "calibration_beta2"]
 

@@ -32,10 +32,11 @@ from autotune.measure import cpu_threads
 from autotune.rank_search import _tune_ranks
 from autotune.search_types import KernelResult, Reporter, SearchOptions, ShapeResult, TuneResult
 from autotune.step_timing import _cpu_knobs, _predict, choose_block_size
-from tritonkron._env import triton_interpret
 from tritonkron.math.blocking import matrix_shape
 from tritonkron.ops._triton import HAS_TRITON
-from tritonkron.tuning.file import TuningTable, device_name, dtype_name
+from tritonkron.options import triton_interpret
+from tritonkron.tuning.entry import dtype_name
+from tritonkron.tuning.file import TuningTable, device_name
 
 __all__ = [
     "KernelResult",

@@ -16,7 +16,8 @@ import torch
 from autotune.measure import Timing
 from autotune.rank_rule import DEFAULT_FLATNESS, DEFAULT_MASS, RankChoice
 from autotune.sketch_choice import DEFAULT_SKETCH_BUDGET, SketchChoice
-from tritonkron.tuning.file import SketchTuning, TuningEntry, TuningTable, dtype_name
+from tritonkron.tuning.entry import SketchTuning, TuningEntry, dtype_name
+from tritonkron.tuning.file import TuningTable
 
 __all__ = ["KernelResult", "Reporter", "SearchOptions", "ShapeResult", "TuneResult"]
 

@@ -25,7 +25,7 @@ import tritonkron as tk
 from autotune import space
 from autotune.measure import Timing, bench, cpu_threads, measure_kron_step
 from autotune.search_types import SearchOptions, ShapeResult
-from tritonkron.tuning.file import DEFAULT_BLOCK_SIZE
+from tritonkron.tuning.entry import DEFAULT_BLOCK_SIZE
 from tritonkron.tuning.lookup import single_rank
 
 __all__ = ["choose_block_size"]

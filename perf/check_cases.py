@@ -2,7 +2,7 @@
 timing runs, and the case lists of each section.
 
 A :class:`Case` is one (op, variant, stacked block shape, input dtype); its setup draws random
-inputs and returns a :class:`Prepared` that runs the op through :mod:`tritonkron.ops.dispatch` on either
+inputs and returns a :class:`Prepared` that runs the op through :mod:`tritonkron.ops` on either
 backend, with the FLOP / byte model of one call (the table in the docstring of
 ``perf/gpu_check.py``).
 """
@@ -29,7 +29,12 @@ from perf.check_plan import (
     Plan,
 )
 from perf.shapes import BlockShape
-from tritonkron.ops import dispatch as ops
+from tritonkron.ops.factor_update import factor_update
+from tritonkron.ops.inverse_root import newton_schulz_root
+from tritonkron.ops.precondition import precondition, spike_and_flat
+from tritonkron.ops.rotated_statistics import rotated_statistics
+from tritonkron.ops.rotation import rotate, rotate_back
+from tritonkron.ops.track_eigenvalues import track_eigenvalues
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Prepared(NamedTuple):
     """Inputs of a case and how to call the op on them.
 
     Attributes:
-        fn: ``fn(backend, *tensors)`` runs the op through :mod:`tritonkron.ops.dispatch`.
+        fn: ``fn(backend, *tensors)`` runs the op through :mod:`tritonkron.ops`.
         tensors: the inputs (already in their dtypes).
         flops: the FLOP model of one call (module docstring).
         bytes: the byte model of one call (memory-bound ops; 0 otherwise).
@@ -111,7 +116,7 @@ def _setup_factor_update(case: Case, g: torch.Generator, exact: bool) -> Prepare
 
     def fn(backend: str, X: Tensor, G: Tensor, scale: Tensor, *w: Tensor) -> Tensor:
         weight = None if not w else (w[0] if len(w) == 1 else (w[0], w[1]))
-        return ops.factor_update(X, G, BETA, scale, side, weight, backend=backend)
+        return factor_update(X, G, BETA, scale, side, weight, backend=backend)
 
     return Prepared(fn, (X, G, scale, *weights), flops)
 
@@ -129,7 +134,7 @@ def _setup_precondition(case: Case, g: torch.Generator, exact: bool) -> Prepared
     )
 
     def fn(backend: str, *t: Tensor) -> Tensor:
-        return ops.precondition(*t, EPS, backend=backend)
+        return precondition(*t, EPS, backend=backend)
 
     return Prepared(fn, tuple(t.to(dt) for t in tensors), 4.0 * B * (m * m * n + m * n * n))
 
@@ -141,7 +146,7 @@ def _setup_spike_and_flat(case: Case, g: torch.Generator, exact: bool) -> Prepar
     tensors = (_basis(g, B, m, k, exact), _positive(g, B, k), 0.5 * _positive(g, B, 1), randn(g, B, m, n))
 
     def fn(backend: str, *t: Tensor) -> Tensor:
-        return ops.spike_and_flat(*t, backend=backend)
+        return spike_and_flat(*t, backend=backend)
 
     return Prepared(fn, tuple(t.to(case.dtype) for t in tensors), 4.0 * B * m * k * n)
 
@@ -160,7 +165,7 @@ def _setup_track_eigenvalues(case: Case, g: torch.Generator, exact: bool) -> Pre
     )
 
     def fn(backend: str, *t: Tensor) -> tuple[Tensor, Tensor]:
-        return ops.track_eigenvalues(*t, BETA, backend=backend)
+        return track_eigenvalues(*t, BETA, backend=backend)
 
     itemsize = torch.empty((), dtype=case.dtype).element_size()
     nbytes = float(itemsize * B * (m * n + 3 * (m + n) + 2))
@@ -179,7 +184,7 @@ def _setup_inverse_root(case: Case, g: torch.Generator, exact: bool) -> Prepared
     p = int(case.variant.removeprefix("p="))
 
     def fn(backend: str, A: Tensor) -> Any:
-        return ops.inverse_root(A, p, backend=backend)
+        return newton_schulz_root(A, p, backend=backend)
 
     B, d, _ = case.block.shape
     return Prepared(fn, (_spd(g, B, d),), 0.0)
@@ -190,10 +195,10 @@ def _setup_rotate(case: Case, g: torch.Generator, exact: bool) -> Prepared:
     B, m, n = case.block.shape
     dt = case.dtype
     tensors = (randn(g, B, m, n), _basis(g, B, m, m, exact), _basis(g, B, n, n, exact))
-    rotate = ops.rotate_back if case.variant == "back" else ops.rotate
+    apply = rotate_back if case.variant == "back" else rotate
 
     def fn(backend: str, *t: Tensor) -> Tensor:
-        return rotate(*t, backend=backend)
+        return apply(*t, backend=backend)
 
     return Prepared(fn, tuple(t.to(dt) for t in tensors), 2.0 * B * (m * m * n + m * n * n))
 
@@ -219,7 +224,7 @@ def _setup_rotated_statistics(case: Case, g: torch.Generator, exact: bool) -> Pr
         w_A, s_A, w_B, s_B = w
         if not weighted:
             w_A = w_B = None
-        return ops.rotated_statistics(A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B, BETA, backend=backend)
+        return rotated_statistics(A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B, BETA, backend=backend)
 
     products = 4.0 * B * m * n * (m + n)
     return Prepared(fn, tensors, products + (2.0 * B * m * n * min(m, n) if weighted else 0.0))

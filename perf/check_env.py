@@ -139,7 +139,7 @@ def measure_peaks(plan: Plan) -> dict[str, float]:
 
 @contextlib.contextmanager
 def backend_env(backend: str) -> Iterator[None]:
-    """Set ``TRITONKRON_BACKEND`` (read by ``tritonkron._env`` at every op call) for a block."""
+    """Set ``TRITONKRON_BACKEND`` (read by ``tritonkron.options`` at every op call) for a block."""
     old = os.environ.get("TRITONKRON_BACKEND")
     os.environ["TRITONKRON_BACKEND"] = backend
     try:

@@ -21,13 +21,13 @@ from tritonkron.options import (
     COMM_DTYPES,
     DEFAULTS,
     EXTRA_GROUP_KEYS,
+    KronSettings,
     kron_settings,
     validate_group,
 )
-from tritonkron.step.adamw import STEP, adamw_step, adamw_steps
-from tritonkron.step.dense import BLOCKS, KronSettings
+from tritonkron.state import BLOCKS, MOMENTUM, STEP
+from tritonkron.step.adamw import adamw_step, adamw_steps
 from tritonkron.step.guards import check_gradients, check_refresh_failures
-from tritonkron.step.momentum import MOMENTUM
 from tritonkron.step.stacking import BlockStacks, run_group
 from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_unit
 from tritonkron.tuning.file import TuningTable, TuningWarning

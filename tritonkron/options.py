@@ -1,20 +1,141 @@
-"""Param-group options of :class:`tritonkron.Kron`: defaults, validation and parsing into settings.
+"""Every option of tritonkron, once: the closed sets, the param-group options and their defaults,
+their validation and parsing into :class:`KronSettings`, and the environment variables.
 
-Every option can be overridden per param group; :func:`validate_group` names the first invalid one
-and its allowed values, and :func:`kron_settings` turns a group into the
-:class:`~tritonkron.step.dense.KronSettings` of the Kronecker path.
+- Closed sets: :class:`Divergence`, :class:`TailRule`; every user-facing string option is parsed
+  here, so a bad value fails at construction with a ``ValueError`` naming the parameter and the
+  allowed values.
+- Param-group options: :data:`DEFAULTS` (each can be overridden per param group);
+  :func:`validate_group` names the first invalid one and :func:`kron_settings` turns a group into
+  the :class:`KronSettings` of the Kronecker path.
+- Environment (the only place that reads it):
+
+  - ``TRITONKRON_BACKEND``: default backend of :mod:`tritonkron.ops` ("auto", "triton" or "reference").
+  - ``TRITON_INTERPRET``: when "1", Triton kernels run on CPU tensors through the interpreter.
+  - ``TRITONKRON_TUNING``: path of the tuning file (from ``python -m autotune``) used when none is passed.
 """
 
 from __future__ import annotations
 
+import enum
 import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from tritonkron.config import parse_divergence, parse_tail_rule
-from tritonkron.step.dense import KronSettings
+
+class Divergence(str, enum.Enum):
+    """Bregman divergence used to project the gradient covariance onto Kronecker products."""
+
+    FROBENIUS = "frobenius"
+    VON_NEUMANN = "von_neumann"
+    LOGDET = "logdet"
+
+
+class TailRule(str, enum.Enum):
+    """Rule for the isotropic constant applied to the bottom (tail) eigen-subspace of a factor."""
+
+    MEAN = "mean"
+    KTH = "kth"
+    SKETCHY = "sketchy"
+    FIXED = "fixed"
+
+
+def _allowed(values: Iterable[str]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def parse_enum(value: object, enum_type: type[enum.Enum], name: str) -> enum.Enum:
+    """Return ``enum_type(value)`` or raise ``ValueError`` naming ``name`` and the allowed values."""
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = _allowed(member.value for member in enum_type)
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}") from None
+
+
+def parse_divergence(value: object, name: str = "divergence") -> Divergence:
+    """Parse a divergence name ("frobenius", "von_neumann" or "logdet")."""
+    return parse_enum(value, Divergence, name)  # type: ignore[return-value]
+
+
+def parse_tail_rule(value: object, name: str = "tail") -> TailRule:
+    """Parse a tail rule name ("mean", "kth", "sketchy" or "fixed")."""
+    return parse_enum(value, TailRule, name)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class KronSettings:
+    """Hyperparameters of the Kronecker path, parsed from one param group.
+
+    Attributes:
+        divergence: factor rule (PAPER §2.3).
+        rank: subspace rank k per factor, or None for full eigenvalue preconditioning.
+        tail: isotropic tail rule (PAPER §4.2).
+        alpha: tail multiplier α.
+        beta2: retention of the factor and eigenvalue EMAs.
+        eps: ε of the 1/(√(a_i b_j) + ε) damping.
+        eig_floor: relative floor of eigenvalues, x ≥ eig_floor · max x.
+        init_floor: floor of the initial eigenvalues relative to their mean.
+        flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
+        sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch (:mod:`tritonkron.step.sketched`).
+        sketch_rank: ℓ, the sketch rank (≥ rank); None when ``sketch`` is False.
+        factor_ranks: (k_A, k_B) when the two factors have their own ranks (``rank="auto"``).
+        beta1: retention of the momentum (used by the rotated-momentum step, :mod:`tritonkron.step.rotated`).
+    """
+
+    divergence: Divergence
+    rank: int | None
+    tail: TailRule
+    alpha: float
+    beta2: float
+    eps: float
+    eig_floor: float
+    init_floor: float
+    flat_tail_in_stats: bool
+    sketch: bool = False
+    sketch_rank: int | None = None
+    factor_ranks: tuple[int | None, int | None] | None = None
+    beta1: float = 0.9
+
+    @property
+    def rank_a(self) -> int | None:
+        """Subspace rank of the left factor A (``factor_ranks`` when tuned per factor, else ``rank``)."""
+        return self.rank if self.factor_ranks is None else self.factor_ranks[0]
+
+    @property
+    def rank_b(self) -> int | None:
+        """Subspace rank of the right factor B."""
+        return self.rank if self.factor_ranks is None else self.factor_ranks[1]
+
+
+BACKENDS = ("auto", "triton", "reference")
+
+
+def default_backend() -> str:
+    """The library-wide default backend from ``TRITONKRON_BACKEND`` (default "auto")."""
+    value = os.environ.get("TRITONKRON_BACKEND", "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        allowed = ", ".join(repr(b) for b in BACKENDS)
+        raise ValueError(f"TRITONKRON_BACKEND must be one of {allowed}; got {value!r}")
+    return value
+
+
+def triton_interpret() -> bool:
+    """Whether Triton runs in interpreter mode (kernels on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def tuning_path() -> str | None:
+    """The tuning file named by ``TRITONKRON_TUNING``, or None when it is unset or empty."""
+    value = os.environ.get("TRITONKRON_TUNING", "").strip()
+    return value or None
+
 
 AUTO = "auto"
 

@@ -22,7 +22,7 @@ from autotune import space
 from autotune.__main__ import main
 from autotune.measure import bench, cpu_threads
 from autotune.search import SearchOptions, ShapeResult, tune_kernel, tune_shape_kernels
-from tritonkron._env import triton_interpret
+from tritonkron.options import triton_interpret
 from tritonkron.tuning.file import TuningTable, device_name, load_tuning
 from tritonkron.tuning.lookup import tuned_param_groups
 

@@ -24,14 +24,8 @@ from autotune.rank import (
     sketch_width,
 )
 from autotune.search import SearchOptions, tune_model
-from tritonkron.tuning.file import (
-    SketchTuning,
-    TuningEntry,
-    TuningFileError,
-    TuningTable,
-    TuningWarning,
-    load_tuning,
-)
+from tritonkron.tuning.entry import SketchTuning, TuningEntry, TuningFileError
+from tritonkron.tuning.file import TuningTable, TuningWarning, load_tuning
 from tritonkron.tuning.lookup import sketch_tuning_for
 
 

@@ -13,14 +13,8 @@ from torch import nn
 import tritonkron as tk
 from autotune.measure import cpu_threads
 from tritonkron.tuning import file as tuning
-from tritonkron.tuning.file import (
-    SCHEMA_VERSION,
-    TuningEntry,
-    TuningFileError,
-    TuningTable,
-    TuningWarning,
-    load_tuning,
-)
+from tritonkron.tuning.entry import TuningEntry, TuningFileError
+from tritonkron.tuning.file import SCHEMA_VERSION, TuningTable, TuningWarning, load_tuning
 from tritonkron.tuning.lookup import (
     heuristic_entry,
     ranks_for,

@@ -21,13 +21,13 @@ import torch
 import triton
 from torch import Tensor
 
-from tritonkron._env import triton_interpret
 from tritonkron.ops.factor_update.reference import factor_update_ref
 from tritonkron.ops.factor_update.triton import (
     _keep_factor_update,
     factor_update_configs,
     factor_update_triton,
 )
+from tritonkron.options import triton_interpret
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float64: 1e-12}
 F64 = torch.float64

@@ -17,8 +17,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from tritonkron._env import triton_interpret
-from tritonkron.math.divergences import Coupling, track_eigenvalues
+from tritonkron.math.divergences import Coupling
 from tritonkron.ops._triton.bmm import keep_bmm_config
 from tritonkron.ops.precondition.reference import eigenbasis_precondition_ref, spike_and_flat_apply
 from tritonkron.ops.precondition.triton import (
@@ -26,11 +25,13 @@ from tritonkron.ops.precondition.triton import (
     precondition_configs,
     spike_and_flat_triton,
 )
+from tritonkron.ops.track_eigenvalues.reference import track_eigenvalues_ref as track_eigenvalues
 from tritonkron.ops.track_eigenvalues.triton import (
     _keep_track_eigenvalues,
     track_eigenvalues_configs,
     track_eigenvalues_triton,
 )
+from tritonkron.options import triton_interpret
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 F64 = torch.float64

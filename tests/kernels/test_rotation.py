@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from tests.kernels.test_precondition import DEVICE, DTYPES, F64, _assert_close, _nan, _orthogonal
-from tritonkron.ops import dispatch as ops
+from tritonkron.ops.rotated_statistics import rotated_statistics
+from tritonkron.ops.rotated_statistics.reference import rotated_statistics_ref
 from tritonkron.ops.rotated_statistics.triton import rotated_statistics_triton
-from tritonkron.ops.rotation.reference import rotate_back_ref, rotate_ref, rotated_statistics_ref
+from tritonkron.ops.rotation import rotate_back
+from tritonkron.ops.rotation.reference import rotate_back_ref, rotate_ref
 from tritonkron.ops.rotation.triton import rotate_triton
 
 
@@ -41,7 +43,7 @@ def test_rotation_round_trip_non_contiguous_and_custom_op() -> None:
     cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}
     X_hat = rotate_triton(X, Q_A, Q_B, config=cfg)
     _assert_close(X_hat, rotate_ref(*(x.to(F64) for x in (X, Q_A, Q_B))), torch.float32)
-    back = ops.rotate_back(X_hat, Q_A, Q_B, backend="triton")  # through the tritonkron::rotate custom op
+    back = rotate_back(X_hat, Q_A, Q_B, backend="triton")  # through the tritonkron::rotate custom op
     _assert_close(back, X.to(F64), torch.float32)
 
 
@@ -59,7 +61,7 @@ def test_rotation_rejects_bad_operands() -> None:
 def test_rotated_statistics_triton_matches_reference(
     m: int, n: int, weights: str, dtype: torch.dtype
 ) -> None:
-    """The shared-product kernel (ops.rotated_statistics, Triton path) against float64, both
+    """The shared-product kernel (rotated_statistics, Triton path) against float64, both
     branches of Ĝ (m ≥ n: R Q_B; m < n: Q_Aᵀ P), weighted and W = I factors; fp32 tolerance 1e-5,
     fp64 1e-12 (measured ≤ 1.3e-7 and ≤ 5e-16)."""
     g = torch.Generator().manual_seed(m + 2 * n + len(weights))
@@ -75,7 +77,7 @@ def test_rotated_statistics_triton_matches_reference(
     w_A = torch.rand(B, m, generator=g, dtype=F64).to(DEVICE, dtype) if weights == "both" else None
     w_B = torch.rand(B, n, generator=g, dtype=F64).to(DEVICE, dtype) if weights != "none" else None
     s_A, s_B = (torch.rand(B, generator=g, dtype=F64).to(DEVICE, dtype) for _ in range(2))
-    got = ops.rotated_statistics(A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B, 0.9, backend="triton")
+    got = rotated_statistics(A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B, 0.9, backend="triton")
     f64 = [None if t is None else t.to(F64) for t in (A, B_, G, Q_A, Q_B, w_A, s_A, w_B, s_B)]
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for out, ref in zip(got, rotated_statistics_ref(*f64, 0.9), strict=True):

@@ -5,23 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tritonkron.config import Divergence, TailRule
 from tritonkron.ops.precondition.reference import (
     eigenbasis_precondition_ref,
     factor_scales,
     floor_eigenvalues,
 )
-from tritonkron.step.dense import (
-    BASIS_A,
-    BASIS_B,
-    EIG_A,
-    EIG_B,
-    TRACE,
-    KronSettings,
-    direction,
-    low_rank_is_cheaper,
-    new_group_state,
-)
+from tritonkron.options import Divergence, KronSettings, TailRule
+from tritonkron.state import BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE
+from tritonkron.step.dense import direction, low_rank_is_cheaper, new_group_state
 
 
 def _orthonormal(b: int, d: int, gen: torch.Generator) -> torch.Tensor:

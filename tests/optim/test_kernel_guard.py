@@ -15,8 +15,10 @@ import torch
 import triton
 
 import tritonkron as tk
-from tritonkron.ops import dispatch as ops
+import tritonkron.ops.backend
+from tests._backend_spy import spy_backends
 from tritonkron.ops import kernel_guard
+from tritonkron.ops.backend import resolve_backend
 from tritonkron.ops.kernel_guard import KernelFallbackWarning
 
 pytestmark = pytest.mark.skipif(
@@ -57,16 +59,7 @@ def _train(
 
 def _spy_backends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every backend the ops resolve to."""
-    calls: list[str] = []
-    original = ops.resolve_backend
-
-    def spy(backend, *tensors, **kwargs):  # noqa: ANN001, ANN202
-        choice = original(backend, *tensors, **kwargs)
-        calls.append(choice)
-        return choice
-
-    monkeypatch.setattr(ops, "resolve_backend", spy)
-    return calls
+    return spy_backends(monkeypatch)
 
 
 CONFIGS = {
@@ -154,24 +147,26 @@ def test_failed_kernel_falls_back_once_and_training_goes_on(
 
 
 def test_auto_routes_unsupported_dtypes_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ops, "on_cuda_device", lambda tensors: True)  # as if the tensors were on CUDA
+    monkeypatch.setattr(
+        tritonkron.ops.backend, "on_cuda_device", lambda tensors: True
+    )  # as if the tensors were on CUDA
     f32, f64 = torch.zeros(1, 3, 3), torch.zeros(1, 3, 3, dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "auto" routes silently
-        assert ops.resolve_backend("auto", f32, f32, op="precondition") == "triton"
-        assert ops.resolve_backend("auto", f64, f64, op="precondition") == "reference"
-        assert ops.resolve_backend("auto", f64, f64, op="rotated_statistics") == "triton"
-        assert ops.resolve_backend("auto", f32, f32.bfloat16(), op="track_eigenvalues") == "triton"
+        assert resolve_backend("auto", f32, f32, op="precondition") == "triton"
+        assert resolve_backend("auto", f64, f64, op="precondition") == "reference"
+        assert resolve_backend("auto", f64, f64, op="rotated_statistics") == "triton"
+        assert resolve_backend("auto", f32, f32.bfloat16(), op="track_eigenvalues") == "triton"
     with pytest.warns(KernelFallbackWarning, match="'precondition' has no Triton kernel for float64"):
-        assert ops.resolve_backend("triton", f64, f64, op="precondition") == "reference"
+        assert resolve_backend("triton", f64, f64, op="precondition") == "reference"
 
 
 def test_disabled_op_resolves_to_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ops, "on_cuda_device", lambda tensors: True)
+    monkeypatch.setattr(tritonkron.ops.backend, "on_cuda_device", lambda tensors: True)
     x = torch.zeros(1, 3, 3)
-    assert ops.resolve_backend("auto", x, op="rotate") == "triton"
+    assert resolve_backend("auto", x, op="rotate") == "triton"
     with pytest.warns(KernelFallbackWarning, match="'rotate' failed"):
         out = kernel_guard.guarded("rotate", lambda: 1 / 0, lambda: "reference", x)
     assert out == "reference"
-    assert ops.resolve_backend("auto", x, op="rotate") == "reference"
-    assert ops.resolve_backend("auto", x, op="precondition") == "triton"
+    assert resolve_backend("auto", x, op="rotate") == "reference"
+    assert resolve_backend("auto", x, op="precondition") == "triton"

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.config import Divergence, TailRule
 from tritonkron.optim import MOMENTUM
-from tritonkron.step.dense import MOMENTUM_HAT, KronSettings, direction, new_group_state
+from tritonkron.options import Divergence, KronSettings, TailRule
+from tritonkron.state import MOMENTUM_HAT
+from tritonkron.step.dense import direction, new_group_state
 
 DIVERGENCES = ["logdet", "von_neumann", "frobenius"]
 

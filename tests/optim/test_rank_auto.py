@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.tuning.file import TuningEntry, TuningFileError, TuningTable, TuningWarning, device_name
+from tritonkron.tuning.entry import TuningEntry, TuningFileError
+from tritonkron.tuning.file import TuningTable, TuningWarning, device_name
 
 
 def _model() -> torch.nn.Module:

@@ -16,20 +16,12 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.config import Divergence, TailRule
 from tritonkron.ops.factor_update.reference import factor_update_ref
-from tritonkron.ops.rotation.reference import rotate_back_ref, rotated_statistics_ref
-from tritonkron.step.dense import (
-    BASIS_A,
-    BASIS_B,
-    FACTOR_A,
-    FACTOR_B,
-    MOMENTUM_HAT,
-    KronSettings,
-    block_group_step,
-    new_group_state,
-)
-from tritonkron.step.momentum import MOMENTUM
+from tritonkron.ops.rotated_statistics.reference import rotated_statistics_ref
+from tritonkron.ops.rotation.reference import rotate_back_ref
+from tritonkron.options import Divergence, KronSettings, TailRule
+from tritonkron.state import BASIS_A, BASIS_B, FACTOR_A, FACTOR_B, MOMENTUM, MOMENTUM_HAT
+from tritonkron.step.dense import block_group_step, new_group_state
 from tritonkron.step.rotated import rotated_group_step, uses_rotated_momentum
 
 F64 = torch.float64

@@ -31,13 +31,13 @@ import torch
 from torch import Tensor
 
 import tritonkron as tk
-from tritonkron.config import Divergence, TailRule
+from tests._backend_spy import spy_backends
 from tritonkron.math.divergences import initial_eigenvalues
-from tritonkron.ops import dispatch as ops
 from tritonkron.ops.precondition.reference import floor_eigenvalues
 from tritonkron.ops.sketch.reference import _complete, reconstruct, virtual_spectrum
 from tritonkron.optim import BLOCKS, MOMENTUM
-from tritonkron.step.dense import KronSettings, direction, new_group_state
+from tritonkron.options import Divergence, KronSettings, TailRule
+from tritonkron.step.dense import direction, new_group_state
 from tritonkron.step.sketched import new_sketch_state, sketch_direction, sketch_group_step
 
 DIVERGENCES = ["logdet", "von_neumann", "frobenius"]
@@ -376,11 +376,7 @@ def test_triton_sketch_step_equals_reference_step(divergence: str, monkeypatch: 
             opt.step()
         return _flat(model)
 
-    calls: list[str] = []
-    original = ops.resolve_backend
-    monkeypatch.setattr(
-        ops, "resolve_backend", lambda b, *t, **k: calls.append(original(b, *t, **k)) or calls[-1]
-    )
+    calls = spy_backends(monkeypatch)
     reference = train("reference")
     triton = train("triton")
     assert "triton" in calls, "the optimizer did not run on the Triton path"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.step.dense import BLOCKS, FACTOR_A
+from tritonkron.state import BLOCKS, FACTOR_A
 
 # Shapes chosen so that several parameters share block shapes (also across param groups) and some
 # have more than one block (16 × 8 is two 8 × 8 blocks at block_size 12); 12 × 4 stacks too, and (5, 7) pairs are not stacked

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import tritonkron as tk
-from tritonkron.ops import dispatch as ops
+from tests._backend_spy import spy_backends
+from tritonkron.ops.backend import resolve_backend
+from tritonkron.ops.factor_update import factor_update
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
@@ -33,15 +35,7 @@ def _train(backend: str, divergence: str, rank: int | None, monkeypatch: pytest.
 def test_triton_step_equals_reference_step(
     divergence: str, rank: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = []
-    original = ops.resolve_backend
-
-    def spy(backend, *tensors, **kwargs):
-        choice = original(backend, *tensors, **kwargs)
-        calls.append(choice)
-        return choice
-
-    monkeypatch.setattr(ops, "resolve_backend", spy)
+    calls = spy_backends(monkeypatch)
     reference = _train("reference", divergence, rank, monkeypatch)
     assert set(calls) == {"reference"}
     calls.clear()
@@ -54,14 +48,14 @@ def test_triton_step_equals_reference_step(
 def test_backend_argument_is_validated() -> None:
     x = torch.zeros(1, 2, 2)
     with pytest.raises(ValueError, match="backend"):
-        ops.factor_update(x, torch.zeros(1, 2, 3), 0.9, 1.0, "left", backend="cuda")
+        factor_update(x, torch.zeros(1, 2, 3), 0.9, 1.0, "left", backend="cuda")
 
 
 def test_env_backend_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITONKRON_BACKEND", "fast")
     with pytest.raises(ValueError, match="TRITONKRON_BACKEND"):
-        ops.resolve_backend(None, torch.zeros(1))
+        resolve_backend(None, torch.zeros(1))
 
 
 def test_auto_uses_reference_on_cpu() -> None:
-    assert ops.resolve_backend("auto", torch.zeros(1)) == "reference"
+    assert resolve_backend("auto", torch.zeros(1)) == "reference"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tritonkron.config import Divergence, TailRule
 from tritonkron.math.basis import canonical_degenerate_basis, subspace_iteration
 from tritonkron.math.blocking import BlockLayout, split_sizes
-from tritonkron.math.divergences import coupling, initial_eigenvalues, track_eigenvalues, update_factors
+from tritonkron.math.divergences import coupling, initial_eigenvalues
+from tritonkron.ops.factor_update import update_factors
 from tritonkron.ops.factor_update.reference import factor_update_ref, weighted_gram
 from tritonkron.ops.precondition.reference import (
     eigenbasis_precondition_ref,
@@ -16,6 +16,8 @@ from tritonkron.ops.precondition.reference import (
     spike_and_flat_apply,
     tail_level,
 )
+from tritonkron.ops.track_eigenvalues.reference import track_eigenvalues_ref as track_eigenvalues
+from tritonkron.options import Divergence, TailRule
 
 F64 = torch.float64
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tritonkron.config import Divergence
-from tritonkron.math.divergences import coupling, update_factors
+from tritonkron.math.divergences import coupling
 from tritonkron.math.projection import bregman_divergence, kronecker_projection
+from tritonkron.ops.factor_update import update_factors
+from tritonkron.options import Divergence
 
 F64 = torch.float64
 M, N = 3, 4

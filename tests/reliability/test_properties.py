@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import tritonkron as tk
 from tritonkron.math.divergences import preconditioner_eigenvalues
 from tritonkron.ops.precondition.reference import factor_scales, floor_eigenvalues
-from tritonkron.step.dense import BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE
+from tritonkron.state import BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE
 
 CONFIG = st.fixed_dictionaries(
     {

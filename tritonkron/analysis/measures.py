@@ -13,12 +13,12 @@ import math
 import torch
 from torch import Tensor
 
-from tritonkron.config import Divergence, parse_divergence
 from tritonkron.math.projection import (
     divergence_weighted_residuals,
     partial_trace_a,
     partial_trace_b,
 )
+from tritonkron.options import Divergence, parse_divergence
 
 __all__ = [
     "DIVERGENCES",

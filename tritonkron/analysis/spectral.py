@@ -49,8 +49,8 @@ from tritonkron.analysis.measures import (
     scale_identities,
     whitened_spectrum,
 )
-from tritonkron.config import parse_divergence
 from tritonkron.math.projection import kronecker_projection
+from tritonkron.options import parse_divergence
 
 __all__ = [
     "DIVERGENCES",

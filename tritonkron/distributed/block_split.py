@@ -16,7 +16,7 @@ loading keeps this rank's chunk of a DTensor or of a full tensor.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -26,12 +26,37 @@ from torch.distributed.tensor import DTensor, Shard
 
 from tritonkron.distributed.collectives import collective
 from tritonkron.math.blocking import BlockLayout
-from tritonkron.options import kron_settings
-from tritonkron.step.dense import BLOCKS
+from tritonkron.options import KronSettings, kron_settings
+from tritonkron.state import BLOCKS
 
 __all__ = ["SPLIT", "chunk_of", "gather_directions", "localize_split_state", "shard_split_state"]
 
 SPLIT = -1  # the owner recorded for a split parameter: every rank holds a chunk
+
+
+class KronOptimizer(Protocol):
+    """What the checkpoint helpers read of a :class:`tritonkron.Kron` (which this layer cannot import)."""
+
+    param_groups: list[dict[str, Any]]
+    state: dict[Tensor, dict[str, Any]]
+
+    def _resolve(
+        self, p: Tensor, group: dict[str, Any], settings: KronSettings
+    ) -> tuple[KronSettings, BlockLayout]:
+        """The settings and block layout of ``p``."""
+
+
+class OwnershipPlan(Protocol):
+    """What they read of a :class:`tritonkron.distributed.plan.DistributedPlan` (which imports this module)."""
+
+    owners: dict[Tensor, int]
+    world_size: int
+
+    def assign_optimizer(self, opt: KronOptimizer) -> None:
+        """Record an owner (or :data:`SPLIT`) for each of ``opt``'s Kronecker parameters."""
+
+    def block_chunks(self, p: Tensor, layout: BlockLayout) -> list[slice] | None:
+        """This rank's chunk of each block group of a split parameter."""
 
 
 def chunk_of(count: int, world_size: int, rank: int) -> slice:
@@ -122,7 +147,7 @@ def localize(entry: dict[str, Any], chunks: list[slice]) -> dict[str, Any]:
     return {**entry, BLOCKS: groups}
 
 
-def _split_params(plan: Any, opt: Any) -> list[tuple[int, Tensor, BlockLayout]]:
+def _split_params(plan: OwnershipPlan, opt: KronOptimizer) -> list[tuple[int, Tensor, BlockLayout]]:
     """(state_dict id, parameter, layout) of ``opt``'s split parameters under ``plan``."""
     plan.assign_optimizer(opt)
     found, index = [], 0
@@ -134,7 +159,7 @@ def _split_params(plan: Any, opt: Any) -> list[tuple[int, Tensor, BlockLayout]]:
     return found
 
 
-def shard_split_state(plan: Any, opt: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+def shard_split_state(plan: OwnershipPlan, opt: KronOptimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     """``state_dict`` with each split parameter's chunked block tensors as ``Shard(0)`` DTensors."""
     for index, p, layout in _split_params(plan, opt):
         if index in state_dict["state"]:
@@ -144,7 +169,7 @@ def shard_split_state(plan: Any, opt: Any, state_dict: dict[str, Any]) -> dict[s
     return state_dict
 
 
-def localize_split_state(plan: Any, opt: Any) -> None:
+def localize_split_state(plan: OwnershipPlan, opt: KronOptimizer) -> None:
     """Keep this rank's chunk of each split parameter's loaded block state."""
     for _, p, layout in _split_params(plan, opt):
         if BLOCKS in opt.state.get(p, {}):

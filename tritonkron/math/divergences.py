@@ -26,19 +26,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tritonkron.config import Divergence
-from tritonkron.math.projection import bregman_divergence, kronecker_projection
-from tritonkron.ops import dispatch as ops
+from tritonkron.options import Divergence
 
 __all__ = [
     "Coupling",
-    "bregman_divergence",
     "coupling",
     "initial_eigenvalues",
-    "kronecker_projection",
     "preconditioner_eigenvalues",
-    "track_eigenvalues",
-    "update_factors",
 ]
 
 
@@ -72,46 +66,6 @@ def coupling(divergence: Divergence, a: Tensor, b: Tensor) -> Coupling:
     if divergence is Divergence.VON_NEUMANN:
         return Coupling(None, ones, None, ones)
     return Coupling(b, (b * b).sum(-1).reciprocal(), a, (a * a).sum(-1).reciprocal())
-
-
-def update_factors(
-    A: Tensor, B: Tensor, G: Tensor, Q_A: Tensor, Q_B: Tensor, rule: Coupling, beta: float
-) -> tuple[Tensor, Tensor]:
-    """Simultaneous EMA update of both factors (both use the old opposite factor).
-
-    Args:
-        A: ``[B, m, m]``; B: ``[B, n, n]``; G: gradient blocks ``[B, m, n]``.
-        Q_A, Q_B: the stale eigenbases the coupling weights refer to.
-        rule: the divergence's :class:`Coupling`.
-        beta: retention β₂.
-    """
-    w = 1 - beta
-    left = None if rule.left_weight is None else (Q_B, rule.left_weight)
-    right = None if rule.right_weight is None else (Q_A, rule.right_weight)
-    A_new = ops.factor_update(A, G, beta, w * rule.left_scale, "left", left)
-    B_new = ops.factor_update(B, G, beta, w * rule.right_scale, "right", right)
-    return A_new, B_new
-
-
-def track_eigenvalues(
-    a: Tensor, b: Tensor, G_hat: Tensor, rule: Coupling, beta: float
-) -> tuple[Tensor, Tensor]:
-    """Per-step eigenvalue EMA in the stale basis: the diagonals of the factor increments.
-
-    a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j ;  b_j ← β b_j + (1−β) s_B Σ_i Ĝ_ij² w_A,i.
-
-    Args:
-        a: ``[B, m]``; b: ``[B, n]``; G_hat: Ĝ = Q_Aᵀ G Q_B ``[B, m, n]``.
-    """
-    sq = G_hat * G_hat
-    # Weighted sums as multiply-and-reduce, not matrix-vector products: a batched GEMV rounds
-    # differently for one block than for several, and stacked steps must not (tritonkron.step.stacking).
-    inc_a = sq.sum(-1) if rule.left_weight is None else (sq * rule.left_weight.unsqueeze(-2)).sum(-1)
-    inc_b = sq.sum(-2) if rule.right_weight is None else (sq * rule.right_weight.unsqueeze(-1)).sum(-2)
-    inc_a = inc_a * rule.left_scale.unsqueeze(-1)
-    inc_b = inc_b * rule.right_scale.unsqueeze(-1)
-    w = 1 - beta
-    return beta * a + w * inc_a, beta * b + w * inc_b
 
 
 def preconditioner_eigenvalues(

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tritonkron.config import Divergence, parse_divergence
 from tritonkron.math.eigh_root import eigh_with_fallback
+from tritonkron.options import Divergence, parse_divergence
 
 _DTYPES = (torch.float32, torch.float64)
 # Default LogDet stopping tolerance on the relative change of the factors per sweep.

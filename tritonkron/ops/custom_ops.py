@@ -4,7 +4,7 @@ Each op is opaque to ``torch.compile`` (one graph node per launch, no graph brea
 fake implementation that only describes the output, so tracing never launches a kernel. Each
 body runs under :func:`tritonkron.ops.kernel_guard.guarded`: a kernel that fails disables its op and
 the reference computes the result, eagerly and inside compiled graphs alike.
-Imported once by :mod:`tritonkron.ops.dispatch`.
+Imported once, by :mod:`tritonkron.ops` itself.
 """
 
 from __future__ import annotations
@@ -97,14 +97,15 @@ def track_eigenvalues_op(
     beta: float,
 ) -> list[Tensor]:
     """Custom op around :func:`track_eigenvalues_triton`; returns [a_new, b_new]."""
-    from tritonkron.math.divergences import Coupling, track_eigenvalues
+    from tritonkron.math.divergences import Coupling
+    from tritonkron.ops.track_eigenvalues.reference import track_eigenvalues_ref
 
     coupling = Coupling(left_weight, left_scale, right_weight, right_scale)
     return list(
         guarded(
             "track_eigenvalues",
             lambda: track_eigenvalues_triton(a, b, G_hat, left_weight, left_scale, right_weight, right_scale, beta),
-            lambda: track_eigenvalues(a, b, G_hat, coupling, beta),
+            lambda: track_eigenvalues_ref(a, b, G_hat, coupling, beta),
             a, G_hat,
         )
     )  # fmt: skip
@@ -147,7 +148,7 @@ def rotated_statistics_op(
     beta: float,
 ) -> list[Tensor]:
     """Custom op around :func:`rotated_statistics_triton`; returns [A', B', Ĝ]."""
-    from tritonkron.ops.rotation.reference import rotated_statistics_ref
+    from tritonkron.ops.rotated_statistics.reference import rotated_statistics_ref
 
     return list(
         guarded(

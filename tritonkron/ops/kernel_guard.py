@@ -1,6 +1,6 @@
 """Which inputs each Triton op accepts, and the fallback that keeps a run alive when a kernel fails.
 
-Two rules, applied by :mod:`tritonkron.ops.dispatch` and by the ``tritonkron::<op>`` custom ops:
+Two rules, applied by :mod:`tritonkron.ops` and by the ``tritonkron::<op>`` custom ops:
 
 - **Unsupported inputs go to the reference.** :data:`TRITON_DTYPES` lists, per op, the operand
   dtypes its kernels compile for (:func:`supports`). Under ``backend="auto"`` other inputs (for

@@ -12,9 +12,7 @@ import torch
 from torch import Tensor
 
 from tritonkron.distributed.shards import local
-
-STEP, SKIPPED = "step", "skipped_steps"
-EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
+from tritonkron.state import EXP_AVG, EXP_AVG_SQ, SKIPPED, STEP
 
 
 def count_nonfinite(grad: Tensor, state: dict[str, Any], ok: Tensor | None = None) -> Tensor:

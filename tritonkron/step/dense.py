@@ -1,17 +1,7 @@
 """Per-block Kronecker preconditioner state and its step (reference path).
 
-One *block group* is a stack of equal-shape blocks ``[B, m, n]`` of one parameter. Its state is
-a dict of tensors (checkpoint-friendly: ``torch.load(weights_only=True)`` reads it back):
-
-    factor_a [B, m, m], factor_b [B, n, n]   EMA factor statistics A, B
-    basis_a  [B, m, m], basis_b  [B, n, n]   stale eigenbases Q_A, Q_B (columns descending)
-    eig_a    [B, m],    eig_b    [B, n]      tracked eigenvalues a, b = diag(Qᵀ X Q)
-    trace    [B]                             τ = EMA of ‖G‖²_F (von Neumann normaliser)
-    ready    [B] bool                        block initialised from a non-zero gradient
-    refresh_failures [B]                     consecutive failed basis computations: refreshes whose
-                                             result was not finite, initialisations whose
-                                             eigendecomposition failed (block left waiting)
-    momentum_hat [B, m, n]                   rotated momentum Q_Aᵀ M Q_B (eigenbasis-form groups only)
+One *block group* is a stack of equal-shape blocks ``[B, m, n]`` of one parameter; its state
+(keys and shapes) is described in :mod:`tritonkron.state`.
 
 Groups whose direction is cheaper in eigenbasis form (full rank, or k near the dimension) keep
 their momentum rotated and step with :func:`tritonkron.step.rotated.rotated_group_step`, which computes
@@ -30,79 +20,32 @@ waiting for the next gradient, and its ``refresh_failures`` count grows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from tritonkron.config import Divergence, TailRule
 from tritonkron.math.basis import canonical_degenerate_basis, subspace_iteration
-from tritonkron.math.divergences import (
-    Coupling,
-    coupling,
-    initial_eigenvalues,
-    preconditioner_eigenvalues,
-    update_factors,
-)
+from tritonkron.math.divergences import Coupling, coupling, initial_eigenvalues, preconditioner_eigenvalues
 from tritonkron.math.root_checks import symmetrize
 from tritonkron.math.safe_linalg import SITE_INIT, safe_eigh
-from tritonkron.ops import dispatch as ops
+from tritonkron.ops.factor_update import update_factors
+from tritonkron.ops.precondition import precondition
 from tritonkron.ops.precondition.reference import factor_scales, floor_eigenvalues
+from tritonkron.ops.sketch import sketch_precondition
+from tritonkron.ops.track_eigenvalues import track_eigenvalues
+from tritonkron.options import Divergence, KronSettings
+from tritonkron.state import (
+    BASIS_A,
+    BASIS_B,
+    EIG_A,
+    EIG_B,
+    FACTOR_A,
+    FACTOR_B,
+    FAILURES,
+    MOMENTUM_HAT,
+    READY,
+    TRACE,
+)
 from tritonkron.step.traceable import run_if
-
-FACTOR_A, FACTOR_B = "factor_a", "factor_b"
-BASIS_A, BASIS_B = "basis_a", "basis_b"
-EIG_A, EIG_B = "eig_a", "eig_b"
-TRACE, READY = "trace", "ready"
-FAILURES = "refresh_failures"
-MOMENTUM_HAT = "momentum_hat"
-BLOCKS = "blocks"  # per-parameter state key: the list of its block groups' states
-GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
-
-
-@dataclass(frozen=True)
-class KronSettings:
-    """Hyperparameters of the Kronecker path, parsed from one param group.
-
-    Attributes:
-        divergence: factor rule (PAPER §2.3).
-        rank: subspace rank k per factor, or None for full eigenvalue preconditioning.
-        tail: isotropic tail rule (PAPER §4.2).
-        alpha: tail multiplier α.
-        beta2: retention of the factor and eigenvalue EMAs.
-        eps: ε of the 1/(√(a_i b_j) + ε) damping.
-        eig_floor: relative floor of eigenvalues, x ≥ eig_floor · max x.
-        init_floor: floor of the initial eigenvalues relative to their mean.
-        flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
-        sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch (:mod:`tritonkron.step.sketched`).
-        sketch_rank: ℓ, the sketch rank (≥ rank); None when ``sketch`` is False.
-        factor_ranks: (k_A, k_B) when the two factors have their own ranks (``rank="auto"``).
-        beta1: retention of the momentum (used by the rotated-momentum step, :mod:`tritonkron.step.rotated`).
-    """
-
-    divergence: Divergence
-    rank: int | None
-    tail: TailRule
-    alpha: float
-    beta2: float
-    eps: float
-    eig_floor: float
-    init_floor: float
-    flat_tail_in_stats: bool
-    sketch: bool = False
-    sketch_rank: int | None = None
-    factor_ranks: tuple[int | None, int | None] | None = None
-    beta1: float = 0.9
-
-    @property
-    def rank_a(self) -> int | None:
-        """Subspace rank of the left factor A (``factor_ranks`` when tuned per factor, else ``rank``)."""
-        return self.rank if self.factor_ranks is None else self.factor_ranks[0]
-
-    @property
-    def rank_b(self) -> int | None:
-        """Subspace rank of the right factor B."""
-        return self.rank if self.factor_ranks is None else self.factor_ranks[1]
 
 
 def new_group_state(
@@ -259,10 +202,10 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     m, n = M.shape[-2:]
     k_A, k_B = kept_rank(settings.rank_a, m), kept_rank(settings.rank_b, n)
     if not low_rank_is_cheaper(m, n, k_A, k_B):
-        return ops.precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
+        return precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
     # With k = d the constant multiplies I − U Uᵀ = 0, so any of the scales serves.
     c_A, c_B = s_A[..., min(k_A, m - 1)], s_B[..., min(k_B, n - 1)]
-    return ops.sketch_precondition(
+    return sketch_precondition(
         M,
         state[BASIS_A][..., :k_A],
         s_A[..., :k_A],
@@ -288,7 +231,7 @@ def tracked_updates(
     state: dict[str, Tensor], G: Tensor, G_hat: Tensor, rule: Coupling, beta: float
 ) -> dict[str, Tensor]:
     """New tracked eigenvalues (from the rotated gradient Ĝ) and trace τ ← β τ + (1 − β)‖G‖²."""
-    eig_a, eig_b = ops.track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
+    eig_a, eig_b = track_eigenvalues(state[EIG_A], state[EIG_B], G_hat, *rule, beta)
     trace = beta * state[TRACE] + (1 - beta) * squared_norms(G)
     return {EIG_A: eig_a, EIG_B: eig_b, TRACE: trace}
 

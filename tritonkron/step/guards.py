@@ -14,8 +14,7 @@ from torch import Tensor
 
 from tritonkron.distributed.shards import finite_flags
 from tritonkron.math.blocking import BlockLayout
-from tritonkron.step.dense import BASIS_A, BASIS_B, BLOCKS, FAILURES
-from tritonkron.step.momentum import MOMENTUM
+from tritonkron.state import BASIS_A, BASIS_B, BLOCKS, FAILURES, MOMENTUM
 from tritonkron.step.sketched import is_sketch_state
 
 

@@ -16,12 +16,10 @@ from typing import Any
 import torch
 
 from tritonkron.math.blocking import BlockLayout
-from tritonkron.ops import dispatch as ops
-from tritonkron.step.dense import BASIS_A, BASIS_B, MOMENTUM_HAT
+from tritonkron.ops.rotation import rotate, rotate_back
+from tritonkron.state import BASIS_A, BASIS_B, BLOCKS, MOMENTUM, MOMENTUM_HAT
 
-MOMENTUM = "momentum"
-
-__all__ = ["MOMENTUM", "convert_momentum"]
+__all__ = ["convert_momentum"]
 
 
 def convert_momentum(
@@ -36,7 +34,7 @@ def convert_momentum(
     Raises:
         ValueError: a split parameter whose M must be rebuilt from rotated chunks.
     """
-    blocks = state["blocks"]
+    blocks = state[BLOCKS]
     need_m = not all(rotated)
     has_m = MOMENTUM in state
     fits = all((MOMENTUM_HAT in b) == r for b, r in zip(blocks, rotated, strict=True))
@@ -52,7 +50,7 @@ def convert_momentum(
     else:  # rebuild M from the rotated groups (a group without either starts from zero)
         like = next(b[MOMENTUM_HAT] for b in blocks if MOMENTUM_HAT in b)
         parts = [
-            ops.rotate_back(b[MOMENTUM_HAT], b[BASIS_A], b[BASIS_B])
+            rotate_back(b[MOMENTUM_HAT], b[BASIS_A], b[BASIS_B])
             if MOMENTUM_HAT in b
             else torch.zeros(len(g.offsets), *g.shape, dtype=like.dtype, device=like.device)
             for b, g in zip(blocks, layout.groups, strict=True)
@@ -63,7 +61,7 @@ def convert_momentum(
         moments = [M_block[c] for M_block, c in zip(moments, chunks, strict=True)]
     for b, r, M_block in zip(blocks, rotated, moments, strict=True):
         if r and MOMENTUM_HAT not in b:
-            b[MOMENTUM_HAT] = ops.rotate(M_block.contiguous(), b[BASIS_A], b[BASIS_B])
+            b[MOMENTUM_HAT] = rotate(M_block.contiguous(), b[BASIS_A], b[BASIS_B])
         elif not r:
             b.pop(MOMENTUM_HAT, None)
     if need_m:

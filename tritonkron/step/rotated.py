@@ -3,7 +3,7 @@
 Same mathematics as :func:`tritonkron.step.dense.block_group_step` with the eigenbasis form of
 the direction, organised so that each product is computed once (:mod:`tritonkron.ops.rotation.reference`):
 
-1. (A', B', Ĝ) from the shared products G Q_B and Q_Aᵀ G (:func:`tritonkron.ops.dispatch.rotated_statistics`);
+1. (A', B', Ĝ) from the shared products G Q_B and Q_Aᵀ G (:func:`tritonkron.ops.rotated_statistics`);
 2. M̂ ← β₁ M̂ + (1 − β₁) Ĝ, the rotated momentum M̂ = Q_Aᵀ M Q_B (where the step is not skipped);
 3. U = Q_A (M̂ ⊙ Σ) Q_Bᵀ with Σ from the pre-update eigenvalues, so a gradient never enters its
    own preconditioner (PAPER §4.3);
@@ -23,21 +23,14 @@ import torch
 from torch import Tensor
 
 from tritonkron.math.divergences import preconditioner_eigenvalues
-from tritonkron.ops import dispatch as ops
 from tritonkron.ops.precondition.reference import factor_scales, floor_eigenvalues
+from tritonkron.ops.rotated_statistics import rotated_statistics
+from tritonkron.ops.rotation import rotate, rotate_back
+from tritonkron.options import KronSettings
+from tritonkron.state import BASIS_A, BASIS_B, EIG_A, EIG_B, FACTOR_A, FACTOR_B, MOMENTUM_HAT, READY, TRACE
 from tritonkron.step.dense import (
-    BASIS_A,
-    BASIS_B,
-    EIG_A,
-    EIG_B,
-    FACTOR_A,
-    FACTOR_B,
     INIT_KEYS,
-    MOMENTUM_HAT,
-    READY,
     REFRESH_KEYS,
-    TRACE,
-    KronSettings,
     ensure_failure_counts,
     initial_values,
     kept_rank,
@@ -62,7 +55,7 @@ def _rebase(
     M_hat: Tensor, old_A: Tensor, old_B: Tensor, new_A: Tensor, new_B: Tensor, mask: Tensor
 ) -> Tensor:
     """M̂ in the new bases for the blocks in ``mask``: Q_A'ᵀ (Q_A M̂ Q_Bᵀ) Q_B'; unchanged elsewhere."""
-    moved = ops.rotate(ops.rotate_back(M_hat, old_A, old_B), new_A, new_B)
+    moved = rotate(rotate_back(M_hat, old_A, old_B), new_A, new_B)
     return masked_where(mask, moved, M_hat)
 
 
@@ -83,7 +76,7 @@ def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> 
     """New factors, tracked eigenvalues, trace and the rotated gradient Ĝ (nothing written)."""
     rule = statistics_coupling(state, settings)
     beta = settings.beta2
-    A, B, G_hat = ops.rotated_statistics(
+    A, B, G_hat = rotated_statistics(
         state[FACTOR_A],
         state[FACTOR_B],
         G,
@@ -147,7 +140,7 @@ def rotated_group_step(
     moved = M_hat.lerp(new.pop("G_hat"), 1 - settings.beta1)
     M_hat = moved if ok is None or steady else masked_where(ok, moved, M_hat)
     state[MOMENTUM_HAT] = M_hat
-    U = ops.rotate_back(M_hat * _damped_sigma(state, settings), state[BASIS_A], state[BASIS_B])
+    U = rotate_back(M_hat * _damped_sigma(state, settings), state[BASIS_A], state[BASIS_B])
     if not steady:
         U = masked_where(active, U, torch.zeros_like(U))
     for key, value in new.items():

@@ -45,12 +45,22 @@ import torch
 from torch import Tensor
 
 from tritonkron.math.divergences import coupling, initial_eigenvalues, preconditioner_eigenvalues
-from tritonkron.ops import dispatch as ops
 from tritonkron.ops.precondition.reference import factor_scales, floor_eigenvalues
+from tritonkron.ops.sketch import sketch_precondition, sketch_update
 from tritonkron.ops.sketch.reference import top_singular_subspaces, virtual_spectrum
-from tritonkron.step.dense import (
+from tritonkron.options import KronSettings
+from tritonkron.state import (
+    BASIS_A,
+    BASIS_B,
+    EIG_A,
+    EIG_B,
     FAILURES,
-    KronSettings,
+    READY,
+    TAIL_A,
+    TAIL_B,
+    TRACE,
+)
+from tritonkron.step.dense import (
     counted_failures,
     ensure_failure_counts,
     finite_blocks,
@@ -59,14 +69,7 @@ from tritonkron.step.dense import (
 )
 from tritonkron.step.traceable import run_if
 
-BASIS_A, BASIS_B = "basis_a", "basis_b"
-EIG_A, EIG_B = "eig_a", "eig_b"
-TAIL_A, TAIL_B = "tail_a", "tail_b"
-TRACE, READY = "trace", "ready"
-SKETCH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAILURES)
-
 __all__ = [
-    "SKETCH_KEYS",
     "initialize_sketch_blocks",
     "is_sketch_state",
     "new_sketch_state",
@@ -191,7 +194,7 @@ def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings
     s_B, c_B = _scales(floor_eigenvalues(b, settings.eig_floor), settings.rank_b, settings)
     U_A = state[BASIS_A][..., : s_A.shape[-1]]
     U_B = state[BASIS_B][..., : s_B.shape[-1]]
-    return ops.sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps)
+    return sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps)
 
 
 def _coupling_weight(
@@ -235,10 +238,10 @@ def update_sketch_statistics(
     V_A, w_A, wt_A = _coupling_weight(state[BASIS_A], rule.right_weight, settings)
     scale_a = (1 - beta) * rule.left_scale
     scale_b = (1 - beta) * rule.right_scale
-    U_a, lam_a, tau_a = ops.sketch_update(
+    U_a, lam_a, tau_a = sketch_update(
         state[BASIS_A], state[EIG_A], state[TAIL_A], G, V_B, w_B, wt_B, scale_a, beta, "left"
     )
-    U_b, lam_b, tau_b = ops.sketch_update(
+    U_b, lam_b, tau_b = sketch_update(
         state[BASIS_B], state[EIG_B], state[TAIL_B], G, V_A, w_A, wt_A, scale_b, beta, "right"
     )
     trace = beta * state[TRACE] + (1 - beta) * torch.linalg.vector_norm(G, dim=(-2, -1)).square()

@@ -46,7 +46,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from tritonkron.step.dense import FAILURES, READY, KronSettings
+from tritonkron.options import KronSettings
+from tritonkron.state import FAILURES, READY
 from tritonkron.step.rotated import rotated_group_step
 
 __all__ = ["BlockStacks", "GroupJob", "ensure_failure_counts", "run_group", "stackable"]

@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 
 from tritonkron.math.blocking import BlockLayout
-from tritonkron.options import statistics_dtype
-from tritonkron.step.adamw import SKIPPED, STEP, count_nonfinite
-from tritonkron.step.dense import BLOCKS, KronSettings, block_group_step, new_group_state
+from tritonkron.options import KronSettings, statistics_dtype
+from tritonkron.state import BLOCKS, MOMENTUM, SKIPPED, STEP
+from tritonkron.step.adamw import count_nonfinite
+from tritonkron.step.dense import block_group_step, new_group_state
 from tritonkron.step.guards import check_state
-from tritonkron.step.momentum import MOMENTUM, convert_momentum
+from tritonkron.step.momentum import convert_momentum
 from tritonkron.step.rotated import uses_rotated_momentum
 from tritonkron.step.sketched import new_sketch_state, sketch_group_step
 from tritonkron.step.stacking import GroupJob, ensure_failure_counts

@@ -12,20 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tritonkron import _env
+from tritonkron import options
 from tritonkron.math.blocking import BlockLayout, matrix_shape
-from tritonkron.step.dense import KronSettings
-from tritonkron.tuning.file import (
-    DEFAULT_BLOCK_SIZE,
-    SCHEMA_VERSION,
-    SketchTuning,
-    TuningEntry,
-    TuningTable,
-    device_name,
-    dtype_name,
-    load_tuning,
-    warn_once,
-)
+from tritonkron.options import KronSettings
+from tritonkron.tuning.entry import DEFAULT_BLOCK_SIZE, SketchTuning, TuningEntry, dtype_name
+from tritonkron.tuning.file import SCHEMA_VERSION, TuningTable, device_name, load_tuning, warn_once
 
 __all__ = [
     "auto_settings",
@@ -47,7 +38,7 @@ def resolve_tuning_path(explicit: str | os.PathLike[str] | None) -> Path | None:
     """
     if explicit is not None:
         return Path(explicit)
-    env = _env.tuning_path()
+    env = options.tuning_path()
     return Path(env) if env is not None else None
 
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from tritonkron._env import triton_interpret
+from tritonkron.options import triton_interpret
 
 __all__ = [
     "FLOATS",

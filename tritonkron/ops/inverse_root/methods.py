@@ -29,7 +29,6 @@ import math
 
 from torch import Tensor
 
-from tritonkron.config import parse_enum
 from tritonkron.math.eigh_root import EighFailure, EighResult, eigh_with_fallback, inverse_root_eigh
 from tritonkron.math.root_checks import check_matrix, check_p
 from tritonkron.ops.inverse_root.reference import (
@@ -42,6 +41,7 @@ from tritonkron.ops.inverse_root.reference import (
     newton_schulz_inverse_root,
     spectral_bound,
 )
+from tritonkron.options import parse_enum
 
 # The inverse-root API, importable from here whichever module implements it.
 __all__ = [

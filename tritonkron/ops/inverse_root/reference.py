@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tritonkron.config import parse_enum
 from tritonkron.math.root_checks import (
     check_matrix,
     check_nonnegative,
@@ -37,6 +36,7 @@ from tritonkron.math.root_checks import (
     symmetrize,
     work_dtype,
 )
+from tritonkron.options import parse_enum
 
 __all__ = [
     "InverseRootResult",

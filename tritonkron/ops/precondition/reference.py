@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tritonkron.config import TailRule
+from tritonkron.options import TailRule
 
 
 def floor_eigenvalues(x: Tensor, rel_floor: float) -> Tensor:

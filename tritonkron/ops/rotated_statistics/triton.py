@@ -1,5 +1,5 @@
 """Factor EMAs and the rotated gradient from shared products (Triton twin of
-:func:`tritonkron.ops.rotation.reference.rotated_statistics_ref`).
+:func:`tritonkron.ops.rotated_statistics.reference.rotated_statistics_ref`).
 
 With P = G Q_B and R = Q_Aᵀ G (``[B, m, n]``, fp32 scratch; fp64 for fp64 factors)::
 

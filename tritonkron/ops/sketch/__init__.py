@@ -1,0 +1,61 @@
+"""The sketched (low-rank-plus-isotropic) factors: the sketch's EMA update and its preconditioning, dispatched.
+
+Reference: :mod:`tritonkron.ops.sketch.reference`; Triton: :mod:`tritonkron.ops.sketch.triton`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from tritonkron.ops.backend import resolve_backend
+from tritonkron.ops.sketch import reference
+
+__all__ = ["sketch_precondition", "sketch_update"]
+
+
+def sketch_update(
+    U: Tensor,
+    lam: Tensor,
+    tau: Tensor,
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    beta: float,
+    side: Literal["left", "right"],
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One EMA step X̃ ← proj(β X̃ + s·G_s W G_sᵀ) of a factor sketch; returns (U', λ', τ').
+
+    See :func:`tritonkron.ops.sketch.reference.sketch_update_ref` for the arguments.
+    """
+    if resolve_backend(backend, U, G, op="sketch_update") == "reference":
+        return reference.sketch_update_ref(U, lam, tau, G, V, w, w_tau, scale, beta, side)
+    out = torch.ops.tritonkron.sketch_update(U, lam, tau, G, V, w, w_tau, scale, float(beta), side)
+    return out[0], out[1], out[2]
+
+
+def sketch_precondition(
+    M: Tensor,
+    U_A: Tensor,
+    s_A: Tensor,
+    c_A: Tensor,
+    U_B: Tensor,
+    s_B: Tensor,
+    c_B: Tensor,
+    eps: float,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """The damped spike-and-flat direction from top-k bases and tail constants (``[B, m, n]``).
+
+    See :func:`tritonkron.ops.sketch.reference.sketch_precondition_ref`.
+    """
+    if resolve_backend(backend, M, U_A, U_B, op="sketch_precondition") == "reference":
+        return reference.sketch_precondition_ref(M, U_A, s_A, c_A, U_B, s_B, c_B, eps)
+    return torch.ops.tritonkron.sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, float(eps))

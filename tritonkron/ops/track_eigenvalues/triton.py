@@ -1,5 +1,5 @@
 """Eigenvalue tracking in a fixed eigenbasis, the Triton twin of
-:func:`tritonkron.math.divergences.track_eigenvalues`::
+:func:`tritonkron.ops.track_eigenvalues.reference.track_eigenvalues_ref`::
 
     a_i ← β a_i + (1−β) s_A Σ_j Ĝ_ij² w_B,j        a: [B, m]
     b_j ← β b_j + (1−β) s_B Σ_i Ĝ_ij² w_A,i        b: [B, n],   Ĝ = Q_Aᵀ G Q_B: [B, m, n]

@@ -1,0 +1,43 @@
+"""Every optimizer state key of :class:`tritonkron.Kron`, once.
+
+A Kronecker parameter's state holds ``blocks`` (the list of its block groups' states) and, when
+any of its groups steps in the low-rank direction form, ``momentum`` (M, the parameter's shape).
+One *block group* is a stack of equal-shape blocks ``[B, m, n]``; its state is a dict of tensors
+(checkpoint-friendly: ``torch.load(weights_only=True)`` reads it back):
+
+    factor_a [B, m, m], factor_b [B, n, n]   EMA factor statistics A, B (dense groups)
+    basis_a  [B, m, m], basis_b  [B, n, n]   stale eigenbases Q_A, Q_B (columns descending);
+                                             [B, m, ℓ], [B, n, ℓ] in sketched groups
+    eig_a    [B, m],    eig_b    [B, n]      tracked eigenvalues a, b = diag(Qᵀ X Q) ([B, ℓ] sketched)
+    tail_a   [B],       tail_b   [B]         isotropic tail constants of a sketch (sketched groups)
+    trace    [B]                             τ = EMA of ‖G‖²_F (von Neumann normaliser)
+    ready    [B] bool                        block initialised from a non-zero gradient
+    refresh_failures [B]                     consecutive failed basis computations
+    momentum_hat [B, m, n]                   rotated momentum Q_Aᵀ M Q_B (eigenbasis-form groups)
+
+A parameter on the AdamW path (fewer than 2 dims, or a group with ``kron=False``) holds
+``step``, ``exp_avg``, ``exp_avg_sq`` and ``skipped_steps`` (steps skipped for a non-finite
+gradient), the names ``torch.optim.AdamW`` uses.
+"""
+
+from __future__ import annotations
+
+# A Kronecker parameter.
+BLOCKS = "blocks"
+MOMENTUM = "momentum"
+
+# A block group (dense, rotated or sketched).
+FACTOR_A, FACTOR_B = "factor_a", "factor_b"
+BASIS_A, BASIS_B = "basis_a", "basis_b"
+EIG_A, EIG_B = "eig_a", "eig_b"
+TAIL_A, TAIL_B = "tail_a", "tail_b"
+TRACE, READY = "trace", "ready"
+FAILURES = "refresh_failures"
+MOMENTUM_HAT = "momentum_hat"
+
+GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
+SKETCH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAILURES)
+
+# A parameter on the AdamW path.
+STEP, SKIPPED = "step", "skipped_steps"
+EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
