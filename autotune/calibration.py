@@ -61,7 +61,7 @@ class Calibration:
 def calibration_beta2(steps: int, cap: float = 0.98) -> float:
     """Statistics retention β₂ for a calibration of ``steps`` steps: min(cap, 0.01^(1/steps)).
 
-    A block's statistics start from its first gradient with floored eigenvalues (PAPER §4.3);
+    A block's statistics start from its first gradient with floored eigenvalues (docs/maths.md §4.3);
     with this β₂ that start weighs at most 1 % after ``steps`` steps, so the floor does not
     masquerade as a flat tail; longer calibrations are capped at ``cap``.
     """

@@ -1,4 +1,4 @@
-"""Subspace rank per factor from the spectra of calibrated factor statistics (PAPER §3.4–4.2).
+"""Subspace rank per factor from the spectra of calibrated factor statistics (docs/maths.md §3.4–§4.2, §4.5).
 
 The rank tooling of the tuner, in three modules, all re-exported here:
 

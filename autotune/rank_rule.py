@@ -1,4 +1,4 @@
-"""The rank rule: subspace rank per factor from the spectra of calibrated factor statistics (PAPER §3.4–4.2).
+"""The rank rule: subspace rank per factor from the spectra of calibrated factor statistics (docs/maths.md §3.4–§4.2, §4.5).
 
 The subspace-aware optimizer (``tk.Kron(rank=k)``) preconditions the top-k eigendirections of a
 factor X by their own eigenvalues and the rest by one isotropic constant from the tail mean

@@ -19,7 +19,7 @@ one formula to be fair, and on CPU the absolute time is what a user pays. The ma
 and the optimizer state live on ``--device``; on CUDA each timed step is bracketed by
 ``torch.cuda.synchronize()`` (:func:`perf.device.clock`).
 
-Rows are appended to ``perf/results/step.csv`` (STYLE.md §H columns: op, provider, shape name, m, n,
+Rows are appended to ``perf/results/step.csv`` (columns: op, provider, shape name, m, n,
 B, dtype, metric, unit, p50, p20, p80, plus mean, device, versions, commit, timestamp).
 """
 

@@ -74,9 +74,9 @@ class KronSettings:
     """Hyperparameters of the Kronecker path, parsed from one param group.
 
     Attributes:
-        divergence: factor rule (PAPER §2.3).
+        divergence: factor rule (docs/maths.md §2.3).
         rank: subspace rank k per factor, or None for full eigenvalue preconditioning.
-        tail: isotropic tail rule (PAPER §4.2).
+        tail: isotropic tail rule (docs/maths.md §4.2).
         alpha: tail multiplier α.
         beta2: retention of the factor and eigenvalue EMAs.
         eps: ε of the 1/(√(a_i b_j) + ε) damping.

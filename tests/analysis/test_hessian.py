@@ -1,4 +1,4 @@
-"""Curvature operators, Lanczos and the alignment diagnostics (PAPER §3.4)."""
+"""Curvature operators, Lanczos and the alignment diagnostics (docs/maths.md §3.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Known-answer tests of the spectral study (PAPER §2.2, §3.2, §3.3) and of gradient collection."""
+"""Known-answer tests of the spectral study (docs/maths.md §2.2, §3.2, §3.3) and of gradient collection."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_exact_kronecker_has_zero_error_for_all_three():
 
 @pytest.mark.parametrize("seed", range(10))
 def test_planted_spikes_orders_divergences_as_paper_toy(seed):
-    """PAPER §3.3 toy (12x16, 4 non-Kronecker spikes, top 8): F best on top, LD best-bounded.
+    """docs/maths.md §3.3 toy (12x16, 4 non-Kronecker spikes, top 8): F best on top, LD best-bounded.
 
     The ordering held on 20 of 20 seeds at this size and strength (σ = 0.1), so every seed must
     pass. It is *not* universal: with much stronger spikes (σ = 1) F loses the top-k accuracy.

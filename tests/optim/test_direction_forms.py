@@ -1,4 +1,4 @@
-"""The subspace direction in low-rank form equals the eigenbasis form (PAPER §4.3 damping included)."""
+"""The subspace direction in low-rank form equals the eigenbasis form (docs/maths.md §4.3 damping included)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The optimizer's per-step factor rules against the exact Kronecker projections (PAPER §2.2–§4.2)."""
+"""The optimizer's per-step factor rules against the exact Kronecker projections (docs/maths.md §2.2–§4.2)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _spike_and_flat(values: torch.Tensor, vectors: torch.Tensor, k: int, level: 
 
 @pytest.mark.parametrize("divergence", list(Divergence))
 def test_tail_mean_is_the_bregman_optimal_isotropic_level(divergence: Divergence) -> None:
-    """argmin_t D(X, U_k Λ_k U_kᵀ + t (I − U_k U_kᵀ)) = mean of the tail eigenvalues (PAPER §4.2)."""
+    """argmin_t D(X, U_k Λ_k U_kᵀ + t (I − U_k U_kᵀ)) = mean of the tail eigenvalues (docs/maths.md §4.2)."""
     g = torch.Generator().manual_seed(1)
     d, k = 9, 3
     Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64)).Q

@@ -1,4 +1,4 @@
-"""Dense Kronecker projections and Bregman divergences (PAPER §2–§3) against float64 oracles.
+"""Dense Kronecker projections and Bregman divergences (docs/maths.md §2–§3) against float64 oracles.
 
 The oracles below never call the module under test: the Frobenius one takes the SVD of a
 rearrangement built by explicit loops, the von Neumann one sums partial traces by loops, and the
@@ -350,7 +350,7 @@ def test_frobenius_divergence_is_half_squared_distance() -> None:
     assert math.isclose(bregman_divergence(X, Y, "frobenius").item(), expected.item(), rel_tol=1e-14)
 
 
-# ----------------------------------------------------------------------------- PAPER §3.3 toy
+# ----------------------------------------------------------------------------- docs/maths.md §3.3 toy
 
 
 def _toy_cov(seed: int, m: int = 6, n: int = 8, spikes: int = 4, spike: float = 0.3) -> Tensor:

@@ -152,7 +152,7 @@ def test_top_singular_subspaces_are_completed_orthonormally(m: int, n: int, ell_
 
 
 def test_virtual_spectrum_tail_mean_is_the_trace_formula() -> None:
-    """mean_{i>k} x_i of the virtual spectrum = (tr X̃ − Σ_{i≤k} λ_i)/(d − k), PAPER §4.4."""
+    """mean_{i>k} x_i of the virtual spectrum = (tr X̃ − Σ_{i≤k} λ_i)/(d − k), docs/maths.md §4.4."""
     g = torch.Generator().manual_seed(6)
     d, ell, k = 10, 4, 2
     U, lam, tau = _sketch(d, ell, g)

@@ -1,4 +1,4 @@
-"""Automatic claim checks: PAPER §3's qualitative statements tested on every layer of a study.
+"""Automatic claim checks: docs/maths.md §3's qualitative statements tested on every layer of a study.
 
 Projection claims (F most accurate on the top directions, LD best-bounded whitening, vN in
 between, each projection meeting its own residual condition) and curvature-alignment claims
@@ -114,7 +114,7 @@ def _alignment_claims(ls: LayerStudy) -> list[tuple[str, bool, str]]:
 
 
 def claim_checks(study: Study) -> pd.DataFrame:
-    """Which of PAPER §3's claims hold on each layer, with the numbers that decide it."""
+    """Which of docs/maths.md §3's claims hold on each layer, with the numbers that decide it."""
     rows = [
         (ls.samples.name, claim, "yes" if holds else "no", evidence)
         for ls in study.layers

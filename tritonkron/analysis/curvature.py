@@ -1,6 +1,6 @@
 """The curvature (GGN / Hessian) of the loss in one weight matrix, as an operator, and its top eigenpairs.
 
-Curvature is restricted to one weight matrix W ``[m, n]`` (row-major ``vec``, PAPER §1), all
+Curvature is restricted to one weight matrix W ``[m, n]`` (row-major ``vec``, docs/maths.md §1), all
 other parameters fixed, and is only ever applied to vectors (``torch.func``):
 
 * Hessian:      H v = ∂²ℓ/∂w² v                       (``jvp`` of ``grad``)

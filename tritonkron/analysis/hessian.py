@@ -1,7 +1,7 @@
-"""Alignment of the layer curvature (GGN / Hessian) with the gradient covariance (PAPER §3.4).
+"""Alignment of the layer curvature (GGN / Hessian) with the gradient covariance (docs/maths.md §3.4).
 
 The curvature operators and Lanczos are in :mod:`tritonkron.analysis.curvature`. The
-alignment diagnostics (PAPER §3.4 protocol, a reconstruction) are
+alignment diagnostics (docs/maths.md §3.4 protocol, a reconstruction) are
 
 * the subspace overlap  o(k) = ‖U_kᵀ V_k‖²_F / k  ∈ [0, 1] between the top-k eigenvectors U_k of C
   (or of a Kronecker model A ⊗ B) and V_k of the curvature; for a uniformly random U_k,
@@ -117,7 +117,7 @@ def hessian_alignment(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> AlignmentResult:
-    """Overlap-vs-k, Rayleigh quotients and resample stability for one layer (PAPER §3.4).
+    """Overlap-vs-k, Rayleigh quotients and resample stability for one layer (docs/maths.md §3.4).
 
     Resample r uses a bootstrap C⁽ʳ⁾ of the gradient samples and the curvature operator
     ``operators[r]`` (a different minibatch each); the Kronecker bases use the full-sample
@@ -186,7 +186,7 @@ def factor_alignment(
     """Overlap of the full layer's factor statistics with its full-layer curvature (large layers).
 
     The basis is the top-k eigenvectors of L ⊗ R, L = E[G Gᵀ], R = E[Gᵀ G] (the von Neumann
-    projection, PAPER §2.2, which needs no dense covariance); the curvature's top-k come from
+    projection, docs/maths.md §2.2, which needs no dense covariance); the curvature's top-k come from
     Lanczos on the whole mn-dimensional layer, one batch per resample.
 
     Returns:

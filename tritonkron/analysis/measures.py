@@ -2,7 +2,7 @@
 
 Eigenpairs of A ⊗ B without forming it, the whitened spectrum, the per-direction cost of each
 divergence, the number of exactly-null directions of C, the divergence-weighted residuals, the
-scale identities and the three divergences D_φ(C, S). Their definitions and the PAPER sections
+scale identities and the three divergences D_φ(C, S). Their definitions and the docs/maths.md sections
 they come from are in :mod:`tritonkron.analysis.spectral`, which applies them to every projection.
 """
 
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 DIVERGENCES: tuple[str, ...] = ("frobenius", "von_neumann", "logdet")
-"""The three divergences in the order used by every table (PAPER §2.1)."""
+"""The three divergences in the order used by every table (docs/maths.md §2.1)."""
 
 
 def kronecker_eigh(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -89,7 +89,7 @@ def whitened_spectrum(cov: Tensor, A: Tensor, B: Tensor) -> Tensor:
 
 
 def direction_cost(lam: Tensor, s: Tensor, divergence: str | Divergence) -> Tensor:
-    """Per-eigendirection cost of a divergence for a diagonal error λ → s (PAPER §3.3).
+    """Per-eigendirection cost of a divergence for a diagonal error λ → s (docs/maths.md §3.3).
 
     .. math:: F: \\tfrac12(\\lambda - s)^2, \\quad vN: s\\,(x\\log x - x + 1), \\quad
               LD: x - \\log x - 1, \\qquad x = \\lambda / s
@@ -148,7 +148,7 @@ def residual_norms(cov: Tensor, A: Tensor, B: Tensor, shape: tuple[int, int]) ->
 
 
 def scale_identities(cov: Tensor, A: Tensor, B: Tensor, whitened: Tensor) -> dict[str, float]:
-    """Relative deviations of the three scale identities of PAPER §2.2."""
+    """Relative deviations of the three scale identities of docs/maths.md §2.2."""
     S = torch.kron(A, B)
     s_sq = S.square().sum()
     return {

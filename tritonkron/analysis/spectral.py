@@ -1,22 +1,22 @@
-"""How each Bregman projection spreads the Kronecker error over the covariance spectrum (PAPER §3).
+"""How each Bregman projection spreads the Kronecker error over the covariance spectrum (docs/maths.md §3).
 
-For a dense gradient covariance C ``[mn, mn]`` (row-major ``vec``, PAPER §1) with eigenpairs
+For a dense gradient covariance C ``[mn, mn]`` (row-major ``vec``, docs/maths.md §1) with eigenpairs
 λ₁ ≥ … ≥ λ_mn, u_i, and the projection S = A ⊗ B of each divergence
 (:func:`~tritonkron.math.projection.kronecker_projection`), this module measures
 
 * the **error per eigendirection** of C, r_i = log(sᵢ / λᵢ) with sᵢ = uᵢᵀ S uᵢ, summarised as the
-  median |rᵢ| over the top-k directions and over the tail (PAPER §3.3's toy table);
-* the **per-direction cost** of each divergence's own generator (PAPER §3.3, second-order /
+  median |rᵢ| over the top-k directions and over the tail (docs/maths.md §3.3's toy table);
+* the **per-direction cost** of each divergence's own generator (docs/maths.md §3.3, second-order /
   diagonal form with x = λᵢ / sᵢ)::
 
       F : ½ (λ − s)²        vN : s (x log x − x + 1)        LD : x − log x − 1
 
   and the share of the total cost that falls on the top-k directions;
-* the **divergence-weighted residuals** of PAPER §3.2: for E = C − A ⊗ B and p ∈ {+1, 0, −1}
+* the **divergence-weighted residuals** of docs/maths.md §3.2: for E = C − A ⊗ B and p ∈ {+1, 0, −1}
   (F, vN, LD), ‖Tr_B[E (I ⊗ Bᵖ)]‖_F / ‖Tr_B[C (I ⊗ Bᵖ)]‖_F (and the mirrored A-condition), which
   vanish for the projection of the same divergence only;
 * the **whitened spectrum** μ = eig(S^{-1/2} C S^{-1/2}) (max, mean, min);
-* the **scale identities** (PAPER §2.2), as relative deviations::
+* the **scale identities** (docs/maths.md §2.2), as relative deviations::
 
       F : (⟨C, S⟩ − ‖S‖²_F) / ‖S‖²_F     vN : (tr C − tr S) / tr C     LD : tr(S⁻¹C) / mn − 1
 
@@ -252,7 +252,7 @@ def known_answer_suite(m: int = 12, n: int = 16, top_k: int = 8, seed: int = 0) 
     * ``kronecker``: C = A₀ ⊗ B₀ exactly → every projection recovers it: |log(sᵢ/λᵢ)| = 0,
       whitened spectrum ≡ 1.
     * ``spiked``: :func:`~tritonkron.analysis.collect.spiked_covariance` (4 spikes, σ = 0.1) →
-      PAPER §3.3: F smallest top-k error, LD smallest max whitened eigenvalue, vN in between.
+      docs/maths.md §3.3: F smallest top-k error, LD smallest max whitened eigenvalue, vN in between.
     * ``noise``: sample covariance of S = 20 mn white-noise gradients → all projections ≈ c I
       and the whitened spectrum follows Marchenko–Pastur, max ≈ (1 + √(mn/S))².
 

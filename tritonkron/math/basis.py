@@ -1,6 +1,6 @@
 """Eigenbasis maintenance: sorted eigendecomposition, power step + QR refresh, subspace iteration.
 
-The factors' eigenbases are kept stale between refreshes (KL-Shampoo/SOAP machinery, PAPER §2.4):
+The factors' eigenbases are kept stale between refreshes (KL-Shampoo/SOAP machinery, docs/maths.md §2.4):
 every T steps one power-iteration step followed by a QR decomposition moves the basis towards the
 current factor's eigenvectors,
 

@@ -1,4 +1,4 @@
-"""The three Bregman divergences as per-step factor rules (PAPER §2.3).
+"""The three Bregman divergences as per-step factor rules (docs/maths.md §2.3).
 
 Each divergence projects the gradient covariance C = E[vec(G) vec(G)ᵀ] onto Kronecker products
 A ⊗ B. In the optimizer one fixed-point step is taken per iteration inside an EMA, using the
@@ -88,7 +88,7 @@ def initial_eigenvalues(
 
     With l = spec(G₀G₀ᵀ), r = spec(G₀ᵀG₀) and s = ‖G₀‖²_F, the split a = l/√s, b = r/√s gives
     mean(a)·mean(b) = s/(mn), i.e. a_i b_j has the scale of E[G²] as Adam's second moment does,
-    so multiplying the loss by a constant leaves the trajectory unchanged (PAPER §8). von Neumann
+    so multiplying the loss by a constant leaves the trajectory unchanged (docs/maths.md §8). von Neumann
     keeps raw Shampoo statistics (a = l, b = r) and divides by τ = s later. Each vector is floored
     at ``init_floor`` times its mean, since a single gradient's Gram matrix is rank-deficient.
 

@@ -1,14 +1,14 @@
-"""Dense Kronecker projections under the three Bregman divergences (PAPER §1–§3).
+"""Dense Kronecker projections under the three Bregman divergences (docs/maths.md §1–§3).
 
 This is the float64-capable specification of what the optimizer's per-step factor rules
 approximate: for a gradient covariance C it returns the exact minimiser
 
-    (A, B) = argmin_{A, B ≻ 0} D_φ(C, A ⊗ B)          (variable in the second argument, PAPER §2.1)
+    (A, B) = argmin_{A, B ≻ 0} D_φ(C, A ⊗ B)          (variable in the second argument, docs/maths.md §2.1)
 
 for φ ∈ {Frobenius, von Neumann, LogDet}, the divergences themselves, and the divergence-weighted
-residuals that vanish at each projection (PAPER §3.2).
+residuals that vanish at each projection (docs/maths.md §3.2).
 
-Conventions (PAPER §1): ``vec`` is row-major, g = vec(G) = ``G.reshape(-1)``, so
+Conventions (docs/maths.md §1): ``vec`` is row-major, g = vec(G) = ``G.reshape(-1)``, so
 ``kron(A, B) @ vec(X) = vec(A X Bᵀ)``. C = E[g gᵀ] is ``[mn, mn]``; its 4-index view
 ``C4 = C.reshape(m, n, m, n)`` holds C4[i, j, i', j'] = E[G_ij G_i'j']. A ``[m, m]`` acts on rows,
 B ``[n, n]`` on columns. Every function is dense (O((mn)²) memory): it is a reference for tests
@@ -110,7 +110,7 @@ def partial_trace_b(cov: Tensor, shape: tuple[int, int], weight: Tensor | None =
     .. math:: \\mathrm{Tr}_B[C(I\\otimes W)]_{ik} = \\sum_{j,l} C_{ij,kl} W_{lj}
               = \\texttt{einsum('ijkl,lj->ik', C4, W)}
 
-    For the symmetric weights used throughout (PAPER §1) this is E[G W Gᵀ].
+    For the symmetric weights used throughout (docs/maths.md §1) this is E[G W Gᵀ].
 
     Args:
         cov: C ``[mn, mn]``.
@@ -137,7 +137,7 @@ def partial_trace_a(cov: Tensor, shape: tuple[int, int], weight: Tensor | None =
     .. math:: \\mathrm{Tr}_A[C(W\\otimes I)]_{jl} = \\sum_{i,k} C_{ij,kl} W_{ki}
               = \\texttt{einsum('ijkl,ki->jl', C4, W)}
 
-    For the symmetric weights used throughout (PAPER §1) this is E[Gᵀ W G].
+    For the symmetric weights used throughout (docs/maths.md §1) this is E[Gᵀ W G].
 
     Args:
         cov: C ``[mn, mn]``.
@@ -199,7 +199,7 @@ def _frobenius_factors(cov: Tensor, m: int, n: int) -> tuple[Tensor, Tensor]:
 
 
 def _von_neumann_factors(cov: Tensor, m: int, n: int) -> tuple[Tensor, Tensor]:
-    """Closed form A ⊗ B = Tr_B(C) ⊗ Tr_A(C) / tr C (Shampoo's statistics, PAPER §2.2)."""
+    """Closed form A ⊗ B = Tr_B(C) ⊗ Tr_A(C) / tr C (Shampoo's statistics, docs/maths.md §2.2)."""
     A = partial_trace_b(cov, (m, n))
     B = partial_trace_a(cov, (m, n)) / cov.trace()
     return A, B
@@ -238,7 +238,7 @@ def kronecker_projection(
     max_iters: int = 1000,
     tol: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Factors (A, B) of the Bregman projection of C onto Kronecker products (PAPER §2.1–§2.2).
+    """Factors (A, B) of the Bregman projection of C onto Kronecker products (docs/maths.md §2.1–§2.2).
 
     .. math:: (A, B) = \\arg\\min_{A, B \\succ 0} D_\\varphi(C, A \\otimes B)
 
@@ -315,7 +315,7 @@ def _logdet_divergence(X: Tensor, Y: Tensor) -> Tensor:
 
 
 def bregman_divergence(X: Tensor, Y: Tensor, divergence: str | Divergence) -> Tensor:
-    """Matrix Bregman divergence D_φ(X, Y) = φ(X) − φ(Y) − ⟨∇φ(Y), X − Y⟩ (PAPER §2.1).
+    """Matrix Bregman divergence D_φ(X, Y) = φ(X) − φ(Y) − ⟨∇φ(Y), X − Y⟩ (docs/maths.md §2.1).
 
     .. math::
         D_F(X, Y) = \\tfrac12 \\|X - Y\\|_F^2, \\qquad
@@ -353,7 +353,7 @@ def bregman_divergence(X: Tensor, Y: Tensor, divergence: str | Divergence) -> Te
 def divergence_weighted_residuals(
     cov: Tensor, A: Tensor, B: Tensor, divergence: str | Divergence
 ) -> tuple[Tensor, Tensor]:
-    """Partial traces of the residual E = C − A⊗B weighted by the opposite factor (PAPER §3.2).
+    """Partial traces of the residual E = C − A⊗B weighted by the opposite factor (docs/maths.md §3.2).
 
     .. math::
         F:\\ \\mathrm{Tr}_B[E(I\\otimes B)],\\ \\mathrm{Tr}_A[E(A\\otimes I)] \\qquad

@@ -8,7 +8,7 @@ their momentum rotated and step with :func:`tritonkron.step.rotated.rotated_grou
 every product once; :func:`block_group_step` below is the step of the low-rank direction form
 (:func:`low_rank_is_cheaper`), which reads the parameter's momentum M.
 
-The step for each block, in order (PAPER §4.3): (1) the direction U = P_A M P_B from the
+The step for each block, in order (docs/maths.md §4.3): (1) the direction U = P_A M P_B from the
 pre-update statistics, (2) the statistics update with the current gradient, so a gradient never
 enters its own preconditioner, (3) every T steps the basis refresh. A block is initialised from
 the first non-zero gradient it sees (eigendecomposition of G Gᵀ and Gᵀ G, scale-aware eigenvalues)

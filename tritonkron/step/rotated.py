@@ -6,7 +6,7 @@ the direction, organised so that each product is computed once (:mod:`tritonkron
 1. (A', B', Ĝ) from the shared products G Q_B and Q_Aᵀ G (:func:`tritonkron.ops.rotated_statistics`);
 2. M̂ ← β₁ M̂ + (1 − β₁) Ĝ, the rotated momentum M̂ = Q_Aᵀ M Q_B (where the step is not skipped);
 3. U = Q_A (M̂ ⊙ Σ) Q_Bᵀ with Σ from the pre-update eigenvalues, so a gradient never enters its
-   own preconditioner (PAPER §4.3);
+   own preconditioner (docs/maths.md §4.3);
 4. statistics written for ready blocks; every T steps the basis refresh, and a block's first
    non-zero gradient initialises it; both carry M̂ into the new bases exactly,
    M̂' = Q_A'ᵀ (Q_A M̂ Q_Bᵀ) Q_B'.

@@ -14,7 +14,7 @@ One block group ``[B, m, n]`` holds (a dict of tensors, ``torch.load(weights_onl
 
 with ℓ_A = min(ℓ, m), ℓ_B = min(ℓ, n): O((m + n)·ℓ) floats per block instead of 2(m² + n²).
 
-The step mirrors :func:`tritonkron.step.dense.block_group_step` (PAPER §4.3):
+The step mirrors :func:`tritonkron.step.dense.block_group_step` (docs/maths.md §4.3):
 
 1. **init** from the first non-zero gradient (thin SVD G = P diag(σ) Rᵀ; the same scale-aware,
    floored initial eigenvalues as the dense path, of which the top ℓ are kept and the rest
@@ -26,7 +26,7 @@ The step mirrors :func:`tritonkron.step.dense.block_group_step` (PAPER §4.3):
    (plus the exact ε correction of the dense Σ = σ/(1 + εσ));
 3. **statistics update** of both sketches from the old ones (simultaneous, as the dense rule):
    increment s·G W Gᵀ with the other factor's low-rank-plus-isotropic coupling weight W
-   (LogDet W = B̃⁻¹, Frobenius W = B̃, von Neumann W = I; PAPER §2.3, §4.4).
+   (LogDet W = B̃⁻¹, Frobenius W = B̃, von Neumann W = I; docs/maths.md §2.3, §4.4).
 
 The sketch is re-diagonalised at every update (a Rayleigh–Ritz step), so there is no stale basis
 and ``refresh`` (the dense path's every-T-steps basis refresh) is accepted and ignored.

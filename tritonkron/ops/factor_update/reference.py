@@ -1,4 +1,4 @@
-"""Symmetric factor update, the statistic of every divergence (PAPER §2.3).
+"""Symmetric factor update, the statistic of every divergence (docs/maths.md §2.3).
 
     left:   X ← β·X + s·G W Gᵀ       (X is m × m)
     right:  X ← β·X + s·Gᵀ W G       (X is n × n)

@@ -4,7 +4,7 @@ For a factor X with tracked eigenbasis Q (columns descending) and eigenvalues x�
 per-direction inverse-square-root scales are
 
     full (rank=None):          s_i = x_i^{-1/2}
-    spike-and-flat (rank=k):   s_i = x_i^{-1/2} for i ≤ k,  s_i = c_X for i > k     (PAPER §4.2)
+    spike-and-flat (rank=k):   s_i = x_i^{-1/2} for i ≤ k,  s_i = c_X for i > k     (docs/maths.md §4.2)
 
 with the tail constant c_X chosen by the tail rule:
 
@@ -17,7 +17,7 @@ The preconditioned direction of momentum M with P = P_A ⊗ P_B is
 
     U = Q_A ((Q_Aᵀ M Q_B) ⊙ Σ) Q_Bᵀ,   Σ_ij = σ_ij / (1 + ε σ_ij),  σ_ij = s^A_i s^B_j,
 
-where the ε form equals 1/(√(x_i y_j) + ε) on the top block (Adam-style damping, PAPER §4.3).
+where the ε form equals 1/(√(x_i y_j) + ε) on the top block (Adam-style damping, docs/maths.md §4.3).
 """
 
 from __future__ import annotations

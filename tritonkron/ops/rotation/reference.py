@@ -1,4 +1,4 @@
-"""The eigenbasis step with the momentum kept rotated (PAPER §4.3, same math, fewer products).
+"""The eigenbasis step with the momentum kept rotated (docs/maths.md §4.3 and §7.1, same math, fewer products).
 
 The direction U = Q_A ((Q_Aᵀ M Q_B) ⊙ Σ) Q_Bᵀ needs the rotated momentum M̂ = Q_Aᵀ M Q_B. Because
 the momentum is an EMA, M̂ is one as well while the bases are fixed,

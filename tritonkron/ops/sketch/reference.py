@@ -5,18 +5,18 @@ A factor X ∈ S₊^d (d = m for A, n for B) is kept as a rank-ℓ sketch plus o
     X̃ = U diag(λ) Uᵀ + τ (I − U Uᵀ),     U: [B, d, ℓ] orthonormal, λ: [B, ℓ] descending, τ: [B],
 
 (ℓ is capped at d; with ℓ = d the basis is complete, there is no tail and τ = 0 by convention).
-This is what the subspace-aware preconditioner of PAPER §4.2 consumes: the top-k eigenpairs
+This is what the subspace-aware preconditioner of docs/maths.md §4.2 consumes: the top-k eigenpairs
 (k ≤ ℓ) and one isotropic level. Its *virtual spectrum* is x = (λ₁, …, λ_ℓ, τ, …, τ) ∈ R^d, and
 every dense tail rule applied to x equals the low-rank formula; e.g. the ``tail="mean"`` level is
 
     mean_{i>k} x_i = (Σ_{k<i≤ℓ} λ_i + (d − ℓ) τ) / (d − k) = (tr X̃ − Σ_{i≤k} λ_i) / (d − k),
 
-PAPER §4.4's τ_X evaluated on X̃.
+docs/maths.md §4.4's τ_X evaluated on X̃.
 
 **Update** (EMA with retention β, one per optimizer step). The increment of every divergence is
 K = s·G_s W G_sᵀ with G_s = G (left factor, G_s: [B, m, n]) or Gᵀ (right factor), s a per-block
 scale that includes (1 − β), and W the *other* factor's coupling weight in the same
-low-rank-plus-isotropic form (PAPER §2.3, §4.4),
+low-rank-plus-isotropic form (docs/maths.md §2.3, §4.4),
 
     W = V diag(w) Vᵀ + w_τ (I − V Vᵀ),   logdet: w = 1/b, w_τ = 1/τ_B (W = B̃⁻¹ exactly)
                                           frobenius: w = b, w_τ = τ_B (W = B̃)
@@ -41,9 +41,9 @@ Rayleigh quotients qᵢᵀ X̃' qᵢ, and step 4 still conserves the trace.
 conserved (tr X̃' = β tr X̃ + tr K, with tr K = s (w_τ ‖G‖²_F + Σ_j (w_j − w_τ) ‖G_s v_j‖²)), and
 whatever does not fit into the ℓ kept directions — the Ritz values beyond ℓ, the old tail outside
 Q, and the increment's mass outside Q — is spread evenly over the d − ℓ complement directions.
-So τ is the *arithmetic mean of X̃''s spectrum outside the sketch*, the level that PAPER §4.2 shows
+So τ is the *arithmetic mean of X̃''s spectrum outside the sketch*, the level that docs/maths.md §4.2 shows
 is Bregman-optimal for all three divergences, and the preconditioner's ``tail="mean"`` constant
-is the same tail-mean rule as the dense path. Sketchy (Feinberg et al. 2023; ANCHORS.md) instead
+is the same tail-mean rule as the dense path. Sketchy (Feinberg et al. 2023) instead
 accumulates the frequent-directions *shrinkage* ρ ← β ρ + μ_{ℓ+1} (the cut-off eigenvalue, a
 bound on the escaped spectrum), adds ρ to every kept eigenvalue and uses ρ for the complement.
 Both levels vanish with the complement: for ℓ ≥ d the candidate basis is the whole space, the
