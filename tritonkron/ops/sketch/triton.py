@@ -52,6 +52,7 @@ Config = Mapping[str, int] | triton.Config | None
 
 
 def _oriented(G: Tensor, side: str) -> Tensor:
+    """G_s: G (left) or its transposed view Gᵀ (right), after checking G and ``side``."""
     check_tensor("G", G, 3, _DTYPES, G.device)
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right'; got {side!r}")
@@ -59,6 +60,8 @@ def _oriented(G: Tensor, side: str) -> Tensor:
 
 
 def _check_weight(Gs: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor) -> None:
+    """Checks the coupling weight (V ``[B, e, ℓ']``, w ``[B, ℓ']``, w_τ ``[B]``) and the scale ``[B]``
+    against G_s ``[B, d, e]``."""
     Bsz, _, e = Gs.shape
     dev = Gs.device
     check_tensor("V", V, 3, _DTYPES, dev)
@@ -231,6 +234,95 @@ def sketch_update_triton(
     return rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
 
 
+def _check_precondition_args(
+    M: Tensor,
+    U_A: Tensor,
+    s_A: Tensor,
+    c_A: Tensor,
+    U_B: Tensor,
+    s_B: Tensor,
+    c_B: Tensor,
+    eps: float,
+    out: Tensor | None,
+) -> tuple[float, Tensor]:
+    """Checks the arguments of :func:`sketch_precondition_triton`; returns (ε, the output tensor)."""
+    check_tensor("M", M, 3, _DTYPES, M.device)
+    Bsz, m, n = M.shape
+    dev = M.device
+    for name, t, d in (("U_A", U_A, m), ("U_B", U_B, n)):
+        check_tensor(name, t, 3, _DTYPES, dev)
+        if t.shape[:2] != (Bsz, d):
+            raise ValueError(f"{name} must have shape [{Bsz}, {d}, k]; got {list(t.shape)}")
+    k_A, k_B = U_A.shape[-1], U_B.shape[-1]
+    for name, t, shape in (("s_A", s_A, (Bsz, k_A)), ("s_B", s_B, (Bsz, k_B))):
+        check_tensor(name, t, 2, _DTYPES, dev)
+        check_shape(name, t, shape)
+    for name, t in (("c_A", c_A), ("c_B", c_B)):
+        check_tensor(name, t, t.dim(), _DTYPES, dev)
+        if t.numel() != Bsz or t.dim() not in (1, 2):
+            raise ValueError(f"{name} must have shape [{Bsz}] or [{Bsz}, 1]; got {list(t.shape)}")
+    eps = check_float("eps", eps)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0; got {eps}")
+    if out is None:
+        out = torch.empty((Bsz, m, n), dtype=M.dtype, device=dev)
+    check_tensor("out", out, 3, _DTYPES, dev)
+    check_shape("out", out, (Bsz, m, n))
+    return eps, out
+
+
+def _damped(sigma: Tensor, eps: float) -> Tensor:
+    """The damped spectral map f(σ) = σ / (1 + ε σ)."""
+    return sigma / (1 + eps * sigma)
+
+
+def _precondition_chain(
+    M: Tensor,
+    U_A: Tensor,
+    s_A: Tensor,
+    c_A: Tensor,
+    U_B: Tensor,
+    s_B: Tensor,
+    c_B: Tensor,
+    eps: float,
+    out: Tensor,
+    config: Config,
+) -> None:
+    """The launch chain of the module docstring (R, L', C and K_c, T, then U into ``out``)."""
+    Bsz, m, n = M.shape
+    dev = M.device
+    k_A, k_B = U_A.shape[-1], U_B.shape[-1]
+    f32 = torch.float32
+    cA, cB = c_A.reshape(Bsz, 1).to(f32), c_B.reshape(Bsz, 1).to(f32)
+    sA, sB = s_A.to(f32), s_B.to(f32)
+    h = _damped(cA * cB, eps)  # [B, 1]
+    g_A, g_B = _damped(sA * cB, eps), _damped(cA * sB, eps)
+    k = k_A + k_B
+    R = torch.empty((Bsz, k_A, n), dtype=f32, device=dev)
+    launch_bmm(U_A.transpose(1, 2), M, R, bmm_config(config, k_A, n, m))
+    L = torch.empty((Bsz, m, k), dtype=f32, device=dev)
+    L[..., :k_A] = U_A
+    L_top = L[..., k_A:].transpose(1, 2)  # [B, k_B, m] view: (g_B − h) ⊙ U_Bᵀ Mᵀ
+    cfg_top = bmm_config(config, k_B, m, n)
+    launch_bmm(U_B.transpose(1, 2), M.transpose(1, 2), L_top, cfg_top, epilogue=Epilogue.ROW_SHIFT, row=g_B,
+               shift=h.reshape(Bsz))  # fmt: skip
+    C = torch.empty((Bsz, k_A, k_B), dtype=f32, device=dev)
+    launch_bmm(R, U_B, C, bmm_config(config, k_A, k_B, n))
+    K_c = C * (
+        _damped(sA.unsqueeze(-1) * sB.unsqueeze(-2), eps)
+        - g_A.unsqueeze(-1)
+        - g_B.unsqueeze(-2)
+        + h.unsqueeze(-1)
+    )
+    R.mul_((g_A - h).unsqueeze(-1))
+    T = torch.empty((Bsz, k, n), dtype=f32, device=dev)
+    T[:, k_A:] = U_B.transpose(1, 2)
+    ones = torch.ones(Bsz, dtype=f32, device=dev)
+    cfg_core = bmm_config(config, k_A, n, k_B)
+    launch_bmm(K_c, U_B.transpose(1, 2), T[:, :k_A], cfg_core, epilogue=Epilogue.AXPY, y=R, shift=ones)
+    launch_bmm(L, T, out, bmm_config(config, m, n, k), epilogue=Epilogue.AXPY, y=M, shift=h.reshape(Bsz))
+
+
 def sketch_precondition_triton(
     M: Tensor,
     U_A: Tensor,
@@ -259,56 +351,6 @@ def sketch_precondition_triton(
     Raises:
         ValueError: on a wrong type, shape, dtype or device (naming the parameter) or eps < 0.
     """
-    check_tensor("M", M, 3, _DTYPES, M.device)
-    Bsz, m, n = M.shape
-    dev = M.device
-    for name, t, d in (("U_A", U_A, m), ("U_B", U_B, n)):
-        check_tensor(name, t, 3, _DTYPES, dev)
-        if t.shape[:2] != (Bsz, d):
-            raise ValueError(f"{name} must have shape [{Bsz}, {d}, k]; got {list(t.shape)}")
-    k_A, k_B = U_A.shape[-1], U_B.shape[-1]
-    for name, t, shape in (("s_A", s_A, (Bsz, k_A)), ("s_B", s_B, (Bsz, k_B))):
-        check_tensor(name, t, 2, _DTYPES, dev)
-        check_shape(name, t, shape)
-    for name, t in (("c_A", c_A), ("c_B", c_B)):
-        check_tensor(name, t, t.dim(), _DTYPES, dev)
-        if t.numel() != Bsz or t.dim() not in (1, 2):
-            raise ValueError(f"{name} must have shape [{Bsz}] or [{Bsz}, 1]; got {list(t.shape)}")
-    eps = check_float("eps", eps)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0; got {eps}")
-    if out is None:
-        out = torch.empty((Bsz, m, n), dtype=M.dtype, device=dev)
-    check_tensor("out", out, 3, _DTYPES, dev)
-    check_shape("out", out, (Bsz, m, n))
-
-    def f(sigma: Tensor) -> Tensor:
-        return sigma / (1 + eps * sigma)
-
-    f32 = torch.float32
-    cA, cB = c_A.reshape(Bsz, 1).to(f32), c_B.reshape(Bsz, 1).to(f32)
-    sA, sB = s_A.to(f32), s_B.to(f32)
-    h = f(cA * cB)  # [B, 1]
-    g_A, g_B = f(sA * cB), f(cA * sB)
-    k = k_A + k_B
-    R = torch.empty((Bsz, k_A, n), dtype=f32, device=dev)
-    launch_bmm(U_A.transpose(1, 2), M, R, bmm_config(config, k_A, n, m))
-    L = torch.empty((Bsz, m, k), dtype=f32, device=dev)
-    L[..., :k_A] = U_A
-    L_top = L[..., k_A:].transpose(1, 2)  # [B, k_B, m] view: (g_B − h) ⊙ U_Bᵀ Mᵀ
-    cfg_top = bmm_config(config, k_B, m, n)
-    launch_bmm(U_B.transpose(1, 2), M.transpose(1, 2), L_top, cfg_top, epilogue=Epilogue.ROW_SHIFT, row=g_B,
-               shift=h.reshape(Bsz))  # fmt: skip
-    C = torch.empty((Bsz, k_A, k_B), dtype=f32, device=dev)
-    launch_bmm(R, U_B, C, bmm_config(config, k_A, k_B, n))
-    K_c = C * (
-        f(sA.unsqueeze(-1) * sB.unsqueeze(-2)) - g_A.unsqueeze(-1) - g_B.unsqueeze(-2) + h.unsqueeze(-1)
-    )
-    R.mul_((g_A - h).unsqueeze(-1))
-    T = torch.empty((Bsz, k, n), dtype=f32, device=dev)
-    T[:, k_A:] = U_B.transpose(1, 2)
-    ones = torch.ones(Bsz, dtype=f32, device=dev)
-    cfg_core = bmm_config(config, k_A, n, k_B)
-    launch_bmm(K_c, U_B.transpose(1, 2), T[:, :k_A], cfg_core, epilogue=Epilogue.AXPY, y=R, shift=ones)
-    launch_bmm(L, T, out, bmm_config(config, m, n, k), epilogue=Epilogue.AXPY, y=M, shift=h.reshape(Bsz))
+    eps, out = _check_precondition_args(M, U_A, s_A, c_A, U_B, s_B, c_B, eps, out)
+    _precondition_chain(M, U_A, s_A, c_A, U_B, s_B, c_B, eps, out, config)
     return out
