@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python -m perf.bench_memory [--lm-steps 200] [--vocab 4096] [--gpt2-rank 128] [--device auto|cpu|cuda]
                                 [--out perf/results/memory.csv]
 
-Two workloads (issue 9):
+Two workloads:
 
 1. **GPT-2-small layer shapes** (``perf.shapes.GPT2_SMALL``: qkv, attention projection, MLP in/out,
    the 50257 × 768 token embedding). One fp32 parameter of each shape is created with
@@ -269,7 +269,7 @@ def lm_rows(args: argparse.Namespace, specs: dict[str, Factory]) -> tuple[list[d
 
 
 def _verdict(lm: list[dict[str, object]], rank: int) -> str:
-    """One line on the issue's goal: sketched state ≤ AdamW's at a loss no worse than dense rank=k."""
+    """One line on the goal: sketched state ≤ AdamW's at a loss no worse than dense rank=k."""
     by = {r["optimizer"]: r for r in lm}
     adamw, dense, sketch = by["adamw"], by[f"kron rank={rank} dense"], by[f"kron rank={rank} sketch"]
     state_ok = sketch["floats_per_param"] <= adamw["floats_per_param"]
@@ -283,6 +283,7 @@ def _verdict(lm: list[dict[str, object]], rank: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Measure both workloads (unless skipped), print their tables and write the CSV to ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpt2-rank", type=int, default=128, help="k for the GPT-2 shapes (ℓ = 2k)")
     parser.add_argument("--lm-rank", type=int, default=16, help="k for the language model (ℓ = 2k)")

@@ -45,21 +45,23 @@ def target_table(table: pd.DataFrame) -> str:
 
 
 def _row(table: pd.DataFrame, label: str) -> pd.Series | None:
+    """The first row of ``table`` for optimizer ``label``, or None when it did not run."""
     rows = table[table["optimizer"] == label]
     return None if rows.empty else rows.iloc[0]
 
 
 def _verdict(ok: bool | None) -> str:
+    """``met`` / ``not met`` in bold, or ``n/a`` when the goal could not be judged."""
     return "n/a" if ok is None else ("**met**" if ok else "**not met**")
 
 
 def goal_lines(table: pd.DataFrame) -> list[str]:
-    """The issue's four character-LM goals, each with the measured numbers and met / not met."""
+    """The four character-LM goals, each with the measured numbers and met / not met."""
     kron = table[table["optimizer"].str.startswith("Kron")]
     if kron.empty or _row(table, "AdamW") is None:
         return ["Goals: not evaluated (AdamW or tritonkron missing from this session)."]
     best = kron.sort_values("final val loss").iloc[0]
-    lines = ["Goals of issue 4 on this workload (measured, not asserted):", ""]
+    lines = ["Goals on this workload (measured, not asserted):", ""]
     ratio = best.get("× AdamW steps", math.nan)
     if math.isnan(ratio):
         first = f"does not reach AdamW's final validation loss within the budget: {_verdict(False)}."
@@ -181,6 +183,88 @@ def _session_lines(meta: dict) -> list[str]:
     ]
 
 
+def _relative_results(results: Path, out: Path) -> Path:
+    """The results folder relative to the report's folder (for image and CSV links), else as given."""
+    return (
+        Path(results.resolve().relative_to(out.parent.resolve()))
+        if results.resolve().is_relative_to(out.parent.resolve())
+        else results
+    )
+
+
+def _headline_block(meta: dict, tables: dict[str, pd.DataFrame], results: Path, rel: Path) -> list[str]:
+    """The headline section; when there is one, the same block (image path relative to the
+    repository root, without its title) is written to ``results/headline.md`` for the README."""
+    headline = _headline(meta, tables, rel)
+    if headline:
+        root = Path(__file__).resolve().parents[1]
+        at_root = results.resolve().relative_to(root) if results.resolve().is_relative_to(root) else results
+        readme = _headline(meta, tables, at_root)[2:]
+        (results / "headline.md").write_text("\n".join(readme), encoding="utf-8")
+    return headline
+
+
+def _optimizer_lines(meta: dict, entries: pd.DataFrame) -> list[str]:
+    """The optimizers section: every entry with its source, status, lr protocol and note."""
+    entries["status"] = entries["skip"].fillna("run")
+    entries["runs"] = entries["ablation"].map(
+        lambda a: "ablation (lr of Kron logdet)" if a and not meta["ablation_grid"] else "lr grid"
+    )
+    return [
+        "## Optimizers",
+        "",
+        entries[["label", "source", "status", "runs", "note"]].to_markdown(index=False),
+        "",
+    ]
+
+
+def _workload_lines(
+    name: str,
+    meta: dict,
+    table: pd.DataFrame,
+    wruns: pd.DataFrame,
+    wcurves: pd.DataFrame,
+    results: Path,
+    rel: Path,
+) -> list[str]:
+    """One workload's section: its data and protocol, contention, goals (char_lm), table and plot."""
+    wl = meta["workloads"][name]
+    lines = [f"## {name}: {wl['title']}", ""]
+    lines.append(
+        f"Data: {wl['note']}. {wl['params']:,} parameters; {wl['steps']} steps, validation every "
+        f"{wl['eval_every']}; lr grid {', '.join(f'{x:g}' for x in wl['lrs'])}; "
+        f"target = AdamW's final validation loss {table.attrs.get('target', math.nan):.4f}."
+    )
+    lines.append("")
+    if table.empty:
+        return lines + ["No runs recorded.", ""]
+    fb = wruns["fwd_bwd_ms_p50"]
+    lines += [
+        f"Machine contention: the forward + backward median, the same work in every run, ranged from "
+        f"{fb.min():.3g} to {fb.max():.3g} ms across this workload's runs; step times below are each "
+        "optimizer's least-contended run.",
+        "",
+    ]
+    if name == "char_lm":
+        lines += goal_lines(table) + [""]
+    lines += [target_table(table), ""]
+    plot = plot_curves(name, wl["title"], wruns, wcurves, _plotted(meta, table), results)
+    return lines + [f"![{name} validation loss]({(rel / plot.name).as_posix()})", ""]
+
+
+def _reading_lines(rel: Path) -> list[str]:
+    """The closing notes on reading the tables, with the paths of the raw CSVs."""
+    return [
+        "## Reading the tables",
+        "",
+        "`*` after a learning rate: best at the edge of the grid (the optimum may lie outside it). "
+        "`–`: not reached within the budget, or not applicable. Steps to target use the seed-mean curve "
+        "sampled at the validation points, so they are multiples of the validation period. Raw rows: "
+        f"`{(rel / 'train_runs.csv').as_posix()}`, curves: `{(rel / 'train_curves.csv').as_posix()}`.",
+        "",
+    ]
+
+
 def render(results: Path = RESULTS, out: Path | None = None, session: str | None = None) -> Path:
     """Write the report (Markdown + PNGs next to the CSVs) and return its path.
 
@@ -191,11 +275,7 @@ def render(results: Path = RESULTS, out: Path | None = None, session: str | None
     """
     out = out if out is not None else results.parent / "REPORT.md"
     meta, runs, curves = load_session(results, session)
-    rel = (
-        Path(results.resolve().relative_to(out.parent.resolve()))
-        if results.resolve().is_relative_to(out.parent.resolve())
-        else results
-    )
+    rel = _relative_results(results, out)
     lines = _session_lines(meta)
     entries = pd.DataFrame(meta["entries"])
     tables = {
@@ -204,54 +284,12 @@ def render(results: Path = RESULTS, out: Path | None = None, session: str | None
         )
         for name in meta["workloads"]
     }
-    headline = _headline(meta, tables, rel)
-    if headline:
-        lines += headline
-        # The same block for the repository README, its image path relative to the repository root.
-        root = Path(__file__).resolve().parents[1]
-        at_root = results.resolve().relative_to(root) if results.resolve().is_relative_to(root) else results
-        readme = _headline(meta, tables, at_root)[2:]
-        (results / "headline.md").write_text("\n".join(readme), encoding="utf-8")
-    lines += ["## Optimizers", ""]
-    entries["status"] = entries["skip"].fillna("run")
-    entries["runs"] = entries["ablation"].map(
-        lambda a: "ablation (lr of Kron logdet)" if a and not meta["ablation_grid"] else "lr grid"
-    )
-    lines += [entries[["label", "source", "status", "runs", "note"]].to_markdown(index=False), ""]
-    for name, wl in meta["workloads"].items():
+    lines += _headline_block(meta, tables, results, rel)
+    lines += _optimizer_lines(meta, entries)
+    for name in meta["workloads"]:
         wruns, wcurves = runs[runs["workload"] == name], curves[curves["workload"] == name]
-        table = tables[name]
-        lines += [f"## {name}: {wl['title']}", ""]
-        lines.append(
-            f"Data: {wl['note']}. {wl['params']:,} parameters; {wl['steps']} steps, validation every "
-            f"{wl['eval_every']}; lr grid {', '.join(f'{x:g}' for x in wl['lrs'])}; "
-            f"target = AdamW's final validation loss {table.attrs.get('target', math.nan):.4f}."
-        )
-        lines.append("")
-        if table.empty:
-            lines += ["No runs recorded.", ""]
-            continue
-        fb = wruns["fwd_bwd_ms_p50"]
-        lines += [
-            f"Machine contention: the forward + backward median, the same work in every run, ranged from "
-            f"{fb.min():.3g} to {fb.max():.3g} ms across this workload's runs; step times below are each "
-            "optimizer's least-contended run.",
-            "",
-        ]
-        if name == "char_lm":
-            lines += goal_lines(table) + [""]
-        lines += [target_table(table), ""]
-        plot = plot_curves(name, wl["title"], wruns, wcurves, _plotted(meta, table), results)
-        lines += [f"![{name} validation loss]({(rel / plot.name).as_posix()})", ""]
+        lines += _workload_lines(name, meta, tables[name], wruns, wcurves, results, rel)
     lines += step_section(results, rel)
-    lines += [
-        "## Reading the tables",
-        "",
-        "`*` after a learning rate: best at the edge of the grid (the optimum may lie outside it). "
-        "`–`: not reached within the budget, or not applicable. Steps to target use the seed-mean curve "
-        "sampled at the validation points, so they are multiples of the validation period. Raw rows: "
-        f"`{(rel / 'train_runs.csv').as_posix()}`, curves: `{(rel / 'train_curves.csv').as_posix()}`.",
-        "",
-    ]
+    lines += _reading_lines(rel)
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
