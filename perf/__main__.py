@@ -26,7 +26,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,12 +45,14 @@ _VERSIONED = ("numpy", "pandas", "matplotlib", "heavyball", "pytorch-optimizer",
 
 
 def _git_commit() -> str:
+    """The checkout's commit (read from the .git files)."""
     from perf.check_env import git_commit  # reads .git files, no git process
 
     return git_commit()
 
 
 def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else the platform's processor name."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -61,6 +63,7 @@ def _cpu_name() -> str:
 
 
 def _load() -> str:
+    """The 1-, 5- and 15-minute load averages, or ``?`` where the platform has none."""
     try:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
@@ -132,6 +135,7 @@ def _select(
 
 
 def _say(line: str) -> None:
+    """Print a progress line at once."""
     print(line, flush=True)
 
 
@@ -157,6 +161,87 @@ def _protocol(seeds: int, ablation_grid: bool, extend_edges: int) -> str:
     )
 
 
+def _session_meta(
+    args: argparse.Namespace,
+    session: str,
+    env: dict[str, object],
+    seeds: int,
+    ablation_grid: bool,
+    extend_edges: int,
+    entries_meta: list[dict],
+) -> dict[str, object]:
+    """The session's record for ``train_sessions.jsonl`` (workloads are added as they are built)."""
+    return {
+        "session": session,
+        "quick": bool(args.quick or args.tiny),
+        "command": "python -m perf " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+        "env": env,
+        "seeds": seeds,
+        "ablation_grid": ablation_grid,
+        "protocol": _protocol(seeds, ablation_grid, extend_edges),
+        "entries": entries_meta,
+        "workloads": {},
+    }
+
+
+def _run_recorder(
+    results: Path, session: str, env: dict[str, object], data: str
+) -> Callable[[RunRecord], None]:
+    """A callback appending each finished run to ``train_runs.csv`` and its curve to ``train_curves.csv``."""
+
+    def record(r: RunRecord) -> None:
+        """Append run ``r`` (stamped with the session, commit, device and data) and its curve."""
+        row = {"session": session, "git_commit": env["git_commit"], "device": env["device"], "data": data}
+        row |= {k: v for k, v in dataclasses.asdict(r).items() if k != "curve"}
+        append_csv(results / "train_runs.csv", [row])
+        keys = ("workload", "optimizer", "lr", "seed")
+        head = {"session": session} | {k: getattr(r, k) for k in keys}
+        curve = [
+            head | dict(zip(("step", "train_s", "train_loss", "val_loss", "val_acc"), c, strict=True))
+            for c in r.curve
+        ]
+        append_csv(results / "train_curves.csv", curve)
+
+    return record
+
+
+def _train_workload(
+    args: argparse.Namespace,
+    name: str,
+    chosen: list[OptimizerEntry],
+    meta: dict[str, object],
+    env: dict[str, object],
+    seeds: int,
+    ablation_grid: bool,
+    extend_edges: int,
+) -> None:
+    """Build workload ``name``, add it to ``meta``'s workloads and run the benchmark protocol on it."""
+    workload = build_workload(name, quick=args.quick, tiny=args.tiny, device=args.device)
+    meta["workloads"][name] = {  # type: ignore[index]
+        "title": workload.title,
+        "data": workload.data,
+        "note": workload.note,
+        "params": workload.params,
+        "steps": workload.steps,
+        "eval_every": workload.eval_every,
+        "lrs": list(workload.lrs),
+    }
+    _say(f"{name}: {workload.title}; {workload.params:,} parameters; {workload.note}")
+    record = _run_recorder(args.results_dir, str(meta["session"]), env, workload.data)
+    # Quick mode runs the tritonkron ablations on the headline workload only, with one seed.
+    entries = chosen if ablation_grid or name == "char_lm" else [e for e in chosen if not e.ablation]
+    run_benchmark(
+        workload,
+        entries,
+        seeds,
+        ablation_grid,
+        ablation_seeds=None if ablation_grid else 1,
+        on_record=record,
+        progress=_say,
+        extend_edges=extend_edges,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run the training benchmark and render the report."""
     results: Path = args.results_dir
@@ -172,58 +257,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     extend_edges = (
         args.extend_edges if args.extend_edges is not None else (1 if args.quick or args.tiny else 2)
     )
-    meta: dict[str, object] = {
-        "session": session,
-        "quick": bool(args.quick or args.tiny),
-        "command": "python -m perf " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
-        "env": env,
-        "seeds": seeds,
-        "ablation_grid": ablation_grid,
-        "protocol": _protocol(seeds, ablation_grid, extend_edges),
-        "entries": entries_meta,
-        "workloads": {},
-    }
+    meta = _session_meta(args, session, env, seeds, ablation_grid, extend_edges, entries_meta)
     _say(f"session {session}; commit {env['git_commit']}; device {env['device']}; {env['cpu']}")
     for e in entries_meta:
         if e["skip"]:
             _say(f"  {e['label']}: {e['skip']}")
     for name in args.workloads:
-        workload = build_workload(name, quick=args.quick, tiny=args.tiny, device=args.device)
-        meta["workloads"][name] = {  # type: ignore[index]
-            "title": workload.title,
-            "data": workload.data,
-            "note": workload.note,
-            "params": workload.params,
-            "steps": workload.steps,
-            "eval_every": workload.eval_every,
-            "lrs": list(workload.lrs),
-        }
-        _say(f"{name}: {workload.title}; {workload.params:,} parameters; {workload.note}")
-
-        def record(r: RunRecord, data: str = workload.data) -> None:
-            row = {"session": session, "git_commit": env["git_commit"], "device": env["device"], "data": data}
-            row |= {k: v for k, v in dataclasses.asdict(r).items() if k != "curve"}
-            append_csv(results / "train_runs.csv", [row])
-            keys = ("workload", "optimizer", "lr", "seed")
-            head = {"session": session} | {k: getattr(r, k) for k in keys}
-            curve = [
-                head | dict(zip(("step", "train_s", "train_loss", "val_loss", "val_acc"), c, strict=True))
-                for c in r.curve
-            ]
-            append_csv(results / "train_curves.csv", curve)
-
-        # Quick mode runs the tritonkron ablations on the headline workload only, with one seed.
-        entries = chosen if ablation_grid or name == "char_lm" else [e for e in chosen if not e.ablation]
-        run_benchmark(
-            workload,
-            entries,
-            seeds,
-            ablation_grid,
-            ablation_seeds=None if ablation_grid else 1,
-            on_record=record,
-            progress=_say,
-            extend_edges=extend_edges,
-        )
+        _train_workload(args, name, chosen, meta, env, seeds, ablation_grid, extend_edges)
     meta["elapsed_s"] = time.perf_counter() - started
     meta["load_end"] = _load()
     with (results / "train_sessions.jsonl").open("a", encoding="utf-8") as f:

@@ -89,6 +89,7 @@ __all__ = [
 
 
 def _parse_lrs(text: str) -> list[float]:
+    """``--lrs``: comma-separated positive finite learning rates."""
     try:
         lrs = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -99,6 +100,7 @@ def _parse_lrs(text: str) -> list[float]:
 
 
 def _parse_hidden(text: str) -> list[int]:
+    """``--hidden``: comma-separated positive layer widths."""
     try:
         hidden = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -229,6 +231,49 @@ def _train_grid(
     return results, device
 
 
+def _grid_settings(args: argparse.Namespace, data: Dataset) -> tuple[list[int], list[float], list[int]]:
+    """Hidden widths (default by data set), learning-rate grid and seeds of the comparison."""
+    hidden = args.hidden if args.hidden is not None else ([128, 64] if data.name == "fashion_mnist" else [64])
+    lrs = args.lrs if args.lrs is not None else list(DEFAULT_LRS)
+    return hidden, lrs, list(range(args.seeds))
+
+
+def _report_header(
+    args: argparse.Namespace,
+    data: Dataset,
+    architecture: str,
+    seeds: Sequence[int],
+    lrs: Sequence[float],
+    tuning_path: Path,
+    device: str,
+    threads: int,
+    elapsed: float,
+) -> list[str]:
+    """The report's title, set-up bullets and the paragraph explaining the summary table."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        "# tritonkron demo: autotune, then AdamW vs Kron on a small MLP",
+        "",
+        f"- dataset: `{data.name}` — {data.note}",
+        f"- model: MLP {architecture} (ReLU), cross-entropy, batch {args.batch_size}",
+        f"- steps: {args.steps} per run; seeds: {args.seeds} ({', '.join(map(str, seeds))}); "
+        f"learning-rate grid: {', '.join(f'{lr:g}' for lr in lrs)}",
+        f"- all optimizers: betas {BETAS}, eps {EPS:g}, weight decay 0; Kron precondition_every "
+        f"{args.precondition_every}, block_size 1024 (rank=auto: the tuned block sizes and ranks, "
+        f"`{tuning_path}`)",
+        f"- device: {device}",
+        f"- torch {torch.__version__}, tritonkron {getattr(tk, '__version__', '?')}, Python {platform.python_version()}",
+        f"- date: {now}; CPU threads: {threads} (torch, the tuned `cpu_threads`) of {os.cpu_count()} (os); "
+        f"total time {elapsed:.0f} s",
+        "",
+        "Best learning rate per optimizer = lowest mean final loss on the whole training split. "
+        "Losses and accuracy are seed means at that learning rate (± is the seed std of the train loss). "
+        "Step time is the median of `opt.step()` over all runs of that optimizer; × AdamW is its ratio "
+        "to AdamW's median measured in the same process. NaN means a run diverged.",
+        "",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; print the summary table and write it as Markdown to ``--out``.
 
@@ -241,11 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     data = load_data(args).to(args.device)
-    hidden = args.hidden if args.hidden is not None else ([128, 64] if data.name == "fashion_mnist" else [64])
-    lrs = args.lrs if args.lrs is not None else list(DEFAULT_LRS)
+    hidden, lrs, seeds = _grid_settings(args, data)
     if args.tune_steps < 2:
         raise ValueError(f"--tune-steps must be at least 2; got {args.tune_steps}")
-    seeds = list(range(args.seeds))
     architecture = " → ".join(str(w) for w in [data.num_features, *hidden, data.num_classes])
     print(f"data: {data.note}")
     print(f"device: {describe_device(args.device)}")
@@ -269,27 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"\n{total} runs in {elapsed:.0f} s")
 
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = [
-        "# tritonkron demo: autotune, then AdamW vs Kron on a small MLP",
-        "",
-        f"- dataset: `{data.name}` — {data.note}",
-        f"- model: MLP {architecture} (ReLU), cross-entropy, batch {args.batch_size}",
-        f"- steps: {args.steps} per run; seeds: {args.seeds} ({', '.join(map(str, seeds))}); "
-        f"learning-rate grid: {', '.join(f'{lr:g}' for lr in lrs)}",
-        f"- all optimizers: betas {BETAS}, eps {EPS:g}, weight decay 0; Kron precondition_every "
-        f"{args.precondition_every}, block_size 1024 (rank=auto: the tuned block sizes and ranks, "
-        f"`{tuning_path}`)",
-        f"- device: {device}",
-        f"- torch {torch.__version__}, tritonkron {getattr(tk, '__version__', '?')}, Python {platform.python_version()}",
-        f"- date: {now}; CPU threads: {threads} (torch, the tuned `cpu_threads`) of {os.cpu_count()} (os); "
-        f"total time {elapsed:.0f} s",
-        "",
-        "Best learning rate per optimizer = lowest mean final loss on the whole training split. "
-        "Losses and accuracy are seed means at that learning rate (± is the seed std of the train loss). "
-        "Step time is the median of `opt.step()` over all runs of that optimizer; × AdamW is its ratio "
-        "to AdamW's median measured in the same process. NaN means a run diverged.",
-        "",
+    lines = _report_header(args, data, architecture, seeds, lrs, tuning_path, device, threads, elapsed)
+    lines += [
         table,
         "",
         *autotune_section(tuned, tuning_path, tune_s),
@@ -299,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(header), encoding="utf-8")
+    args.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 
