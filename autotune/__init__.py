@@ -12,9 +12,23 @@ primitive), :mod:`autotune.rank` (calibration and the rank rule: :mod:`autotune.
 search: :mod:`autotune.search_types`, :mod:`autotune.step_timing`, :mod:`autotune.rank_search`,
 :mod:`autotune.kernel_search`), :mod:`autotune.__main__` (the CLI), :mod:`autotune.device` (its
 ``--device auto|cpu|cuda`` flag and device-aware timing, shared with the ``perf`` commands).
+
+PyPI has an unrelated package also named ``autotune``. :data:`TRITONKRON_AUTOTUNE` marks this one,
+and importing it checks that ``tritonkron`` imports and is of the release series it shipped with
+(:mod:`autotune._guard`; ``python -m autotune`` also checks the marker before anything else).
 """
 
-from autotune.rank import choose_rank
-from autotune.search import SearchOptions, tune_model
+TRITONKRON_AUTOTUNE = True
+"""Marker: this ``autotune`` is tritonkron's tuner (checked by :func:`autotune._guard.check_package`)."""
 
-__all__ = ["SearchOptions", "choose_rank", "tune_model"]
+__version__ = "0.1.0"
+"""The tritonkron release this package ships with."""
+
+from autotune._guard import check_tritonkron  # noqa: E402
+
+check_tritonkron()  # before the modules below import tritonkron, for a clear error when it is missing
+
+from autotune.rank import choose_rank  # noqa: E402
+from autotune.search import SearchOptions, tune_model  # noqa: E402
+
+__all__ = ["TRITONKRON_AUTOTUNE", "SearchOptions", "choose_rank", "tune_model"]

@@ -31,10 +31,21 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from autotune.device import add_device_argument
-from autotune.rank_rule import DEFAULT_FLATNESS, DEFAULT_MASS
-from autotune.search import SearchOptions, ShapeResult, TuneResult, tune_model
-from autotune.sketch_choice import DEFAULT_SKETCH_BUDGET
+import autotune
+from autotune._guard import ForeignAutotuneError, check_package
+
+# A package named autotune that is not tritonkron's (PyPI has one) may have overwritten this
+# package's __init__ and other modules: say so before importing them.
+try:
+    check_package(autotune)
+except ForeignAutotuneError as _error:
+    print(f"error: {_error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+from autotune.device import add_device_argument  # noqa: E402
+from autotune.rank_rule import DEFAULT_FLATNESS, DEFAULT_MASS  # noqa: E402
+from autotune.search import SearchOptions, ShapeResult, TuneResult, tune_model  # noqa: E402
+from autotune.sketch_choice import DEFAULT_SKETCH_BUDGET  # noqa: E402
 
 
 class ProgressBar:

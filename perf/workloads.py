@@ -1,6 +1,8 @@
 """Real-data workloads for demos and benchmarks, loaded from local files only (no network).
 
-Two image-classification data sets are supported:
+The loaders live in :mod:`tritonkron.analysis.data` (and its IDX reader in
+:mod:`tritonkron.analysis.idx`), so that ``python -m tritonkron.analysis`` works from an installed
+wheel, which does not contain ``perf``; this module re-exports them under their old names:
 
 * Fashion-MNIST (60 000 + 10 000 grey 28×28 images, 10 classes), read from the IDX files that
   Debian's ``dataset-fashion-mnist`` package installs under ``/usr/share/datasets/fashion-mnist``
@@ -14,22 +16,25 @@ Two image-classification data sets are supported:
 
 from __future__ import annotations
 
-import dataclasses
-import gzip
-import os
-import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
-import torch
+from tritonkron.analysis.data import (
+    FASHION_MNIST_ROOT,
+    MIN_STD,
+    Dataset,
+    MissingDataError,
+    fashion_mnist_available,
+    load_digits_dataset,
+    load_fashion_mnist,
+    load_image_classification,
+    standardize,
+)
+from tritonkron.analysis.idx import IdxFormatError, read_idx
 
 __all__ = [
     "FASHION_MNIST_ROOT",
+    "MIN_STD",
     "Dataset",
     "IdxFormatError",
+    "MissingDataError",
     "fashion_mnist_available",
     "load_digits_dataset",
     "load_fashion_mnist",
@@ -37,308 +42,3 @@ __all__ = [
     "read_idx",
     "standardize",
 ]
-
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-"""Where Debian's ``dataset-fashion-mnist`` package puts the IDX files."""
-
-_FASHION_FILES = {
-    "x_train": "train-images-idx3-ubyte",
-    "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "y_test": "t10k-labels-idx1-ubyte",
-}
-
-# IDX element type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
-_IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-_GZIP_MAGIC = b"\x1f\x8b"
-
-MIN_STD = 0.1
-"""Floor on a feature's standard deviation when standardising (features are on a [0, 1] scale first).
-
-Border pixels are almost always 0; dividing by their tiny training std would turn a rare non-zero
-test pixel into a huge input. With the floor they are only centred and scaled by at most 1 / MIN_STD.
-"""
-
-
-class IdxFormatError(ValueError):
-    """Raised when a file is not a well-formed IDX file."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """An image-classification data set as flat float features and integer labels.
-
-    Attributes:
-        name: short identifier, ``"fashion_mnist"`` or ``"digits"``.
-        x_train: float32 tensor (n_train, n_features), standardised with the training statistics.
-        y_train: int64 tensor (n_train,) of class indices in ``[0, num_classes)``.
-        x_test: float32 tensor (n_test, n_features), standardised with the training statistics.
-        y_test: int64 tensor (n_test,).
-        num_classes: number of classes.
-        note: one human-readable sentence on where the data came from (and any fallback taken).
-    """
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    note: str
-
-    @property
-    def num_features(self) -> int:
-        """Number of input features (pixels) per example."""
-        return int(self.x_train.shape[1])
-
-    def to(self, device: torch.device | str) -> Dataset:
-        """The same data set with its four tensors on ``device`` (``self`` when they are there already)."""
-        device = torch.device(device)
-        if self.x_train.device == device:
-            return self
-        tensors = ("x_train", "y_train", "x_test", "y_test")
-        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in tensors})
-
-
-def _open_maybe_gzip(path: Path) -> BinaryIO:
-    """Open ``path`` for binary reading, transparently decompressing it if it is gzip."""
-    with open(path, "rb") as raw:
-        head = raw.read(2)
-    if head == _GZIP_MAGIC:
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
-
-
-def _read_exact(stream: BinaryIO, count: int, path: Path, what: str) -> bytes:
-    try:
-        data = stream.read(count)
-    except (OSError, EOFError) as exc:  # corrupt or truncated gzip stream
-        raise IdxFormatError(f"{path}: cannot read {what}: {exc}") from exc
-    if len(data) != count:
-        raise IdxFormatError(f"{path}: truncated file: expected {count} bytes of {what}, got {len(data)}")
-    return data
-
-
-def _read_rest(stream: BinaryIO, path: Path) -> bool:
-    """Whether anything follows in ``stream`` (reading at most one byte)."""
-    try:
-        return bool(stream.read(1))
-    except (OSError, EOFError) as exc:
-        raise IdxFormatError(f"{path}: cannot read past the data: {exc}") from exc
-
-
-def read_idx(path: str | os.PathLike[str], limit: int | None = None) -> np.ndarray:
-    """Read an IDX file (the MNIST / Fashion-MNIST format), plain or gzip-compressed.
-
-    The header is two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
-    0x0D float32, 0x0E float64), the number of dimensions, then each dimension as a big-endian
-    uint32; the data follow in C order, big-endian.
-
-    Args:
-        path: the file; gzip compression is detected from its first bytes, not its name.
-        limit: if given, read only the first ``limit`` entries along the first dimension (the
-            rest of the file is neither read nor checked).
-
-    Returns:
-        An array with the file's shape (first dimension capped at ``limit``) in native byte order.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        IdxFormatError: bad magic number, unknown type code, truncated data, or trailing bytes.
-        ValueError: ``limit`` is negative.
-    """
-    path = Path(path)
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be None or >= 0; got {limit}")
-    with _open_maybe_gzip(path) as stream:
-        magic = _read_exact(stream, 4, path, "the magic number")
-        zero, code, ndim = struct.unpack(">HBB", magic)
-        if zero != 0:
-            raise IdxFormatError(
-                f"{path}: not an IDX file (bad magic number 0x{magic.hex()}; expected 0x0000 then type and ndim)"
-            )
-        if code not in _IDX_DTYPES:
-            known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-            raise IdxFormatError(f"{path}: unknown IDX type code 0x{code:02X} (known: {known})")
-        if ndim == 0:
-            raise IdxFormatError(f"{path}: IDX file declares 0 dimensions")
-        dims = list(struct.unpack(f">{ndim}I", _read_exact(stream, 4 * ndim, path, "the dimensions")))
-        if limit is not None:
-            dims[0] = min(dims[0], limit)
-        dtype = _IDX_DTYPES[code]
-        count = int(np.prod(dims, dtype=np.int64))
-        data = _read_exact(stream, count * dtype.itemsize, path, "data")
-        if limit is None and _read_rest(stream, path):
-            raise IdxFormatError(f"{path}: trailing bytes after {count} elements of shape {tuple(dims)}")
-    array = np.frombuffer(data, dtype=dtype).reshape(dims)
-    return array.astype(dtype.newbyteorder("="), copy=True)
-
-
-def standardize(
-    x_train: np.ndarray, x_test: np.ndarray, min_std: float = MIN_STD
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre and scale each feature with the training split's mean and (floored) std.
-
-    Args:
-        x_train: (n_train, n_features) features, already on a [0, 1] scale.
-        x_test: (n_test, n_features) features on the same scale.
-        min_std: floor on each feature's std (see :data:`MIN_STD`).
-
-    Returns:
-        ``(x_train, x_test)`` as float32 tensors; every training feature has mean 0 and std
-        ``std / max(std, min_std)`` (1 for all but near-constant features).
-    """
-    x_train = np.asarray(x_train, dtype=np.float64)
-    x_test = np.asarray(x_test, dtype=np.float64)
-    mean = x_train.mean(axis=0)
-    std = np.maximum(x_train.std(axis=0), min_std)
-    train = torch.from_numpy(((x_train - mean) / std).astype(np.float32))
-    test = torch.from_numpy(((x_test - mean) / std).astype(np.float32))
-    return train, test
-
-
-def _labels(y: np.ndarray, num_classes: int, where: str) -> torch.Tensor:
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{where}: labels outside [0, {num_classes}): min {y.min()}, max {y.max()}")
-    return torch.from_numpy(y)
-
-
-def _find_idx(root: Path, stem: str) -> Path:
-    for name in (stem + ".gz", stem):
-        if (root / name).is_file():
-            return root / name
-    raise FileNotFoundError(f"Fashion-MNIST file {stem}[.gz] not found in {root}")
-
-
-def load_fashion_mnist(
-    root: str | os.PathLike[str] = FASHION_MNIST_ROOT, limit: int | None = None
-) -> Dataset:
-    """Load Fashion-MNIST from its four IDX files under ``root``.
-
-    Pixels are scaled to [0, 1], then standardised per feature with the training statistics
-    (:func:`standardize`); images are flattened to 784 features.
-
-    Args:
-        root: folder with ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
-            ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``.
-        limit: if given, keep only the first ``limit`` examples of each split.
-
-    Returns:
-        The data set, ``name="fashion_mnist"``.
-
-    Raises:
-        FileNotFoundError: one of the files is missing.
-        IdxFormatError: one of the files is malformed, or images and labels disagree in count.
-    """
-    root = Path(root)
-    paths = {key: _find_idx(root, stem) for key, stem in _FASHION_FILES.items()}
-    arrays = {key: read_idx(path, limit=limit) for key, path in paths.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise IdxFormatError(
-                f"{root}: {split} images {images.shape} and labels {labels.shape} do not match "
-                "(expected (n, rows, cols) and (n,))"
-            )
-    x_train = arrays["x_train"].reshape(arrays["x_train"].shape[0], -1) / 255.0
-    x_test = arrays["x_test"].reshape(arrays["x_test"].shape[0], -1) / 255.0
-    train, test = standardize(x_train, x_test)
-    n_train, n_test = train.shape[0], test.shape[0]
-    return Dataset(
-        name="fashion_mnist",
-        x_train=train,
-        y_train=_labels(arrays["y_train"], 10, str(paths["y_train"])),
-        x_test=test,
-        y_test=_labels(arrays["y_test"], 10, str(paths["y_test"])),
-        num_classes=10,
-        note=f"Fashion-MNIST from {root} ({n_train} train / {n_test} test images, 28x28)",
-    )
-
-
-def load_digits_dataset(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
-    """Load scikit-learn's handwritten digits (8×8, 10 classes) with a stratified train/test split.
-
-    Pixels (0–16) are scaled to [0, 1], then standardised per feature with the training statistics.
-
-    Args:
-        test_fraction: share of the 1 797 images held out for testing.
-        seed: seed of the (deterministic) split.
-
-    Returns:
-        The data set, ``name="digits"``.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x = np.asarray(bunch.data, dtype=np.float64) / 16.0
-    y = np.asarray(bunch.target, dtype=np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
-    train, test = standardize(x_train, x_test)
-    return Dataset(
-        name="digits",
-        x_train=train,
-        y_train=_labels(y_train, 10, "digits"),
-        x_test=test,
-        y_test=_labels(y_test, 10, "digits"),
-        num_classes=10,
-        note=f"scikit-learn digits ({train.shape[0]} train / {test.shape[0]} test images, 8x8)",
-    )
-
-
-def fashion_mnist_available(root: str | os.PathLike[str] = FASHION_MNIST_ROOT) -> bool:
-    """Whether all four Fashion-MNIST IDX files exist under ``root``."""
-    try:
-        for stem in _FASHION_FILES.values():
-            _find_idx(Path(root), stem)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-_CHOICES: Sequence[str] = ("fashion_mnist", "digits")
-
-
-def load_image_classification(
-    prefer: str = "fashion_mnist",
-    root: str | os.PathLike[str] = FASHION_MNIST_ROOT,
-    limit: int | None = None,
-) -> Dataset:
-    """Load the preferred image-classification data set, falling back to digits.
-
-    Args:
-        prefer: ``"fashion_mnist"`` (used when its files exist under ``root``, otherwise digits)
-            or ``"digits"``.
-        root: where to look for Fashion-MNIST.
-        limit: cap on the examples of each Fashion-MNIST split (digits is always used whole).
-
-    Returns:
-        The data set; ``name`` says which one it is and ``note`` says why, including a fallback.
-
-    Raises:
-        ValueError: unknown ``prefer``.
-        IdxFormatError: the Fashion-MNIST files exist but are malformed (no silent fallback).
-    """
-    if prefer not in _CHOICES:
-        raise ValueError(f"prefer must be one of {', '.join(map(repr, _CHOICES))}; got {prefer!r}")
-    if prefer == "digits":
-        return load_digits_dataset()
-    if fashion_mnist_available(root):
-        return load_fashion_mnist(root, limit=limit)
-    digits = load_digits_dataset()
-    note = (
-        f"Fashion-MNIST not installed (no IDX files in {root}; `apt-get install dataset-fashion-mnist` "
-        f"provides them); fell back to {digits.note}"
-    )
-    return dataclasses.replace(digits, note=note)

@@ -1,4 +1,4 @@
-"""The paper's spectral study on real gradients (PAPER §3, issue 6).
+"""The paper's spectral study on real gradients (docs/maths.md §3).
 
 * :mod:`~tritonkron.analysis.collect` — gradient samples through a ``loss_fn(model, batch)`` hook,
   dense covariances (random coordinate sub-grid for large layers), synthetic covariances.
@@ -11,7 +11,9 @@
 * :mod:`~tritonkron.analysis.study` — :func:`run_study`; :mod:`~tritonkron.analysis.report` —
   :func:`write_report` (Markdown, with :mod:`~tritonkron.analysis.tables`,
   :mod:`~tritonkron.analysis.figures` and :mod:`~tritonkron.analysis.claims`);
-  ``python -m tritonkron.analysis`` runs it on a real workload.
+  ``python -m tritonkron.analysis`` runs it on a real workload from
+  :mod:`~tritonkron.analysis.data` (Fashion-MNIST or scikit-learn's digits, read from installed
+  files; :mod:`~tritonkron.analysis.idx` reads the IDX format).
 """
 
 from tritonkron.analysis.collect import (

@@ -1,4 +1,4 @@
-"""Per-layer gradient samples and their covariance (PAPER §1; issue 6).
+"""Per-layer gradient samples and their covariance (docs/maths.md §1).
 
 **Hook API.** Any model can be studied through one callable,
 ``loss_fn(model, batch) -> scalar Tensor``: :func:`collect_gradients` calls it once per batch,
@@ -18,7 +18,7 @@ For mn > ``max_dim`` only a random **sub-grid** of coordinates G[I, J] (|I| |J| 
 kept; its covariance is the principal sub-matrix C[(I,J),(I,J)], and a Kronecker model restricts
 to it exactly, (A ⊗ B)[(I,J),(I,J)] = A[I,I] ⊗ B[J,J], so the study on the sub-grid is a study of
 a smaller Kronecker problem. The full layer's factor statistics L = E[G Gᵀ], R = E[Gᵀ G] and
-tr C = E‖G‖²_F (the von Neumann projection S = L ⊗ R / tr C, PAPER §2.2) are always accumulated.
+tr C = E‖G‖²_F (the von Neumann projection S = L ⊗ R / tr C, docs/maths.md §2.2) are always accumulated.
 :attr:`LayerSamples.note` says which case applies.
 """
 
@@ -244,7 +244,7 @@ def covariance(samples: LayerSamples | Tensor, damping: float = 0.0, weights: Te
     .. math:: C = \\frac{1}{S}\\sum_s \\mathrm{vec}(G_s)\\,\\mathrm{vec}(G_s)^\\top
               + \\kappa I, \\qquad \\kappa = \\delta\\,\\mathrm{tr}(C)/mn
 
-    (row-major ``vec``; the damping is Lin et al.'s C + κI, PAPER §2.1, with κ relative to the
+    (row-major ``vec``; the damping is Lin et al.'s C + κI, docs/maths.md §2.1, with κ relative to the
     mean eigenvalue so that δ is scale-free).
 
     Args:
@@ -308,7 +308,7 @@ def kronecker_samples(
 def spiked_covariance(
     m: int, n: int, spikes: int = 4, strength: float = 0.1, seed: int = 0, cond: float = 100.0
 ) -> Tensor:
-    """Kronecker covariance plus planted non-Kronecker rank-one spikes (PAPER §3.3's toy).
+    """Kronecker covariance plus planted non-Kronecker rank-one spikes (docs/maths.md §3.3's toy).
 
     .. math:: C = A_0 \\otimes B_0 + \\sigma^2\\,\\bar\\lambda\\, mn \\sum_{t=1}^{T} p_t p_t^\\top,
               \\qquad \\bar\\lambda = \\mathrm{tr}(A_0 \\otimes B_0)/mn
