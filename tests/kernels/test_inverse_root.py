@@ -19,8 +19,6 @@ import pytest
 import torch
 from torch import Tensor
 
-import tritonkron.ops.inverse_root.reference as reference_module
-import tritonkron.ops.inverse_root.triton as kernel_module
 from tritonkron.math.eigh_root import inverse_root_eigh
 from tritonkron.ops.inverse_root.reference import (
     RootStatus,
@@ -181,10 +179,7 @@ def test_empty_and_zero_iterations() -> None:
     assert _rel_err(res.root, ref.root) <= TOL_STEP  # X₀ = I/c with the λ_max bound through the kernel
 
 
-def test_constants_and_configs_match() -> None:
-    for name in ("_BOUND_SQUARINGS",):
-        assert getattr(kernel_module, name) == getattr(reference_module, name)
-    assert reference_module._DEFAULT_TOL[torch.float32] == kernel_module._DEFAULT_TOL
+def test_configs_are_legal() -> None:
     cfgs = newton_schulz_configs()
     assert cfgs and all(
         _keep_newton_schulz({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}) for c in cfgs
@@ -198,6 +193,7 @@ def test_constants_and_configs_match() -> None:
         ({"A": torch.ones(2, 3)}, "A must be square"),
         ({"A": torch.full((2, 2), float("nan"))}, "A contains non-finite"),
         ({"p": 3}, "p must be 2 or 4"),
+        ({"p": 2.0}, "p must be 2 or 4; got 2.0"),
         ({"max_iters": -1}, "max_iters must be"),
         ({"tol": -1.0}, "tol must be"),
         ({"scaling": "spectral"}, "scaling must be one of"),
@@ -215,9 +211,9 @@ def test_newton_schulz_rejects_bad_inputs(kwargs: dict[str, object], match: str)
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"X": torch.eye(3).expand(2, 3, 3).half()}, "X must be torch.float32"),
+        ({"X": torch.eye(3).expand(2, 3, 3).half()}, "X must be float32"),
         ({"M": torch.eye(4).expand(2, 4, 4)}, "M must have X's shape"),
-        ({"X": torch.ones(2, 3, 4)}, r"X must have shape \[B, d, d\]"),
+        ({"X": torch.ones(2, 3, 4)}, r"X must be square with shape \[B, d, d\]"),
         ({"p": 1}, "p must be 2 or 4"),
         ({"out": (torch.empty(2, 3, 3), torch.empty(2, 2, 2))}, r"out\[1\] must have shape"),
     ],

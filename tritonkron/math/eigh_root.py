@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tritonkron.math.root_checks import (
-    check_matrix,
+from tritonkron.math.checks import (
     check_nonnegative,
     check_p,
+    check_square,
     eye_like,
     symmetrize,
     work_dtype,
@@ -140,7 +140,7 @@ def eigh_with_fallback(A: Tensor, *, max_damping: float = 1e-3) -> EighResult:
         ValueError: A is not a square floating-point tensor, or contains NaN/Inf (no ladder).
         EighFailure: every rung failed.
     """
-    check_matrix(A)
+    check_square(A, finite=True)
     max_damping = check_nonnegative(max_damping, "max_damping")
     res = eigh_ladder(symmetrize(A.to(work_dtype(A.dtype))), max_damping)
     return EighResult(
@@ -169,7 +169,7 @@ def inverse_root_eigh(A: Tensor, p: int, *, eps: float = 0.0) -> Tensor:
         ValueError: invalid A (non-square, not floating point, non-finite), p or eps.
         EighFailure: the eigh ladder failed.
     """
-    check_matrix(A)
+    check_square(A, finite=True)
     p = check_p(p)
     eps = check_nonnegative(eps, "eps")
     work = work_dtype(A.dtype)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tritonkron.math.checks import check_square
 from tritonkron.math.eigh_root import eigh_with_fallback
 from tritonkron.options import Divergence, parse_divergence
 
@@ -42,15 +43,9 @@ def _check_shape(shape: object) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _check_square(X: Tensor, name: str, size: int | None = None) -> None:
-    """Raise ``ValueError`` naming ``name`` unless X is a square float32/float64 matrix."""
-    if not isinstance(X, Tensor) or X.dim() != 2 or X.shape[0] != X.shape[1]:
-        got = tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__
-        raise ValueError(f"{name} must be a square 2-D tensor; got {got}")
-    if X.dtype not in _DTYPES:
-        raise ValueError(f"{name} must be float32 or float64; got {X.dtype}")
-    if size is not None and X.shape[0] != size:
-        raise ValueError(f"{name} must be {size} x {size}; got {tuple(X.shape)}")
+def _check_square(X: object, name: str, size: int | None = None) -> None:
+    """Raise ``ValueError`` naming ``name`` unless X is a square float32/float64 matrix (d = ``size``)."""
+    check_square(X, name, ndim=2, dtypes=_DTYPES, size=size)
 
 
 def _symmetrised(X: Tensor, name: str) -> Tensor:

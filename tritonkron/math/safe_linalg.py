@@ -47,8 +47,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from tritonkron.math.checks import work_dtype
 from tritonkron.math.eigh_root import EighFailure, damping_scale, eigh_ladder
-from tritonkron.math.root_checks import work_dtype
 
 __all__ = [
     "MAX_DAMPING",

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from tritonkron.math.basis import canonical_degenerate_basis, subspace_iteration
+from tritonkron.math.checks import symmetrize
 from tritonkron.math.divergences import Coupling, coupling, initial_eigenvalues, preconditioner_eigenvalues
-from tritonkron.math.root_checks import symmetrize
 from tritonkron.math.safe_linalg import SITE_INIT, safe_eigh
 from tritonkron.ops.factor_update import update_factors
 from tritonkron.ops.precondition import precondition

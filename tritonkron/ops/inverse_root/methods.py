@@ -29,8 +29,8 @@ import math
 
 from torch import Tensor
 
+from tritonkron.math.checks import check_p, check_square
 from tritonkron.math.eigh_root import EighFailure, EighResult, eigh_with_fallback, inverse_root_eigh
-from tritonkron.math.root_checks import check_matrix, check_p
 from tritonkron.ops.inverse_root.reference import (
     InverseRootResult,
     NewtonProgress,
@@ -118,7 +118,7 @@ def inverse_root(A: Tensor, p: int, method: str | RootMethod = "eigh", **kwargs:
     if unknown:
         allowed = sorted(_METHOD_KWARGS[method])
         raise TypeError(f"inverse_root(method={method.value!r}) got unexpected {unknown}; allowed: {allowed}")
-    check_matrix(A)
+    check_square(A, finite=True)
     p = check_p(p)
     eps = kwargs.pop("eps", 0.0)
     if method is RootMethod.EIGH:

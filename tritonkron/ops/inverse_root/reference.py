@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import enum
 import math
-import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from tritonkron.math.root_checks import (
-    check_matrix,
+from tritonkron.math.checks import (
+    check_count,
     check_nonnegative,
     check_p,
+    check_square,
     eye_like,
     frobenius,
     symmetrize,
@@ -43,8 +44,11 @@ __all__ = [
     "NewtonProgress",
     "RootScaling",
     "RootStatus",
+    "Square",
+    "check_newton_options",
     "coupled_newton_init",
     "coupled_newton_step",
+    "newton_residual",
     "newton_schulz_inverse_root",
     "spectral_bound",
 ]
@@ -53,6 +57,9 @@ _DIVERGENCE_GROWTH = 1.5  # residual above this multiple of its best value count
 _DIVERGENCE_PATIENCE = 3  # … and this many consecutive growing iterations mean DIVERGED
 _BOUND_SQUARINGS = 3  # λ_max bound ‖A^8‖_F^{1/8}: at most d^{1/16}·λ_max (1.41× at d = 257)
 _DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
+
+Square = Callable[[Tensor], Tensor]
+"""B ↦ B² of symmetric ``[B, d, d]`` matrices (the λ_max bound's squarings)."""
 
 
 class RootStatus(str, enum.Enum):
@@ -90,7 +97,14 @@ class InverseRootResult:
     converged: Tensor
 
 
-def spectral_bound(A: Tensor, scaling: str | RootScaling = "lambda_max") -> Tensor:
+def _matmul_square(B: Tensor) -> Tensor:
+    """B² by ``torch.matmul``."""
+    return B @ B
+
+
+def spectral_bound(
+    A: Tensor, scaling: str | RootScaling = "lambda_max", *, square: Square = _matmul_square
+) -> Tensor:
     """Upper bound β ≥ λ_max(A) per matrix, used as cᵖ = β in :func:`coupled_newton_init`.
 
     - ``"lambda_max"``: β = ‖A^m‖_F^{1/m} with m = 2³ (three normalised squarings). For symmetric
@@ -102,6 +116,7 @@ def spectral_bound(A: Tensor, scaling: str | RootScaling = "lambda_max") -> Tens
     Args:
         A: ``[..., d, d]`` symmetric.
         scaling: one of "lambda_max", "frobenius", "trace".
+        square: B ↦ B² for the squarings (``torch.matmul``; the Triton launcher passes its kernel).
 
     Returns:
         ``[...]`` non-negative bounds (0 only for the zero matrix).
@@ -116,7 +131,7 @@ def spectral_bound(A: Tensor, scaling: str | RootScaling = "lambda_max") -> Tens
     elif scaling is RootScaling.LAMBDA_MAX:
         B = B / bound.clamp_min(torch.finfo(B.dtype).tiny)[..., None, None]
         for j in range(1, _BOUND_SQUARINGS + 1):
-            B = B @ B
+            B = square(B)
             n_j = frobenius(B).clamp_min(torch.finfo(B.dtype).tiny)
             bound = bound * n_j ** (0.5**j)  # ‖A^{2^j}‖_F^{1/2^j} = s·n₀·Π n_i^{1/2^i}
             B = B / n_j[..., None, None]
@@ -124,7 +139,7 @@ def spectral_bound(A: Tensor, scaling: str | RootScaling = "lambda_max") -> Tens
 
 
 def coupled_newton_init(
-    A: Tensor, p: int, *, scaling: str | RootScaling = "lambda_max"
+    A: Tensor, p: int, *, scaling: str | RootScaling = "lambda_max", square: Square = _matmul_square
 ) -> tuple[Tensor, Tensor]:
     """Start of the coupled Newton iteration: X₀ = I/c, M₀ = A/cᵖ with cᵖ = β = :func:`spectral_bound`.
 
@@ -135,11 +150,12 @@ def coupled_newton_init(
         A: ``[..., d, d]`` symmetric.
         p: root, a positive integer.
         scaling: how β is computed (see :func:`spectral_bound`).
+        square: B ↦ B² for the bound's squarings (see :func:`spectral_bound`).
 
     Returns:
         ``(X₀, M₀)``, both ``[..., d, d]`` in A's dtype.
     """
-    beta = spectral_bound(A, scaling)
+    beta = spectral_bound(A, scaling, square=square)
     beta = torch.where(beta > 0, beta, 1.0)[..., None, None]
     X0 = eye_like(A) * beta.pow(-1.0 / p)
     return X0.expand_as(A).clone(), A / beta
@@ -171,9 +187,23 @@ def coupled_newton_step(X: Tensor, M: Tensor, p: int) -> tuple[Tensor, Tensor]:
     return X_new, M_new
 
 
-def _residual(M: Tensor) -> Tensor:
+def newton_residual(M: Tensor) -> Tensor:
     """r = ‖M − I‖_F / √d per matrix ``[B]``."""
     return frobenius(M - eye_like(M)) / math.sqrt(M.shape[-1])
+
+
+def check_newton_options(
+    max_iters: object, tol: object, scaling: object, work: torch.dtype
+) -> tuple[int, float, RootScaling]:
+    """(max_iters, tol, scaling) checked; tol None → the default of the work dtype (1e-6 float32,
+    1e-12 float64).
+
+    Raises:
+        ValueError: max_iters not an integer ≥ 0, tol not a finite number ≥ 0, unknown scaling.
+    """
+    max_iters = check_count(max_iters, "max_iters")
+    tol = _DEFAULT_TOL[work] if tol is None else check_nonnegative(tol, "tol")
+    return max_iters, tol, parse_enum(scaling, RootScaling, "scaling")
 
 
 @dataclass
@@ -268,13 +298,10 @@ def newton_schulz_inverse_root(
     Raises:
         ValueError: invalid A, p, max_iters, tol or scaling.
     """
-    check_matrix(A)
+    check_square(A, finite=True)
     p = check_p(p)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 0:
-        raise ValueError(f"max_iters must be an integer ≥ 0; got {max_iters!r}")
     work = work_dtype(A.dtype)
-    tol = _DEFAULT_TOL[work] if tol is None else check_nonnegative(tol, "tol")
-    scaling = parse_enum(scaling, RootScaling, "scaling")
+    max_iters, tol, scaling = check_newton_options(max_iters, tol, scaling, work)
     batch, d = A.shape[:-2], A.shape[-1]
     S = symmetrize(A.to(work)).reshape(math.prod(batch), d, d)  # [B, d, d]
     if S.numel() == 0:
@@ -284,14 +311,14 @@ def newton_schulz_inverse_root(
         )
 
     X, M = coupled_newton_init(S, p, scaling=scaling)
-    progress = NewtonProgress.start(X, _residual(M), tol)
+    progress = NewtonProgress.start(X, newton_residual(M), tol)
     iterations = 0
     while iterations < max_iters and bool((active := progress.active()).any()):
         X_new, M_new = coupled_newton_step(X, M, p)
         iterations += 1
         keep = active[:, None, None]
         X, M = torch.where(keep, X_new, X), torch.where(keep, M_new, M)
-        r = _residual(M)
+        r = newton_residual(M)
         progress.record(X, r, torch.isfinite(r) & torch.isfinite(X).all(dim=-1).all(dim=-1), active)
 
     X_best, status = progress.X_best, progress.status()

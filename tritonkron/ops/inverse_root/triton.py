@@ -29,16 +29,24 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Mapping
 
 import torch
 import triton
 from torch import Tensor
 
-from tritonkron.ops._triton.common import SMEM_BUDGET, is_pow2_tile, resolve_config
+from tritonkron.math.checks import check_p, check_square, symmetrize
+from tritonkron.ops._triton.common import FLOATS, SMEM_BUDGET, is_pow2_tile, resolve_config
 from tritonkron.ops._triton.sym_gemm import launch_sym_gemm
-from tritonkron.ops.inverse_root.reference import InverseRootResult, NewtonProgress, RootScaling, RootStatus
+from tritonkron.ops.inverse_root.reference import (
+    InverseRootResult,
+    NewtonProgress,
+    RootScaling,
+    RootStatus,
+    check_newton_options,
+    coupled_newton_init,
+    newton_residual,
+)
 
 __all__ = ["coupled_newton_step_triton", "newton_schulz_configs", "newton_schulz_triton"]
 
@@ -48,6 +56,7 @@ __all__ = ["coupled_newton_step_triton", "newton_schulz_configs", "newton_schulz
 # ---------------------------------------------------------------------------------------------
 
 _KEYS = ("BLOCK", "BLOCK_K", "num_warps", "num_stages")
+_ROOTS = (2, 4)  # the p of the fused step (T² once or twice)
 
 
 def _keep_newton_schulz(cfg: Mapping[str, int]) -> bool:
@@ -130,36 +139,11 @@ def _step(
         _sym_gemm(T2, W, M_out, cfg, res=res)  # T⁴ M = T² (T² M)
 
 
-# Scaling and tolerance constants; they must equal those of the reference (a test checks this).
-# The stopping rule itself is the reference's NewtonProgress.
-_BOUND_SQUARINGS = 3  # λ_max bound ‖A^8‖_F^{1/8}
-_DEFAULT_TOL = 1e-6  # float32 work dtype
-
-
-def _frobenius(A: Tensor) -> Tensor:
-    """Frobenius norm of each matrix of ``A`` ``[..., d, d]``."""
-    return torch.linalg.matrix_norm(A, ord="fro")
-
-
-def _spectral_bound(S: Tensor, scaling: RootScaling, cfg: dict[str, int]) -> Tensor:
-    """β ≥ λ_max(S) per member ``[B]`` as ``reference.newton_schulz.spectral_bound`` computes it;
-    the squarings of the "lambda_max" rule run through the symmetric GEMM kernel."""
-    s = S.abs().amax(dim=(-2, -1))  # normalise first so that the squares cannot overflow
-    B = S / torch.where(s > 0, s, 1.0)[..., None, None]
-    bound = _frobenius(B)
-    if scaling is RootScaling.TRACE:
-        trace = B.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
-        bound = torch.where(trace > 0, trace, bound)
-    elif scaling is RootScaling.LAMBDA_MAX:
-        tiny = torch.finfo(B.dtype).tiny
-        B = B / bound.clamp_min(tiny)[..., None, None]
-        B2 = torch.empty_like(B)
-        for j in range(1, _BOUND_SQUARINGS + 1):
-            _sym_gemm(B, B, B2, cfg)
-            n_j = _frobenius(B2).clamp_min(tiny)
-            bound = bound * n_j ** (0.5**j)  # ‖A^{2^j}‖_F^{1/2^j} = s·n₀·Π n_i^{1/2^i}
-            B = B2 / n_j[..., None, None]
-    return bound * s
+def _square(B: Tensor, cfg: dict[str, int]) -> Tensor:
+    """B² of symmetric ``[B, d, d]`` float32 matrices by the symmetric GEMM kernel."""
+    out = torch.empty_like(B, memory_format=torch.contiguous_format)
+    _sym_gemm(B, B, out, cfg)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,29 +151,16 @@ def _spectral_bound(S: Tensor, scaling: RootScaling, cfg: dict[str, int]) -> Ten
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_square(name: str, t: object, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``t`` itself when it is a ``[B, d, d]`` tensor of ``dtype``; ValueError naming ``name`` otherwise."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dim() != 3 or t.shape[-1] != t.shape[-2]:
-        raise ValueError(f"{name} must have shape [B, d, d]; got {list(t.shape)}")
-    if t.dtype != dtype:
-        raise ValueError(f"{name} must be {dtype} (the iteration needs fp32 accuracy); got {t.dtype}")
-    return t
-
-
-def _check_p(p: object) -> int:
-    """The root ``p`` as an int when it is 2 or 4; ValueError otherwise."""
-    if isinstance(p, bool) or p not in (2, 4):
-        raise ValueError(f"p must be 2 or 4; got {p!r}")
-    return int(p)  # type: ignore[call-overload]
+def _check_iterate(name: str, t: object) -> Tensor:
+    """``t`` itself when it is a ``[B, d, d]`` float32 tensor; ValueError naming ``name`` otherwise."""
+    return check_square(t, name, ndim=3, dtypes=(torch.float32,), note=" (the iteration needs fp32 accuracy)")
 
 
 def _check_out(name: str, out: Tensor | None, like: Tensor) -> Tensor:
     """``out`` checked against ``like``'s shape and device, or a new contiguous tensor like it when None."""
     if out is None:
         return torch.empty_like(like, memory_format=torch.contiguous_format)
-    _check_square(name, out)
+    _check_iterate(name, out)
     if out.shape != like.shape or out.device != like.device:
         raise ValueError(f"{name} must have shape {list(like.shape)} on {like.device}; got {list(out.shape)}")
     return out
@@ -230,11 +201,11 @@ def coupled_newton_step_triton(
         ValueError: on a wrong type, shape, dtype or device (naming the parameter), p ∉ {2, 4},
             aliased outputs or an illegal config.
     """
-    _check_square("X", X)
-    _check_square("M", M)
+    _check_iterate("X", X)
+    _check_iterate("M", M)
     if M.shape != X.shape or M.device != X.device:
         raise ValueError(f"M must have X's shape {list(X.shape)} and device; got {list(M.shape)}")
-    p = _check_p(p)
+    p = check_p(p, _ROOTS)
     X_out, M_out = out if out is not None else (None, None)
     X_out, M_out = _check_out("out[0]", X_out, X), _check_out("out[1]", M_out, M)
     if any(o.data_ptr() in (X.data_ptr(), M.data_ptr()) for o in (X_out, M_out) if o.numel()):
@@ -247,54 +218,28 @@ def coupled_newton_step_triton(
 
 def _check_newton_args(
     A: object, p: object, max_iters: object, tol: object, scaling: object, out: object
-) -> tuple[int, float, RootScaling]:
-    """Validates the arguments of :func:`newton_schulz_triton`; returns (p, tol, scaling).
+) -> tuple[int, int, float, RootScaling]:
+    """Validates the arguments of :func:`newton_schulz_triton`; returns (p, max_iters, tol, scaling).
 
     Raises:
         ValueError: as documented by :func:`newton_schulz_triton`.
     """
-    if not isinstance(A, Tensor):
-        raise ValueError(f"A must be a torch.Tensor; got {type(A).__name__}")
-    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"A must be square with shape [..., d, d]; got {list(A.shape)}")
-    if A.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"A must be float32, float16 or bfloat16 (float64: use the reference); got {A.dtype}"
-        )
-    if not bool(torch.isfinite(A).all()):
-        raise ValueError("A contains non-finite values (NaN or Inf)")
-    p = _check_p(p)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 0:
-        raise ValueError(f"max_iters must be an integer ≥ 0; got {max_iters!r}")
-    if tol is None:
-        tol = _DEFAULT_TOL
-    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number ≥ 0; got {tol!r}")
-    try:
-        scaling = RootScaling(scaling)
-    except ValueError:
-        raise ValueError(
-            f"scaling must be one of {[s.value for s in RootScaling]}; got {scaling!r}"
-        ) from None
+    check_square(A, dtypes=FLOATS, finite=True, note=" (float64: use the reference)")
+    p = check_p(p, _ROOTS)
+    max_iters, tol, scaling = check_newton_options(max_iters, tol, scaling, torch.float32)
     if out is not None and (not isinstance(out, Tensor) or out.shape != A.shape or out.dtype != A.dtype
                             or out.device != A.device):  # fmt: skip
         raise ValueError(f"out must be a {A.dtype} tensor of shape {list(A.shape)} on {A.device}")
-    return p, tol, scaling
+    return p, max_iters, tol, scaling
 
 
 def _newton_start(
     S: Tensor, p: int, scaling: RootScaling, cfg: dict[str, int], tol: float
 ) -> tuple[Tensor, Tensor, NewtonProgress]:
-    """The scaled start X₀ = I/c, M₀ = S/cᵖ (cᵖ = β ≥ λ_max(S)) and the progress at step 0."""
-    d = S.shape[-1]
-    beta = _spectral_bound(S, scaling, cfg)
-    beta = torch.where(beta > 0, beta, 1.0)[:, None, None]
-    X = torch.eye(d, dtype=S.dtype, device=S.device).mul(beta.pow(-1.0 / p))  # [B, d, d]
-    M = S / beta
-    progress = NewtonProgress.start(
-        X, _frobenius(M - torch.eye(d, dtype=S.dtype, device=S.device)) / math.sqrt(d), tol
-    )
-    return X, M, progress
+    """The reference's scaled start X₀ = I/c, M₀ = S/cᵖ (the bound's squarings on the kernel) and
+    the progress at step 0."""
+    X, M = coupled_newton_init(S, p, scaling=scaling, square=lambda B: _square(B, cfg))
+    return X, M, NewtonProgress.start(X, newton_residual(M), tol)
 
 
 def _newton_loop(
@@ -363,11 +308,10 @@ def newton_schulz_triton(
         ValueError: invalid A (not a square float32/float16/bfloat16 tensor, non-finite), p,
             max_iters, tol, scaling, out or config.
     """
-    p, tol, scaling = _check_newton_args(A, p, max_iters, tol, scaling, out)
+    p, max_iters, tol, scaling = _check_newton_args(A, p, max_iters, tol, scaling, out)
     batch, d = A.shape[:-2], A.shape[-1]
     cfg = _resolve(config, d)
-    S = A.reshape(-1, d, d).float()
-    S = 0.5 * (S + S.transpose(-1, -2))  # [B, d, d], contiguous
+    S = symmetrize(A.reshape(-1, d, d).float())  # [B, d, d], contiguous
     if S.numel() == 0:
         ok = torch.ones(batch, dtype=torch.bool, device=A.device)
         root = out if out is not None else torch.empty_like(A)

@@ -73,7 +73,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from tritonkron.math.root_checks import symmetrize
+from tritonkron.math.checks import symmetrize
 from tritonkron.math.safe_linalg import SITE_SKETCH, SITE_SKETCH_INIT, safe_eigh, safe_svd
 
 Side = Literal["left", "right"]
