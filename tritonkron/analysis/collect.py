@@ -141,6 +141,89 @@ def default_subgrid(
     return rows, cols
 
 
+def _subgrids(
+    params: Mapping[str, nn.Parameter],
+    max_dim: int,
+    coord_subset: Mapping[str, tuple[Sequence[int], Sequence[int]]] | None,
+    seed: int,
+) -> dict[str, tuple[Tensor | None, Tensor | None]]:
+    """The kept coordinates ``(rows, cols)`` of each layer (``None``: all of that axis).
+
+    An explicit ``coord_subset`` entry wins; otherwise a layer with mn > ``max_dim`` gets a random
+    :func:`default_subgrid` (drawn in ``params`` order from one generator seeded with ``seed``) and a
+    smaller one keeps every coordinate.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    grids: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+    for name, p in params.items():
+        m, n = p.shape[0], p[0].numel()
+        if coord_subset is not None and name in coord_subset:
+            r, c = coord_subset[name]
+            grids[name] = (torch.as_tensor(r, dtype=torch.long), torch.as_tensor(c, dtype=torch.long))
+        elif m * n > max_dim:
+            grids[name] = default_subgrid((m, n), max_dim, gen)
+        else:
+            grids[name] = (None, None)
+    return grids
+
+
+class _FactorSums:
+    """Running full-layer factor sums L = Σ_s G_s G_sᵀ and R = Σ_s G_sᵀ G_s, in float64.
+
+    Samples are buffered per layer and added ``_CHUNK`` at a time as two large GEMMs.
+    """
+
+    def __init__(self, params: Mapping[str, nn.Parameter]) -> None:
+        """Zero sums ``[m, m]`` and ``[n, n]`` for every ``[m, n]`` (matricised) weight."""
+        self.pending: dict[str, list[Tensor]] = {k: [] for k in params}
+        self.left = {k: torch.zeros(p.shape[0], p.shape[0], dtype=torch.float64) for k, p in params.items()}
+        self.right = {
+            k: torch.zeros(p[0].numel(), p[0].numel(), dtype=torch.float64) for k, p in params.items()
+        }
+
+    def add(self, name: str, G: Tensor) -> None:
+        """Buffer one ``[m, n]`` sample of layer ``name``; flush once ``_CHUNK`` are buffered."""
+        self.pending[name].append(G)
+        if len(self.pending[name]) == _CHUNK:
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        """Add the buffered samples: L += Σ G Gᵀ, R += Σ Gᵀ G (two GEMMs over the whole chunk)."""
+        if self.pending[name]:
+            Gs = torch.stack(self.pending[name])
+            self.left[name] += torch.einsum("sij,skj->ik", Gs, Gs)
+            self.right[name] += Gs.reshape(-1, Gs.shape[2]).T @ Gs.reshape(-1, Gs.shape[2])
+            self.pending[name].clear()
+
+
+def _batch_gradients(
+    model: nn.Module, loss_fn: LossFn, batch: Any, params: Mapping[str, nn.Parameter]
+) -> list[Tensor]:
+    """G = ∂ loss_fn(model, batch) / ∂W for each weight, as float64 ``[m, n]`` (zero where unused).
+
+    Raises:
+        ValueError: the loss is not a scalar.
+    """
+    loss = loss_fn(model, batch)
+    if loss.dim() != 0:
+        raise ValueError(f"loss_fn must return a scalar; got shape {tuple(loss.shape)}")
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return [
+        (torch.zeros_like(p) if g is None else g).detach().reshape(p.shape[0], -1).to(torch.float64)
+        for p, g in zip(params.values(), grads, strict=True)
+    ]
+
+
+def _restrict(G: Tensor, grid: tuple[Tensor | None, Tensor | None]) -> Tensor:
+    """A copy of the kept coordinates G[I, J] of one sample (all of an axis whose index is ``None``)."""
+    rows, cols = grid
+    if rows is not None:
+        G = G[rows]
+    if cols is not None:
+        G = G[:, cols]
+    return G.clone()
+
+
 def collect_gradients(
     model: nn.Module,
     loss_fn: LossFn,
@@ -174,56 +257,23 @@ def collect_gradients(
         ValueError: no batches, or a non-scalar loss.
     """
     params = matrix_layers(model, layers)
-    gen = torch.Generator().manual_seed(seed)
-    grids: dict[str, tuple[Tensor | None, Tensor | None]] = {}
-    for name, p in params.items():
-        m, n = p.shape[0], p[0].numel()
-        if coord_subset is not None and name in coord_subset:
-            r, c = coord_subset[name]
-            grids[name] = (torch.as_tensor(r, dtype=torch.long), torch.as_tensor(c, dtype=torch.long))
-        elif m * n > max_dim:
-            grids[name] = default_subgrid((m, n), max_dim, gen)
-        else:
-            grids[name] = (None, None)
+    grids = _subgrids(params, max_dim, coord_subset, seed)
+    sums = _FactorSums(params)
     kept: dict[str, list[Tensor]] = {k: [] for k in params}
-    pending: dict[str, list[Tensor]] = {k: [] for k in params}
-    left = {k: torch.zeros(p.shape[0], p.shape[0], dtype=torch.float64) for k, p in params.items()}
-    right = {k: torch.zeros(p[0].numel(), p[0].numel(), dtype=torch.float64) for k, p in params.items()}
-
-    def flush(name: str) -> None:  # L += Σ G Gᵀ, R += Σ Gᵀ G as two large GEMMs per chunk
-        if pending[name]:
-            Gs = torch.stack(pending[name])
-            left[name] += torch.einsum("sij,skj->ik", Gs, Gs)
-            right[name] += Gs.reshape(-1, Gs.shape[2]).T @ Gs.reshape(-1, Gs.shape[2])
-            pending[name].clear()
-
     count = 0
     for batch in batches:
-        loss = loss_fn(model, batch)
-        if loss.dim() != 0:
-            raise ValueError(f"loss_fn must return a scalar; got shape {tuple(loss.shape)}")
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for (name, p), g in zip(params.items(), grads, strict=True):
-            G = (torch.zeros_like(p) if g is None else g).detach().reshape(p.shape[0], -1).to(torch.float64)
-            pending[name].append(G)
-            if len(pending[name]) == _CHUNK:
-                flush(name)
-            rows, cols = grids[name]
-            if rows is not None:
-                G = G[rows]
-            if cols is not None:
-                G = G[:, cols]
-            kept[name].append(G.clone())
+        for name, G in zip(params, _batch_gradients(model, loss_fn, batch, params), strict=True):
+            sums.add(name, G)
+            kept[name].append(_restrict(G, grids[name]))
         count += 1
         if progress is not None:
             progress(1)
     if count == 0:
         raise ValueError("batches is empty: need at least one batch")
-    for name in params:
-        flush(name)
     out = {}
     for name, p in params.items():
-        L, R = left[name] / count, right[name] / count
+        sums.flush(name)
+        L, R = sums.left[name] / count, sums.right[name] / count
         rows, cols = grids[name]
         out[name] = LayerSamples(
             name=name,

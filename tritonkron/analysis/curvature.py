@@ -43,11 +43,13 @@ class _Bound(nn.Module):
     """Wraps ``forward(model, batch)`` as a module so that ``functional_call`` can swap one weight."""
 
     def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Any], Tensor]) -> None:
+        """Hold ``model`` as a submodule (its tensors become ``model.*`` entries) and ``forward``."""
         super().__init__()
         self.model = model
         self.fn = forward
 
     def forward(self, batch: Any) -> Tensor:
+        """``forward(model, batch)``."""
         return self.fn(self.model, batch)
 
 
@@ -91,47 +93,90 @@ def curvature_operator(
     if name not in params:
         raise KeyError(f"{name!r} is not a parameter of the model")
     W0 = params[name].detach()
-    m, n = W0.shape[0], W0[0].numel()
-    r = torch.arange(m) if rows is None else rows
-    c = torch.arange(n) if cols is None else cols
-    d = len(r) * len(c)
+    embed, extract, d = _subgrid_maps(W0, rows, cols)
+    out_fn = _weight_function(model, forward, batch, name)
+    product = _hessian_product if kind == "hessian" else _ggn_product
+    full = product(out_fn, criterion, batch, W0)
+
+    def curvature_vp(v: Tensor) -> Tensor:
+        """P M Pᵀ v: the sub-grid block of M (the GGN or the Hessian) applied to v."""
+        return extract(full(embed(v)))
+
+    return curvature_vp, d
+
+
+def _weight_function(
+    model: nn.Module, forward: Callable[[nn.Module, Any], Tensor], batch: Any, name: str
+) -> Callable[[Tensor], Tensor]:
+    """f(W) = ``forward(model, batch)`` with parameter ``name`` replaced by W.
+
+    Every other parameter and buffer is passed detached, so no autograd graph is recorded on the model.
+    """
     bound = _Bound(model, forward)
     key = "model." + name
-    # Every other tensor is passed detached, so no autograd graph is recorded on the model.
     state = {"model." + k: v.detach() for k, v in model.named_parameters()}
     state.update({"model." + k: v.detach() for k, v in model.named_buffers()})
 
     def out_fn(W: Tensor) -> Tensor:
+        """The model's outputs z = f(W) on the batch."""
         return functional_call(bound, {**state, key: W}, (batch,))
 
+    return out_fn
+
+
+def _subgrid_maps(
+    W0: Tensor, rows: Tensor | None, cols: Tensor | None
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], int]:
+    """``(embed, extract, d)`` between flat sub-grid vectors ``[d]`` and full weight-shaped tensors.
+
+    .. math:: \\mathrm{embed}(v) = P^\\top v, \\qquad \\mathrm{extract}(V) = P\\,\\mathrm{vec}(V), \\qquad
+              d = |I|\\,|J|
+
+    with P the selection of the coordinates I × J of the matricised ``[m, n]`` weight (all rows /
+    columns where ``rows`` / ``cols`` is ``None``); ``embed`` zero-fills the rest and casts to
+    W0's dtype, ``extract`` returns float64.
+    """
+    m, n = W0.shape[0], W0[0].numel()
+    r = torch.arange(m) if rows is None else rows
+    c = torch.arange(n) if cols is None else cols
+
     def embed(v: Tensor) -> Tensor:
+        """Pᵀ v as a tensor of W0's shape and dtype."""
         V = torch.zeros(m, n, dtype=W0.dtype)
         V[r[:, None], c[None, :]] = v.to(W0.dtype).reshape(len(r), len(c))
         return V.reshape(W0.shape)
 
     def extract(V: Tensor) -> Tensor:
+        """P vec(V) in float64."""
         return V.detach().reshape(m, n)[r[:, None], c[None, :]].reshape(-1).to(torch.float64)
 
-    if kind == "hessian":
+    return embed, extract, len(r) * len(c)
 
-        def loss_of_w(W: Tensor) -> Tensor:
-            return criterion(out_fn(W), batch)
 
-        grad_fn = grad(loss_of_w)
+def _hessian_product(
+    out_fn: Callable[[Tensor], Tensor], criterion: Callable[[Tensor, Any], Tensor], batch: Any, W0: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """V ↦ H V at W0, with H = ∇²_W ℓ and ℓ(W) = criterion(f(W), batch) (``jvp`` of ``grad``)."""
 
-        def hvp(v: Tensor) -> Tensor:
-            return extract(jvp(grad_fn, (W0,), (embed(v),))[1])
+    def loss_of_w(W: Tensor) -> Tensor:
+        """ℓ(W) = criterion(f(W), batch)."""
+        return criterion(out_fn(W), batch)
 
-        return hvp, d
+    grad_fn = grad(loss_of_w)
+    return lambda V: jvp(grad_fn, (W0,), (V,))[1]
 
+
+def _ggn_product(
+    out_fn: Callable[[Tensor], Tensor], criterion: Callable[[Tensor, Any], Tensor], batch: Any, W0: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """V ↦ G V at W0, with G = Jᵀ (∇²_z ℓ) J, z = f(W), J = ∂z/∂W.
+
+    J V and (∇²_z ℓ) u are linearised once (:func:`_linearized`); Jᵀ is the ``vjp`` pullback at W0.
+    """
     z0, pullback = vjp(out_fn, W0)
     grad_z = grad(lambda z: criterion(z, batch))
     push, hess_z = _linearized(out_fn, W0), _linearized(grad_z, z0)
-
-    def ggn_vp(v: Tensor) -> Tensor:
-        return extract(pullback(hess_z(push(embed(v))))[0])
-
-    return ggn_vp, d
+    return lambda V: pullback(hess_z(push(V)))[0]
 
 
 def _linearized(fn: Callable[[Tensor], Tensor], x0: Tensor) -> Callable[[Tensor], Tensor]:
