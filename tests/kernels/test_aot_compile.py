@@ -106,6 +106,18 @@ def test_shared_memory_fits_the_targets(outcomes: dict[str, dict]) -> None:
                 assert o["shared"] <= SHARED_LIMIT[o["arch"]], (name, o)
 
 
+def test_launch_tiles_fit_every_ampere_and_ada_gpu(outcomes: dict[str, dict]) -> None:
+    """The heuristic tiles also fit sm_86/sm_89 (RTX 30xx/40xx, A10, L4, L40): 101376 B per block.
+
+    Those targets lower like sm_80 (same MMA, same pipelining), so the sm_80 footprints are theirs;
+    the float64 bmm once needed 131072 B there (128 × 128 × 32 tiles over 3 stages).
+    """
+    result = outcomes["oldest-launch-sm80"]["outcomes"]
+    footprints = [o["shared"] for o in result if o["shared"] is not None]
+    assert footprints, "the sm_80 run reports no shared-memory footprints"
+    assert max(footprints) <= SHARED_LIMIT[86], max(footprints)
+
+
 # The harness itself must be able to fail: the bug class that crashed tk.Kron on an H200.
 
 

@@ -53,6 +53,12 @@ BMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages
 _LOW = (torch.float16, torch.bfloat16)
 
 
+FP64_MAX_STAGES = 2
+"""Pipeline depth of float64-accumulating launches. The largest fp64 tile (128 × 128 × 32) over 3
+stages needs 131072 B of shared memory, more than the 101376 B of sm_86/sm_89 GPUs; over 2 stages
+it needs 65536 B and fits every supported GPU (``tritonkron.ops.aot`` checks each target's limit)."""
+
+
 def widen_low(t: Tensor) -> Tensor:
     """t as float64 when it is fp16/bf16 (exact), else t itself.
 
@@ -238,7 +244,8 @@ def launch_bmm(
     The caller has checked shapes and devices: a ``[B, M, K]``, b ``[B, K, N]``, c ``[B, M, N]``;
     row ``[B, M]``, col ``[B, N]``, y ``[B, M, N]``, shift ``[B]`` as the epilogue needs them.
     The accumulator is float64 when c is float64, else float32 (module docstring); with a float64
-    accumulator, fp16/bf16 operands are first widened to float64 in torch (:func:`widen_low`).
+    accumulator, fp16/bf16 operands are first widened to float64 in torch (:func:`widen_low`) and
+    the pipeline is at most :data:`FP64_MAX_STAGES` deep.
 
     Args:
         cfg: a full config with every key of :data:`BMM_KEYS` (see :func:`bmm_config`).
@@ -252,6 +259,7 @@ def launch_bmm(
     acc_fp64 = c.dtype == torch.float64
     if acc_fp64:
         a, b = widen_low(a), widen_low(b)
+        cfg = {**cfg, "num_stages": min(cfg["num_stages"], FP64_MAX_STAGES)}
     native = a.dtype == b.dtype and a.dtype in _LOW and not acc_fp64 and not sym_b
     # Unused epilogue operands get c as a dummy pointer (never dereferenced) and zero strides.
     row_t, col_t, y_t, shift_t = (t if t is not None else c for t in (row, col, y, shift))

@@ -51,6 +51,21 @@ _LOW = (torch.float16, torch.bfloat16)
 
 
 @triton.jit
+def _upper_tile_pair(pid, num_pid):
+    """(b, i, j) of program ``pid`` = b·T(T+1)/2 + j(j+1)/2 + i, 0 ≤ i ≤ j < T = ``num_pid``.
+
+    Inverts t = j(j+1)/2 + i by j = ⌊(√(8t+1) − 1)/2⌋, then corrects a possible ±1 rounding error.
+    """
+    num_pairs = num_pid * (num_pid + 1) // 2
+    pid_b = (pid // num_pairs).to(tl.int64)
+    pid_t = pid % num_pairs
+    pid_n = ((tl.sqrt(8.0 * pid_t.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
+    pid_n = tl.where(pid_n * (pid_n + 1) // 2 > pid_t, pid_n - 1, pid_n)
+    pid_n = tl.where((pid_n + 1) * (pid_n + 2) // 2 <= pid_t, pid_n + 1, pid_n)
+    return pid_b, pid_t - pid_n * (pid_n + 1) // 2, pid_n
+
+
+@triton.jit
 def _sym_gemm_kernel(
     # Pointers: operands A, B, weights w, C (upper triangle), per-block α, output, residual partials.
     a_ptr, b_ptr, w_ptr, c_ptr, alpha_ptr, out_ptr, res_ptr,
@@ -74,16 +89,8 @@ def _sym_gemm_kernel(
     the tile goes to res[b, i·T + j] (entries of lower tile pairs are never written).
     """
     ACC: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
-    pid = tl.program_id(0)
     num_pid = tl.cdiv(D, BLOCK_M)
-    num_pairs = num_pid * (num_pid + 1) // 2
-    pid_b = (pid // num_pairs).to(tl.int64)
-    pid_t = pid % num_pairs
-    # Invert t = j(j+1)/2 + i: j = ⌊(√(8t+1) − 1)/2⌋, then correct a possible ±1 rounding error.
-    pid_n = ((tl.sqrt(8.0 * pid_t.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
-    pid_n = tl.where(pid_n * (pid_n + 1) // 2 > pid_t, pid_n - 1, pid_n)
-    pid_n = tl.where((pid_n + 1) * (pid_n + 2) // 2 <= pid_t, pid_n + 1, pid_n)
-    pid_m = pid_t - pid_n * (pid_n + 1) // 2
+    pid_b, pid_m, pid_n = _upper_tile_pair(tl.program_id(0), num_pid)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_M + tl.arange(0, BLOCK_M)
