@@ -129,6 +129,33 @@ def test_no_import_cycles() -> None:
     assert _cycles(_graph()) == []
 
 
+def _readme_layout() -> set[str]:
+    """The entries the README's "Layout" block lists directly under ``tritonkron/``."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    lines = block.splitlines()
+    start = lines.index("tritonkron/") + 1
+    entries = set()
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        if not line.startswith("   "):
+            entries.add(line.split()[0].rstrip("/"))
+    return entries
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    tree = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"
+    }
+    listed = {entry.removesuffix(".py") for entry in _readme_layout()}
+    assert listed == tree, (
+        f"README lists {sorted(listed - tree)} not in the tree; misses {sorted(tree - listed)}"
+    )
+
+
 def test_the_checks_can_fail() -> None:
     """The cycle finder and the layer map flag a planted cycle and an upward import."""
     planted = {"tritonkron.ops.a": {"tritonkron.step.b"}, "tritonkron.step.b": {"tritonkron.ops.a"}}
