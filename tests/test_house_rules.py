@@ -32,8 +32,7 @@ def test_modules_are_small(package: str) -> None:
     long = {
         str(p.relative_to(ROOT)): n
         for p in _sources()
-        if p.relative_to(ROOT).parts[0] == package
-        and (n := p.read_text().count("\n")) > MAX_MODULE_LINES
+        if p.relative_to(ROOT).parts[0] == package and (n := p.read_text().count("\n")) > MAX_MODULE_LINES
     }
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
