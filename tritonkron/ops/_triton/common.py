@@ -6,14 +6,16 @@
 - :func:`split_float`: a Python float as an fp32 (hi, lo) pair, for fp64 kernels (Triton passes
   every Python float argument as fp32).
 - :func:`normalize_config`, :func:`resolve_config`: an explicit ``dict`` / ``triton.Config`` as a
-  flat dict, and merged over a heuristic default and validated.
-- :func:`check_tensor`, :func:`check_operand`, :func:`check_shape`, :func:`check_float`,
-  :func:`check_range`, :func:`out_or_empty`, :func:`may_overlap`: launcher argument checks that
-  raise ``ValueError`` naming the parameter.
+  flat dict, and merged over a heuristic default and validated; :func:`legal_configs`: the legal
+  configs of a grid of candidates.
+- :func:`check_tensor`, :func:`check_shape`, :func:`check_sized`, :func:`check_per_block`,
+  :func:`check_float`, :func:`check_range`, :func:`out_or_empty`, :func:`may_overlap`: launcher
+  argument checks that raise ``ValueError`` naming the parameter.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Callable, Mapping
@@ -23,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from tritonkron.math.checks import dtype_list
 from tritonkron.options import triton_interpret
 
 __all__ = [
@@ -30,12 +33,14 @@ __all__ = [
     "SMEM_BUDGET",
     "TORCH_TO_TL",
     "check_float",
-    "check_operand",
+    "check_per_block",
     "check_range",
     "check_shape",
+    "check_sized",
     "check_tensor",
     "interpreting",
     "is_pow2_tile",
+    "legal_configs",
     "may_overlap",
     "next_power_of_2",
     "normalize_config",
@@ -46,6 +51,7 @@ __all__ = [
 ]
 
 _FP32_MAX = 3.4028234663852886e38
+_LAUNCH_KEYS = ("num_warps", "num_stages")
 
 # Shared-memory budget for pipelined operand tiles (bytes): fits sm80 (164 KiB) and later.
 SMEM_BUDGET = 160 * 1024
@@ -107,6 +113,26 @@ def normalize_config(config: Mapping[str, int] | triton.Config) -> dict[str, int
     return dict(config)
 
 
+def legal_configs(
+    keys: tuple[str, ...],
+    values: tuple[tuple[int, ...], ...],
+    keep: Callable[[Mapping[str, int]], bool],
+) -> list[triton.Config]:
+    """Every config of the grid ``values`` (one tuple of candidates per key, in the order of ``keys``)
+    that ``keep`` accepts, as ``triton.Config`` (``num_warps`` and ``num_stages`` as launch options,
+    the other keys as kernel arguments), in grid order."""
+    configs = (dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values))
+    return [
+        triton.Config(
+            {k: c[k] for k in keys if k not in _LAUNCH_KEYS},
+            num_warps=c["num_warps"],
+            num_stages=c["num_stages"],
+        )
+        for c in configs
+        if keep(c)
+    ]
+
+
 def resolve_config(
     config: Mapping[str, int] | triton.Config | None,
     default: dict[str, int],
@@ -133,9 +159,13 @@ def resolve_config(
 
 
 def check_tensor(
-    name: str, t: object, ndim: int, dtypes: tuple[torch.dtype, ...], device: torch.device
+    name: str,
+    t: object,
+    ndim: int,
+    dtypes: tuple[torch.dtype, ...] = FLOATS,
+    device: torch.device | None = None,
 ) -> Tensor:
-    """Return ``t`` if it is an ``ndim``-D tensor of one of ``dtypes`` on ``device``.
+    """Return ``t`` if it is an ``ndim``-D tensor of one of ``dtypes`` (on ``device`` if given).
 
     Raises:
         ValueError: naming ``name`` and what is wrong.
@@ -145,44 +175,57 @@ def check_tensor(
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D; got shape {list(t.shape)}")
     if t.dtype not in dtypes:
-        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise ValueError(f"{name} must have dtype in ({allowed}); got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{name} must be on {device}; got {t.device}")
-    return t
-
-
-def check_operand(name: str, t: object, ndim: int, device: torch.device | None = None) -> Tensor:
-    """Return ``t`` if it is an ``ndim``-D float32/float16/bfloat16 tensor (on ``device`` if given).
-
-    Raises:
-        ValueError: naming ``name`` and what is wrong.
-    """
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D; got shape {tuple(t.shape)}")
-    if t.dtype not in FLOATS:
-        raise ValueError(f"{name} must be float32, float16 or bfloat16; got {t.dtype}")
+        raise ValueError(f"{name} must be {dtype_list(dtypes)}; got {t.dtype}")
     if device is not None and t.device != device:
         raise ValueError(f"{name} must be on {device}; got {t.device}")
     return t
 
 
+def check_shape(name: str, t: Tensor, shape: tuple[int | str, ...]) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``t`` has ``shape``; a str entry (its name in the
+    message, e.g. ``"k"``) matches any size."""
+    if t.dim() != len(shape) or any(
+        isinstance(want, int) and got != want for got, want in zip(t.shape, shape, strict=True)
+    ):
+        want = ", ".join(str(size) for size in shape)
+        raise ValueError(f"{name} must have shape [{want}]; got {list(t.shape)}")
+
+
+def check_sized(
+    name: str,
+    t: object,
+    shape: tuple[int | str, ...],
+    dtypes: tuple[torch.dtype, ...] = FLOATS,
+    device: torch.device | None = None,
+) -> Tensor:
+    """:func:`check_tensor` with ``len(shape)`` dimensions, then :func:`check_shape`; returns ``t``."""
+    check_tensor(name, t, len(shape), dtypes, device)
+    check_shape(name, t, shape)
+    return t
+
+
+def check_per_block(
+    name: str,
+    t: object,
+    Bsz: int,
+    dtypes: tuple[torch.dtype, ...],
+    device: torch.device,
+    what: str = "a tensor",
+) -> Tensor:
+    """A ``[B]`` view of ``t`` if it is a tensor with ``Bsz`` elements (any shape) of one of ``dtypes``
+    on ``device``; ``what`` is what the message says ``name`` must be."""
+    if not isinstance(t, Tensor) or t.numel() != Bsz:
+        got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be {what} with B = {Bsz} elements; got {got}")
+    return check_tensor(name, t, t.dim(), dtypes, device).reshape(Bsz)
+
+
 def out_or_empty(out: Tensor | None, shape: tuple[int, ...], like: Tensor, name: str = "out") -> Tensor:
-    """``out`` checked with :func:`check_operand` to have ``shape`` on ``like``'s device, or a new
-    empty tensor of that shape with ``like``'s dtype."""
+    """``out`` checked with :func:`check_sized` (a float32/float16/bfloat16 tensor of ``shape`` on
+    ``like``'s device), or a new empty tensor of that shape with ``like``'s dtype."""
     if out is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
-    check_operand(name, out, len(shape), like.device)
-    check_shape(name, out, shape)
-    return out
-
-
-def check_shape(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``t.shape == shape``."""
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {list(shape)}; got {list(t.shape)}")
+    return check_sized(name, out, shape, FLOATS, like.device)
 
 
 def check_float(name: str, value: object) -> float:
@@ -194,9 +237,7 @@ def check_float(name: str, value: object) -> float:
 
 def check_range(name: str, value: object, lo: float, hi: float = float("inf")) -> float:
     """``value`` as a float if it is a Python int or float in ``[lo, hi]``."""
-    if isinstance(value, Tensor) or not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a Python float; got {type(value).__name__}")
-    value = float(value)
+    value = check_float(name, value)
     if not lo <= value <= hi:
         raise ValueError(f"{name} must lie in [{lo}, {hi}]; got {value}")
     return value

@@ -61,7 +61,6 @@ share the C operand's j rows; the thin GEMM runs without GROUP_M swizzling (GROU
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from typing import Literal
 
@@ -73,9 +72,11 @@ from tritonkron.ops._triton.bmm import launch_bmm
 from tritonkron.ops._triton.common import (
     SMEM_BUDGET,
     check_float,
-    check_shape,
+    check_per_block,
+    check_sized,
     check_tensor,
     is_pow2_tile,
+    legal_configs,
     may_overlap,
     resolve_config,
     tile_size,
@@ -120,17 +121,9 @@ def _keep_factor_update(config: Mapping[str, int]) -> bool:
 
 def factor_update_configs() -> list[triton.Config]:
     """Legal configs (keys BLOCK_M, BLOCK_K; num_warps, num_stages) for a future autotuner."""
-    space = itertools.product((16, 32, 64, 128), (16, 32, 64), (2, 4, 8), (1, 2, 3, 4))
-    cfgs = [dict(zip(_KEYS, values, strict=True)) for values in space]
-    return [
-        triton.Config(
-            {"BLOCK_M": c["BLOCK_M"], "BLOCK_K": c["BLOCK_K"]},
-            num_warps=c["num_warps"],
-            num_stages=c["num_stages"],
-        )
-        for c in cfgs
-        if _keep_factor_update(c)
-    ]
+    return legal_configs(
+        _KEYS, ((16, 32, 64, 128), (16, 32, 64), (2, 4, 8), (1, 2, 3, 4)), _keep_factor_update
+    )
 
 
 def _heuristic(d: int, k: int, acc_dtype: torch.dtype) -> dict[str, int]:
@@ -178,8 +171,7 @@ def _check_out(out: Tensor | None, X: Tensor, inputs: dict[str, Tensor]) -> Tens
     ``inputs``), or a new tensor like X when None."""
     if out is None:
         return torch.empty(X.shape, dtype=X.dtype, device=X.device)
-    check_tensor("out", out, 3, (X.dtype,), X.device)
-    check_shape("out", out, tuple(X.shape))
+    check_sized("out", out, tuple(X.shape), (X.dtype,), X.device)
     if any(stride == 0 and size > 1 for size, stride in zip(out.shape, out.stride(), strict=True)):
         raise ValueError("out must not have zero strides (expanded views would be written concurrently)")
     if may_overlap(out, X) and (out.data_ptr() != X.data_ptr() or out.stride() != X.stride()):
@@ -194,13 +186,8 @@ def _check_scale(scale: Tensor | float, Bsz: int, G: Tensor, inputs: dict[str, T
     """The scale s as the symmetric kernel's α: a ``[B]`` view of a tensor scale (recorded in
     ``inputs``) or a checked Python float."""
     if isinstance(scale, Tensor):
-        check_tensor("scale", scale, scale.dim(), _G_DTYPES, G.device)
-        if scale.numel() != Bsz:
-            raise ValueError(
-                f"scale must be a float or a tensor with B = {Bsz} elements; got {list(scale.shape)}"
-            )
         inputs["scale"] = scale
-        return scale.reshape(Bsz)
+        return check_per_block("scale", scale, Bsz, _G_DTYPES, G.device, "a float or a tensor")
     return check_float("scale", scale)
 
 
@@ -212,15 +199,12 @@ def _check_weight(
     if weight is None:
         return None, None
     if isinstance(weight, Tensor):
-        Q = check_tensor("weight", weight, 3, _G_DTYPES, G.device)
-        check_shape("weight", Q, (Bsz, k, k))
+        Q = check_sized("weight", weight, (Bsz, k, k), _G_DTYPES, G.device)
         inputs["weight"] = Q
         return Q, None
     if isinstance(weight, tuple) and len(weight) == 2:
-        Q = check_tensor("weight[0] (Q)", weight[0], 3, _G_DTYPES, G.device)
-        w = check_tensor("weight[1] (w)", weight[1], 2, _G_DTYPES, G.device)
-        check_shape("weight[0] (Q)", Q, (Bsz, k, k))
-        check_shape("weight[1] (w)", w, (Bsz, k))
+        Q = check_sized("weight[0] (Q)", weight[0], (Bsz, k, k), _G_DTYPES, G.device)
+        w = check_sized("weight[1] (w)", weight[1], (Bsz, k), _G_DTYPES, G.device)
         inputs |= {"weight[0] (Q)": Q, "weight[1] (w)": w}
         return Q, w
     raise ValueError(
@@ -299,13 +283,10 @@ def factor_update_triton(
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right'; got {side!r}")
-    if not isinstance(G, Tensor):
-        raise ValueError(f"G must be a torch.Tensor; got {type(G).__name__}")
-    check_tensor("G", G, 3, _G_DTYPES, G.device)
+    check_tensor("G", G, 3, _G_DTYPES)
     Bsz, m, n = G.shape
     d, k = (m, n) if side == "left" else (n, m)
-    check_tensor("X", X, 3, _X_DTYPES, G.device)
-    check_shape("X", X, (Bsz, d, d))
+    check_sized("X", X, (Bsz, d, d), _X_DTYPES, G.device)
     if G.dtype == torch.float64 and X.dtype != torch.float64:
         raise ValueError("G is float64 but X is float32: use a float64 X (or a float32 G)")
     beta = check_float("beta", beta)

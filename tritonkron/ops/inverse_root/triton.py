@@ -27,7 +27,6 @@ that torch sums; the Python loop stops when every batch element has r ≤ tol.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping
 
@@ -36,7 +35,7 @@ import triton
 from torch import Tensor
 
 from tritonkron.math.checks import check_p, check_square, symmetrize
-from tritonkron.ops._triton.common import FLOATS, SMEM_BUDGET, is_pow2_tile, resolve_config
+from tritonkron.ops._triton.common import FLOATS, SMEM_BUDGET, is_pow2_tile, legal_configs, resolve_config
 from tritonkron.ops._triton.sym_gemm import launch_sym_gemm
 from tritonkron.ops.inverse_root.reference import (
     InverseRootResult,
@@ -72,17 +71,7 @@ def _keep_newton_schulz(cfg: Mapping[str, int]) -> bool:
 
 def newton_schulz_configs() -> list[triton.Config]:
     """Legal tile configs of the symmetric GEMM kernel of the coupled Newton iteration."""
-    space = itertools.product((32, 64, 128), (16, 32, 64), (4, 8), (2, 3, 4))
-    cfgs = [dict(zip(_KEYS, values, strict=True)) for values in space]
-    return [
-        triton.Config(
-            {"BLOCK": c["BLOCK"], "BLOCK_K": c["BLOCK_K"]},
-            num_warps=c["num_warps"],
-            num_stages=c["num_stages"],
-        )
-        for c in cfgs
-        if _keep_newton_schulz(c)
-    ]
+    return legal_configs(_KEYS, ((32, 64, 128), (16, 32, 64), (4, 8), (2, 3, 4)), _keep_newton_schulz)
 
 
 def _heuristic(d: int) -> dict[str, int]:

@@ -32,7 +32,7 @@ import triton
 from torch import Tensor
 
 from tritonkron.ops._triton.bmm import Epilogue, bmm_config, bmm_configs, launch_bmm
-from tritonkron.ops._triton.common import check_operand, check_range, check_shape, out_or_empty
+from tritonkron.ops._triton.common import check_range, check_sized, check_tensor, out_or_empty
 
 __all__ = ["eigenbasis_precondition_triton", "precondition_configs", "spike_and_flat_triton"]
 
@@ -77,12 +77,11 @@ def eigenbasis_precondition_triton(
         ValueError: on a wrong type, shape, dtype or device (naming the parameter), negative eps
             or an illegal config.
     """
-    check_operand("M", M, 3)
+    check_tensor("M", M, 3)
     Bsz, m, n = M.shape
     for name, t, shape in (("Q_A", Q_A, (Bsz, m, m)), ("Q_B", Q_B, (Bsz, n, n)), ("s_A", s_A, (Bsz, m)),
                            ("s_B", s_B, (Bsz, n))):  # fmt: skip
-        check_operand(name, t, len(shape), M.device)
-        check_shape(name, t, shape)
+        check_sized(name, t, shape, device=M.device)
     eps = check_range("eps", eps, 0.0)
     out = out_or_empty(out, (Bsz, m, n), M)
     cfg = bmm_config(config, m, n, max(m, n))
@@ -131,17 +130,14 @@ def spike_and_flat_triton(
         ValueError: on a wrong type, shape, dtype or device (naming the parameter) or an illegal
             config.
     """
-    check_operand("Y", Y, 3)
+    check_tensor("Y", Y, 3)
     Bsz, d, n = Y.shape
-    check_operand("U_k", U_k, 3, Y.device)
-    if U_k.shape[:2] != (Bsz, d):
-        raise ValueError(f"U_k must have shape [{Bsz}, {d}, k]; got {list(U_k.shape)}")
+    check_sized("U_k", U_k, (Bsz, d, "k"), device=Y.device)
     k = U_k.shape[-1]
-    check_operand("top_scales", top_scales, 2, Y.device)
-    check_shape("top_scales", top_scales, (Bsz, k))
+    check_sized("top_scales", top_scales, (Bsz, k), device=Y.device)
     if isinstance(c, Tensor) and c.dim() == 1:
         c = c.unsqueeze(-1)
-    check_operand("c", c, 2, Y.device)
+    check_tensor("c", c, 2, device=Y.device)
     if c.shape != (Bsz, 1):
         raise ValueError(f"c must have shape [{Bsz}, 1] or [{Bsz}]; got {list(c.shape)}")
     c = c.reshape(Bsz)

@@ -25,19 +25,13 @@ import torch
 from torch import Tensor
 
 from tritonkron.ops._triton.bmm import bmm_config, launch_bmm
-from tritonkron.ops._triton.common import check_shape, check_tensor
+from tritonkron.ops._triton.common import check_per_block, check_sized, check_tensor
 from tritonkron.ops._triton.sym_gemm import launch_sym_gemm
 from tritonkron.ops.factor_update.triton import factor_update_config
 
 __all__ = ["rotated_statistics_triton"]
 
 _FLOATS = (torch.float32, torch.float64)
-
-
-def _check_weight(name: str, w: Tensor | None, shape: tuple[int, ...], device: torch.device) -> None:
-    if w is not None:
-        check_tensor(name, w, 2, _FLOATS, device)
-        check_shape(name, w, shape)
 
 
 def rotated_statistics_triton(
@@ -69,22 +63,16 @@ def rotated_statistics_triton(
     Raises:
         ValueError: naming the parameter, on a wrong type, shape, dtype or device.
     """
-    if not isinstance(G, Tensor):
-        raise ValueError(f"G must be a torch.Tensor; got {type(G).__name__}")
-    dev = G.device
-    check_tensor("G", G, 3, _FLOATS, dev)
+    dev = check_tensor("G", G, 3, _FLOATS).device
     Bsz, m, n = G.shape
     for name, t, shape in (("A", A, (Bsz, m, m)), ("B", B, (Bsz, n, n)), ("Q_A", Q_A, (Bsz, m, m)),
                            ("Q_B", Q_B, (Bsz, n, n))):  # fmt: skip
-        check_tensor(name, t, 3, (G.dtype,), dev)
-        check_shape(name, t, shape)
-    _check_weight("w_A", w_A, (Bsz, m), dev)
-    _check_weight("w_B", w_B, (Bsz, n), dev)
-    for name, s in (("s_A", s_A), ("s_B", s_B)):
-        if not isinstance(s, Tensor) or s.numel() != Bsz:
-            got = list(s.shape) if isinstance(s, Tensor) else type(s).__name__
-            raise ValueError(f"{name} must be a tensor with B = {Bsz} elements; got {got}")
-        check_tensor(name, s, s.dim(), _FLOATS, dev)
+        check_sized(name, t, shape, (G.dtype,), dev)
+    for name, w, shape in (("w_A", w_A, (Bsz, m)), ("w_B", w_B, (Bsz, n))):
+        if w is not None:
+            check_sized(name, w, shape, _FLOATS, dev)
+    alpha_A = check_per_block("s_A", s_A, Bsz, _FLOATS, dev)
+    alpha_B = check_per_block("s_B", s_B, Bsz, _FLOATS, dev)
     A_new, B_new, G_hat = torch.empty_like(A), torch.empty_like(B), torch.empty_like(G)
     if G.numel() == 0:
         return A_new, B_new, G_hat
@@ -104,8 +92,8 @@ def rotated_statistics_triton(
         launch_bmm(Q_At, P, G_hat, bmm_config(None, m, n, m))
     left = G if w_B is None else P
     launch_sym_gemm(left, left.transpose(1, 2), A_new, factor_update_config(None, m, n, A.dtype),
-                    w=w_B, c=A, alpha=s_A.reshape(Bsz), beta=float(beta))  # fmt: skip
+                    w=w_B, c=A, alpha=alpha_A, beta=float(beta))  # fmt: skip
     right = G if w_A is None else R
     launch_sym_gemm(right.transpose(1, 2), right, B_new, factor_update_config(None, n, m, B.dtype),
-                    w=w_A, c=B, alpha=s_B.reshape(Bsz), beta=float(beta))  # fmt: skip
+                    w=w_A, c=B, alpha=alpha_B, beta=float(beta))  # fmt: skip
     return A_new, B_new, G_hat

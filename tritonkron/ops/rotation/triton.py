@@ -18,7 +18,7 @@ import triton
 from torch import Tensor
 
 from tritonkron.ops._triton.bmm import bmm_config, launch_bmm
-from tritonkron.ops._triton.common import check_operand, check_shape, out_or_empty
+from tritonkron.ops._triton.common import check_sized, check_tensor, out_or_empty
 
 __all__ = ["rotate_triton"]
 
@@ -38,12 +38,10 @@ def rotate_triton(
     Raises:
         ValueError: on a wrong type, shape, dtype or device (naming the parameter) or an illegal config.
     """
-    check_operand("X", X, 3)
+    check_tensor("X", X, 3)
     Bsz, m, n = X.shape
-    check_operand("Q_A", Q_A, 3, X.device)
-    check_shape("Q_A", Q_A, (Bsz, m, m))
-    check_operand("Q_B", Q_B, 3, X.device)
-    check_shape("Q_B", Q_B, (Bsz, n, n))
+    check_sized("Q_A", Q_A, (Bsz, m, m), device=X.device)
+    check_sized("Q_B", Q_B, (Bsz, n, n), device=X.device)
     left, right = (Q_A, Q_B.transpose(1, 2)) if back else (Q_A.transpose(1, 2), Q_B)
     out = out_or_empty(out, (Bsz, m, n), X)
     if out.numel() == 0:

@@ -35,7 +35,7 @@ import triton
 from torch import Tensor
 
 from tritonkron.ops._triton.bmm import Epilogue, bmm_config, launch_bmm
-from tritonkron.ops._triton.common import FLOATS, check_float, check_shape, check_tensor
+from tritonkron.ops._triton.common import check_range, check_sized, check_tensor, out_or_empty
 from tritonkron.ops.precondition.triton import spike_and_flat_triton
 from tritonkron.ops.sketch.reference import rayleigh_ritz
 
@@ -47,13 +47,12 @@ __all__ = [
     "sketch_update_triton",
 ]
 
-_DTYPES = FLOATS
 Config = Mapping[str, int] | triton.Config | None
 
 
 def _oriented(G: Tensor, side: str) -> Tensor:
     """G_s: G (left) or its transposed view Gᵀ (right), after checking G and ``side``."""
-    check_tensor("G", G, 3, _DTYPES, G.device)
+    check_tensor("G", G, 3)
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right'; got {side!r}")
     return G if side == "left" else G.transpose(1, 2)
@@ -64,14 +63,21 @@ def _check_weight(Gs: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor
     against G_s ``[B, d, e]``."""
     Bsz, _, e = Gs.shape
     dev = Gs.device
-    check_tensor("V", V, 3, _DTYPES, dev)
-    if V.shape[:2] != (Bsz, e):
-        raise ValueError(f"V must have shape [{Bsz}, {e}, l']; got {list(V.shape)}")
-    check_tensor("w", w, 2, _DTYPES, dev)
-    check_shape("w", w, (Bsz, V.shape[-1]))
+    check_sized("V", V, (Bsz, e, "l'"), device=dev)
+    check_sized("w", w, (Bsz, V.shape[-1]), device=dev)
     for name, t in (("w_tau", w_tau), ("scale", scale)):
-        check_tensor(name, t, 1, _DTYPES, dev)
-        check_shape(name, t, (Bsz,))
+        check_sized(name, t, (Bsz,), device=dev)
+
+
+def _check_increment(
+    G: Tensor, X: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor, side: str
+) -> Tensor:
+    """G_s after checking G, ``side``, X ``[B, d, p]`` and the weight (:func:`_check_weight`)."""
+    Gs = _oriented(G, side)
+    Bsz, d, _ = Gs.shape
+    check_sized("X", X, (Bsz, d, "p"), device=G.device)
+    _check_weight(Gs, V, w, w_tau, scale)
+    return Gs
 
 
 def _weighted_projection(Gs: Tensor, X: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor,
@@ -112,18 +118,11 @@ def increment_apply_triton(
     Raises:
         ValueError: on a wrong type, shape, dtype or device (naming the parameter).
     """
-    Gs = _oriented(G, side)
-    Bsz, d, _ = Gs.shape
-    check_tensor("X", X, 3, _DTYPES, G.device)
-    if X.shape[:2] != (Bsz, d):
-        raise ValueError(f"X must have shape [{Bsz}, {d}, p]; got {list(X.shape)}")
-    _check_weight(Gs, V, w, w_tau, scale)
-    if out is None:
-        out = torch.empty(X.shape, dtype=X.dtype, device=X.device)
-    check_tensor("out", out, 3, _DTYPES, G.device)
-    check_shape("out", out, tuple(X.shape))
+    Gs = _check_increment(G, X, V, w, w_tau, scale, side)
+    _, d, e = Gs.shape
+    out = out_or_empty(out, tuple(X.shape), X)
     _, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config)
-    launch_bmm(Gs, WP, out, bmm_config(config, d, X.shape[-1], Gs.shape[-1]))
+    launch_bmm(Gs, WP, out, bmm_config(config, d, X.shape[-1], e))
     return out
 
 
@@ -144,17 +143,10 @@ def increment_rayleigh_triton(
     Differences from the reference: fp32 accumulation; the result is symmetrised in torch and
     written to ``out`` (default X's dtype). Arguments as :func:`increment_apply_triton`.
     """
-    Gs = _oriented(G, side)
-    Bsz, d, e = Gs.shape
-    check_tensor("X", X, 3, _DTYPES, G.device)
-    if X.shape[:2] != (Bsz, d):
-        raise ValueError(f"X must have shape [{Bsz}, {d}, p]; got {list(X.shape)}")
-    _check_weight(Gs, V, w, w_tau, scale)
+    Gs = _check_increment(G, X, V, w, w_tau, scale, side)
+    Bsz, _, e = Gs.shape
     p = X.shape[-1]
-    if out is None:
-        out = torch.empty((Bsz, p, p), dtype=X.dtype, device=X.device)
-    check_tensor("out", out, 3, _DTYPES, G.device)
-    check_shape("out", out, (Bsz, p, p))
+    out = out_or_empty(out, (Bsz, p, p), X)
     P, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config)
     H = torch.empty((Bsz, p, p), dtype=torch.float32, device=G.device)
     launch_bmm(P.transpose(1, 2), WP, H, bmm_config(config, p, p, e))
@@ -212,17 +204,13 @@ def sketch_update_triton(
     """
     Gs = _oriented(G, side)
     Bsz, d, _ = Gs.shape
-    check_tensor("U", U, 3, _DTYPES, G.device)
-    if U.shape[:2] != (Bsz, d) or U.shape[-1] > d:
+    check_sized("U", U, (Bsz, d, "l"), device=G.device)
+    if U.shape[-1] > d:
         raise ValueError(f"U must have shape [{Bsz}, {d}, l] with l <= {d}; got {list(U.shape)}")
     ell = U.shape[-1]
-    check_tensor("lam", lam, 2, _DTYPES, G.device)
-    check_shape("lam", lam, (Bsz, ell))
-    check_tensor("tau", tau, 1, _DTYPES, G.device)
-    check_shape("tau", tau, (Bsz,))
-    beta = check_float("beta", beta)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must lie in [0, 1]; got {beta}")
+    check_sized("lam", lam, (Bsz, ell), device=G.device)
+    check_sized("tau", tau, (Bsz,), device=G.device)
+    beta = check_range("beta", beta, 0.0, 1.0)
     if ell < d:
         KU = increment_apply_triton(G, U, V, w, w_tau, scale, side, config=config)
         Q = torch.linalg.qr(torch.cat([U, KU], dim=-1)).Q
@@ -246,29 +234,18 @@ def _check_precondition_args(
     out: Tensor | None,
 ) -> tuple[float, Tensor]:
     """Checks the arguments of :func:`sketch_precondition_triton`; returns (ε, the output tensor)."""
-    check_tensor("M", M, 3, _DTYPES, M.device)
+    check_tensor("M", M, 3)
     Bsz, m, n = M.shape
     dev = M.device
-    for name, t, d in (("U_A", U_A, m), ("U_B", U_B, n)):
-        check_tensor(name, t, 3, _DTYPES, dev)
-        if t.shape[:2] != (Bsz, d):
-            raise ValueError(f"{name} must have shape [{Bsz}, {d}, k]; got {list(t.shape)}")
-    k_A, k_B = U_A.shape[-1], U_B.shape[-1]
-    for name, t, shape in (("s_A", s_A, (Bsz, k_A)), ("s_B", s_B, (Bsz, k_B))):
-        check_tensor(name, t, 2, _DTYPES, dev)
-        check_shape(name, t, shape)
+    check_sized("U_A", U_A, (Bsz, m, "k"), device=dev)
+    check_sized("U_B", U_B, (Bsz, n, "k"), device=dev)
+    check_sized("s_A", s_A, (Bsz, U_A.shape[-1]), device=dev)
+    check_sized("s_B", s_B, (Bsz, U_B.shape[-1]), device=dev)
     for name, t in (("c_A", c_A), ("c_B", c_B)):
-        check_tensor(name, t, t.dim(), _DTYPES, dev)
+        check_tensor(name, t, t.dim(), device=dev)
         if t.numel() != Bsz or t.dim() not in (1, 2):
             raise ValueError(f"{name} must have shape [{Bsz}] or [{Bsz}, 1]; got {list(t.shape)}")
-    eps = check_float("eps", eps)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0; got {eps}")
-    if out is None:
-        out = torch.empty((Bsz, m, n), dtype=M.dtype, device=dev)
-    check_tensor("out", out, 3, _DTYPES, dev)
-    check_shape("out", out, (Bsz, m, n))
-    return eps, out
+    return check_range("eps", eps, 0.0), out_or_empty(out, (Bsz, m, n), M)
 
 
 def _damped(sigma: Tensor, eps: float) -> Tensor:

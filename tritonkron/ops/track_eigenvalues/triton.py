@@ -12,7 +12,6 @@ deterministic; squares, weights, scales and the EMA are fused, with fp32 accumul
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 
 import torch
@@ -21,10 +20,11 @@ import triton.language as tl
 from torch import Tensor
 
 from tritonkron.ops._triton.common import (
-    check_operand,
     check_range,
-    check_shape,
+    check_sized,
+    check_tensor,
     is_pow2_tile,
+    legal_configs,
     out_or_empty,
     resolve_config,
     tile_size,
@@ -122,14 +122,9 @@ def _keep_track_eigenvalues(cfg: Mapping[str, int]) -> bool:
 
 def track_eigenvalues_configs() -> list[triton.Config]:
     """Legal tile configs of the eigenvalue-tracking reduction."""
-    space = itertools.product((16, 32, 64, 128), (32, 64, 128), (2, 4, 8), (1, 2))
-    cfgs = [dict(zip(_KEYS, values, strict=True)) for values in space]
-    tiles = ("BLOCK_M", "BLOCK_N")
-    return [
-        triton.Config({k: c[k] for k in tiles}, num_warps=c["num_warps"], num_stages=c["num_stages"])
-        for c in cfgs
-        if _keep_track_eigenvalues(c)
-    ]
+    return legal_configs(
+        _KEYS, ((16, 32, 64, 128), (32, 64, 128), (2, 4, 8), (1, 2)), _keep_track_eigenvalues
+    )
 
 
 def _check_operands(
@@ -137,16 +132,14 @@ def _check_operands(
 ) -> None:
     """Checks Ĝ ``[B, m, n]``, a ``[B, m]``, b ``[B, n]`` and the optional weights (w_B ``[B, n]``,
     w_A ``[B, m]``), all on Ĝ's device."""
-    check_operand("G_hat", G_hat, 3)
+    check_tensor("G_hat", G_hat, 3)
     Bsz, m, n = G_hat.shape
     dev = G_hat.device
     for name, t, shape in (("a", a, (Bsz, m)), ("b", b, (Bsz, n))):
-        check_operand(name, t, 2, dev)
-        check_shape(name, t, shape)
+        check_sized(name, t, shape, device=dev)
     for name, t, shape in (("left_weight", left_weight, (Bsz, n)), ("right_weight", right_weight, (Bsz, m))):
         if t is not None:
-            check_operand(name, t, 2, dev)
-            check_shape(name, t, shape)
+            check_sized(name, t, shape, device=dev)
 
 
 def _check_scales(
@@ -157,9 +150,7 @@ def _check_scales(
     for name, s in (("left_scale", left_scale), ("right_scale", right_scale)):
         if not isinstance(s, Tensor):
             s = torch.full((Bsz,), check_range(name, s, -float("inf")), dtype=torch.float32, device=dev)
-        check_operand(name, s, 1, dev)
-        check_shape(name, s, (Bsz,))
-        scales.append(s)
+        scales.append(check_sized(name, s, (Bsz,), device=dev))
     return scales[0], scales[1]
 
 
