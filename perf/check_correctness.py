@@ -11,8 +11,9 @@ import torch
 
 from perf.check_cases import SETUPS, Case, Prepared, correctness_cases, generator
 from perf.check_plan import CORRECTNESS_BUDGET_SHARE, NS_RESIDUAL_TOL, TOLERANCE, Plan
-from perf.check_report import Report, dtype_name, fmt, make_row
+from perf.check_report import Report, fmt, make_row
 from tritonkron.ops.inverse_root.methods import RootStatus, inverse_root_eigh
+from tritonkron.tuning.entry import dtype_name
 
 
 def rel_err(actual: Any, expected: Any) -> float:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from perf.check_cases import Case
 from perf.check_plan import Plan
+from tritonkron.tuning.entry import dtype_name
 
 # fmt: off
 CSV_COLUMNS = [
@@ -35,11 +35,6 @@ CSV_FILES = {
     "timing": "gpu_check_timing.csv",
     "step": "gpu_check_step.csv",
 }
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` → "float32"."""
-    return str(dtype).removeprefix("torch.")
 
 
 def make_row(

@@ -18,8 +18,9 @@ from perf.check_cases import SETUPS, Case, generator, ns_flops, randn, timing_ca
 from perf.check_correctness import rel_err
 from perf.check_env import backend_env, measure, quantiles, sync
 from perf.check_plan import BACKENDS, GRAD_POOL, LOW_DTYPES, STEP_LAYOUTS, Plan
-from perf.check_report import Report, dtype_name, fmt, make_row
+from perf.check_report import Report, fmt, make_row
 from perf.shapes import BlockShape
+from tritonkron.tuning.entry import dtype_name
 
 # ---------------------------------------------------------------------------------------------
 # Op timing

@@ -20,6 +20,7 @@ __all__ = [
     "check_p",
     "check_square",
     "dtype_list",
+    "dtype_name",
     "eye_like",
     "frobenius",
     "one_of",
@@ -36,9 +37,14 @@ def one_of(values: Iterable[object]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.float32`` → ``"float32"`` (strings are returned without a ``torch.`` prefix)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def dtype_list(dtypes: Iterable[torch.dtype]) -> str:
-    """``"float32, float16 or bfloat16"``: dtypes without the ``torch.`` prefix, for a message."""
-    return one_of(str(d).removeprefix("torch.") for d in dtypes)
+    """``"float32, float16 or bfloat16"``: :func:`dtype_name` of each, for a message."""
+    return one_of(dtype_name(d) for d in dtypes)
 
 
 def check_square(

@@ -19,6 +19,7 @@ from tritonkron.math.checks import (
     check_nonnegative,
     check_p,
     check_square,
+    dtype_name,
     eye_like,
     symmetrize,
     work_dtype,
@@ -109,9 +110,7 @@ def eigh_ladder(S: Tensor, max_damping: float) -> EighResult:
         if attempt > 1:
             logger.debug("eigh succeeded on attempt %d (%s, damping %g)", attempt, dtype, delta)
         return EighResult(L, Q, attempt, delta, dtype == torch.float64 and S.dtype != torch.float64)
-    tried = ", ".join(
-        f"{str(dt).removeprefix('torch.')}" + (f" + {d:g}·(tr A/d)·I" if d else "") for dt, d in rungs
-    )
+    tried = ", ".join(dtype_name(dt) + (f" + {d:g}·(tr A/d)·I" if d else "") for dt, d in rungs)
     raise EighFailure(f"eigh failed in all {len(rungs)} attempts ({tried}); last error: {errors[-1]}")
 
 

@@ -26,6 +26,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from tritonkron.math.checks import dtype_name
+
 __all__ = [
     "TRITON_DTYPES",
     "KernelFallbackWarning",
@@ -87,7 +89,7 @@ def _warn_once(key: tuple[str, ...], message: str) -> None:
 
 
 def _describe(tensors: tuple[Tensor, ...]) -> str:
-    return ", ".join(f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in tensors)
+    return ", ".join(f"{dtype_name(t.dtype)}{list(t.shape)}" for t in tensors)
 
 
 def supports(op: str, tensors: tuple[Tensor, ...], *, warn: bool = False) -> bool:
@@ -101,9 +103,9 @@ def supports(op: str, tensors: tuple[Tensor, ...], *, warn: bool = False) -> boo
     if op in _disabled:
         return False
     allowed = TRITON_DTYPES[op]
-    bad = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.dtype not in allowed})
+    bad = sorted({dtype_name(t.dtype) for t in tensors if t.dtype not in allowed})
     if bad and warn:
-        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        names = ", ".join(dtype_name(d) for d in allowed)
         _warn_once(("dtype", op, *bad), f"tritonkron op {op!r} has no Triton kernel for {', '.join(bad)} "
                    f"(its kernels take {names}); it uses the PyTorch reference for these inputs")  # fmt: skip
     return not bad

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from tritonkron.math.checks import dtype_name
+
 __all__ = ["DEFAULT_BLOCK_SIZE", "SketchTuning", "TuningEntry", "TuningFileError", "dtype_name", "is_int"]
 
 DEFAULT_BLOCK_SIZE = 1024
@@ -22,11 +24,6 @@ _ENTRY_KEYS = ("shape", "dtype", "block_size", "rank_a", "rank_b")
 
 class TuningFileError(ValueError):
     """A tuning file is missing, unreadable or malformed (the message names the path)."""
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    """``torch.float32`` → ``"float32"`` (strings are returned without a ``torch.`` prefix)."""
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
