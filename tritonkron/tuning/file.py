@@ -88,11 +88,13 @@ class TuningWarning(UserWarning):
     """A tuning file is stale or does not cover a case; documented defaults are used instead."""
 
 
-def warn_once(key: tuple[str, ...], message: str) -> None:
+def warn_once(key: tuple[str, ...], message: str, stacklevel: int = 3) -> None:
+    """Issue ``message`` as a :class:`TuningWarning` the first time ``key`` is seen in this process
+    (``stacklevel`` as in ``warnings.warn``: 3, the caller of warn_once's caller)."""
     if key in _WARNED:
         return
     _WARNED.add(key)
-    warnings.warn(message, TuningWarning, stacklevel=3)
+    warnings.warn(message, TuningWarning, stacklevel=stacklevel)
 
 
 def device_name(device: torch.device | str | None = None) -> str:

@@ -59,6 +59,16 @@ def heuristic_entry(shape: Iterable[int], dtype: torch.dtype | str) -> TuningEnt
     return TuningEntry(shape=matrix_shape(tuple(shape)), dtype=dtype_name(dtype))
 
 
+def _warn_missing(table: TuningTable, entry: TuningEntry, what: str, instead: str) -> None:
+    """Warn once per file, shape and dtype that ``table`` has no ``what`` for ``entry``'s shape; the
+    warning names the caller of the lookup function and says what is used ``instead``."""
+    warn_once(
+        (str(table.path), what, str(entry.shape), entry.dtype),
+        f"tuning file {table.path} has no {what} for shape {list(entry.shape)} {entry.dtype}; {instead}",
+        stacklevel=4,
+    )
+
+
 def ranks_for(
     table: TuningTable | None, shape: Iterable[int], dtype: torch.dtype | str, device: str | None = None
 ) -> tuple[int | None, int | None, int]:
@@ -78,10 +88,8 @@ def ranks_for(
     if entry is None:
         entry = heuristic_entry(shape, dtype)
         if table is not None and table.schema == SCHEMA_VERSION:
-            warn_once(
-                (str(table.path), "missing", str(entry.shape), entry.dtype),
-                f"tuning file {table.path} has no entry for shape {list(entry.shape)} {entry.dtype}; "
-                f"using the defaults (block_size={DEFAULT_BLOCK_SIZE}, full rank).",
+            _warn_missing(
+                table, entry, "entry", f"using the defaults (block_size={DEFAULT_BLOCK_SIZE}, full rank)."
             )
     return entry.rank_a, entry.rank_b, entry.block_size
 
@@ -93,20 +101,16 @@ def sketch_tuning_for(
 
     None without a table or an entry (:func:`ranks_for` warns about those); an entry without a
     ``sketch`` choice (a file written before it existed, or tuned with ``--no-sketch``) warns once.
-
-    Args:
-        table: a loaded tuning table, or None.
-        shape: the parameter's shape (≥ 2 dims).
-        dtype: the parameter's dtype.
-        device: device name (:func:`device_name`), or None to skip the device check.
+    Arguments as :func:`ranks_for`.
     """
     entry = table.lookup(shape, dtype, device) if table is not None else None
     if entry is None:
         return None
     if entry.sketch is None:
-        warn_once(
-            (str(table.path), "no-sketch", str(entry.shape), entry.dtype),
-            f"tuning file {table.path} has no sketch choice for shape {list(entry.shape)} {entry.dtype}; "
+        _warn_missing(
+            table,
+            entry,
+            "sketch choice",
             "sketch=True uses its dense ranks with sketch_rank = 2·max(rank_a, rank_b) (re-run "
             "`python -m autotune` to tune the sketched mode).",
         )
