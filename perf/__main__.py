@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from autotune.provenance import git_commit
 from perf import report
 from perf.cli import nonnegative_int, positive_int
 from perf.device import add_device_argument, describe_device
@@ -42,13 +43,6 @@ from perf.train_workloads import WORKLOADS, build_workload
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _VERSIONED = ("numpy", "pandas", "matplotlib", "heavyball", "pytorch-optimizer", "triton")
-
-
-def _git_commit() -> str:
-    """The checkout's commit (read from the .git files)."""
-    from perf.check_env import git_commit  # reads .git files, no git process
-
-    return git_commit()
 
 
 def _cpu_name() -> str:
@@ -82,7 +76,7 @@ def collect_env(device: torch.device | str = "cpu") -> dict[str, object]:
     versions |= {name: available(name) or "not installed" for name in _VERSIONED}
     return {
         "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(Path(__file__).resolve().parent) or "unknown",
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),

@@ -23,39 +23,11 @@ import torch
 import triton
 import triton.testing
 
+from autotune.provenance import git_commit
 from perf.check_plan import QUANTILES, Plan
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def git_commit(root: Path = REPO_ROOT) -> str:
-    """The checked-out commit, read from ``.git`` files (no git process); "unknown" if unavailable."""
-    override = os.environ.get("TRITONKRON_GIT_COMMIT")
-    if override:
-        return override
-    git = root / ".git"
-    try:
-        if git.is_file():  # worktree or submodule: "gitdir: <path>"
-            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head  # detached HEAD
-        ref = head.split(":", 1)[1].strip()
-        common = (
-            (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").exists() else git
-        )
-        for base in (git, common):
-            if (base / ref).is_file():
-                return (base / ref).read_text().strip()
-            packed = base / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-    except (OSError, IndexError):
-        pass
-    return "unknown"
 
 
 def collect_env(plan: Plan) -> dict[str, str]:
@@ -73,7 +45,7 @@ def collect_env(plan: Plan) -> dict[str, str]:
         "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability())) if cuda else "-",
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", ""),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(REPO_ROOT) or "unknown",
     }
     return env
 
