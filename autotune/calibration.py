@@ -71,9 +71,10 @@ def calibration_beta2(steps: int, cap: float = 0.98) -> float:
 
 
 def _descending(factor: Tensor | None, tracked: Tensor) -> Tensor:
-    if factor is not None:
-        return torch.linalg.eigvalsh(factor.to(torch.float64)).flip(-1).to(torch.float32)
-    return tracked.sort(dim=-1, descending=True).values
+    """A block factor's spectrum, descending: the float64 eigenvalues of the stored ``factor`` (as
+    float32), else the ``tracked`` eigenvalues of a rotated factor."""
+    values = tracked if factor is None else torch.linalg.eigvalsh(factor.to(torch.float64)).to(torch.float32)
+    return values.sort(dim=-1, descending=True).values
 
 
 def calibrate(

@@ -185,8 +185,8 @@ def rayleigh_ritz(
     eye = torch.eye(p, dtype=U.dtype, device=U.device)
     old = (C * (lam - tau.unsqueeze(-1)).unsqueeze(-2)) @ C.transpose(-1, -2) + tau.reshape(-1, 1, 1) * eye
     H = (beta * old + H_K).to(torch.float64)
-    mu, Z, _ = safe_eigh(symmetrize(H), site=SITE_SKETCH)  # float64, ascending; failure: module doc
-    mu, Z = mu.flip(-1).to(U.dtype), Z.flip(-1).to(U.dtype)
+    mu, Z, _ = safe_eigh(symmetrize(H), site=SITE_SKETCH, descending=True)  # float64; failure: module doc
+    mu, Z = mu.to(U.dtype), Z.to(U.dtype)
     U_new = Q @ Z[..., :ell]
     lam_new = mu[..., :ell]
     if ell >= d:
