@@ -39,6 +39,38 @@ def _ns_steps(factors: list[Tensor], tol: float) -> int | None:
     return steps
 
 
+def _state_copy(model: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of ``model.state_dict()`` (to restore the weights after a calibration)."""
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _calibrated_spectra(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module], Tensor],
+    opts: SearchOptions,
+    block_sizes: dict[str, int],
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[tuple[float, ...], dict[str, ParamSpectra]]:
+    """Calibrate at ``block_sizes`` with the options' steps, learning rate, divergence and
+    preconditioning period; returns the losses and the spectra by parameter name."""
+    calibration = calibrate(
+        model,
+        loss_fn,
+        opts.steps,
+        block_sizes,
+        lr=opts.lr,
+        divergence=opts.divergence,
+        precondition_every=opts.precondition_every,
+        on_step=on_step,
+    )
+    return calibration.losses, {ps.name: ps for ps in calibration.spectra}
+
+
+def _spectra_of(result: ShapeResult, by_name: dict[str, ParamSpectra]) -> list[ParamSpectra]:
+    """The calibrated spectra of the parameters of ``result``'s shape."""
+    return [by_name[name] for name in result.names if name in by_name]
+
+
 def _tune_ranks(
     results: list[ShapeResult],
     model: nn.Module,
@@ -51,20 +83,16 @@ def _tune_ranks(
     With ``opts.sketch`` also the sketched choice of every shape, from a second calibration (from
     the same initial weights) when some shape's sketched block size differs from its dense one.
     """
-    initial = {key: value.detach().clone() for key, value in model.state_dict().items()}
-    calibration = calibrate(
+    initial = _state_copy(model)
+    losses, by_name = _calibrated_spectra(
         model,
         loss_fn,
-        opts.steps,
+        opts,
         {name: r.block_size for r in results for name in r.names},
-        lr=opts.lr,
-        divergence=opts.divergence,
-        precondition_every=opts.precondition_every,
         on_step=lambda step, loss: reporter.advance(f"calibration step {step} loss {loss:.4g}"),
     )
-    by_name = {ps.name: ps for ps in calibration.spectra}
     for r in results:
-        spectra = [by_name[name] for name in r.names if name in by_name]
+        spectra = _spectra_of(r, by_name)
         if spectra:
             r.rank_a, r.rank_b = layer_ranks(spectra, opts.mass, opts.flatness, opts.rank_budget)
             for side in ("a", "b"):
@@ -74,7 +102,7 @@ def _tune_ranks(
         reporter.advance(f"{r.shape[0]}x{r.shape[1]}: ranks {ranks}")
     if opts.sketch:
         _tune_sketch(results, model, loss_fn, opts, reporter, initial, by_name)
-    return calibration.losses
+    return losses
 
 
 def _tune_sketch(
@@ -91,22 +119,15 @@ def _tune_sketch(
         r.sketch_block = space.sketch_block_size(r.shape, r.block_size)
     by_name = dense
     if any(r.sketch_block != r.block_size for r in results):
-        current = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        current = _state_copy(model)
         model.load_state_dict(initial)
-        calibration = calibrate(
-            model,
-            loss_fn,
-            opts.steps,
-            {name: r.sketch_block for r in results for name in r.names},
-            lr=opts.lr,
-            divergence=opts.divergence,
-            precondition_every=opts.precondition_every,
+        _, by_name = _calibrated_spectra(
+            model, loss_fn, opts, {name: r.sketch_block for r in results for name in r.names}
         )
         model.load_state_dict(current)  # the model ends as after the dense calibration
-        by_name = {ps.name: ps for ps in calibration.spectra}
     reporter.advance("sketch calibration " + ("done" if by_name is not dense else "reused"))
     for r in results:
-        spectra = [by_name[name] for name in r.names if name in by_name]
+        spectra = _spectra_of(r, by_name)
         if spectra:
             r.sketch = sketch_ranks(spectra, opts.mass, opts.flatness, opts.sketch_budget)
             label = f"k {r.sketch.rank_a.rank}/{r.sketch.rank_b.rank}, ℓ {r.sketch.sketch_rank}"

@@ -56,25 +56,11 @@ from torch import nn
 
 import tritonkron as tk
 from perf.device import add_device_argument, clock, describe_device
+from perf.peers import state_bytes
 from perf.shapes import DEFAULT_BLOCK_SIZE, GPT2_SMALL
 
 Factory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 BETAS = (0.9, 0.98)
-
-
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in ``opt.state`` (nested dicts and lists included)."""
-
-    def size(value: object) -> int:
-        if isinstance(value, torch.Tensor):
-            return value.numel() * value.element_size()
-        if isinstance(value, dict):
-            return sum(size(v) for v in value.values())
-        if isinstance(value, (list, tuple)):
-            return sum(size(v) for v in value)
-        return 0
-
-    return sum(size(s) for s in opt.state.values())
 
 
 def optimizer_specs(rank: int, sketch_block: int, lr: dict[str, float]) -> dict[str, Factory]:

@@ -9,7 +9,7 @@ backend, with the FLOP / byte model of one call (the table in the docstring of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,7 +23,6 @@ from perf.check_plan import (
     FACTOR_VARIANTS,
     LOW_DTYPES,
     LOWP_FACTOR_TIMING,
-    NS_BOUND_SQUARINGS,
     NS_GEMMS_PER_ITER,
     NS_POWERS,
     Plan,
@@ -31,6 +30,7 @@ from perf.check_plan import (
 from perf.shapes import BlockShape
 from tritonkron.ops.factor_update import factor_update
 from tritonkron.ops.inverse_root import newton_schulz_root
+from tritonkron.ops.inverse_root.reference import BOUND_SQUARINGS
 from tritonkron.ops.precondition import precondition, spike_and_flat
 from tritonkron.ops.rotated_statistics import rotated_statistics
 from tritonkron.ops.rotation import rotate, rotate_back
@@ -257,13 +257,25 @@ def op_variants(op: str) -> tuple[str, ...]:
 def ns_flops(block: BlockShape, p: int, iterations: int) -> float:
     """FLOPs of one NS call: 2·B·d³·(3 + g_p·iterations) (module docstring of ``perf/gpu_check.py``)."""
     B, d, _ = block.shape
-    return 2.0 * B * d**3 * (NS_BOUND_SQUARINGS + NS_GEMMS_PER_ITER[p] * iterations)
+    return 2.0 * B * d**3 * (BOUND_SQUARINGS + NS_GEMMS_PER_ITER[p] * iterations)
+
+
+_ANY_DTYPE_OPS = ("factor_update", "precondition", "rotate", "spike_and_flat", "track_eigenvalues")
+
+
+def _fp32_cases(plan: Plan, blocks: Sequence[BlockShape], ns_blocks: Sequence[BlockShape]) -> list[Case]:
+    """Cases of the float32-only ops: rotated_statistics on ``blocks``, inverse_root on ``ns_blocks``."""
+    cases = []
+    for op, op_blocks in (("rotated_statistics", blocks), ("inverse_root", ns_blocks)):
+        if op in plan.ops:
+            cases += [Case(op, v, b, torch.float32) for b in op_blocks for v in op_variants(op)]
+    return cases
 
 
 def correctness_cases(plan: Plan) -> list[Case]:
     """Cases of the correctness section: every op × variant × block × dtype of the plan."""
     cases = []
-    for op in ("factor_update", "precondition", "rotate", "spike_and_flat", "track_eigenvalues"):
+    for op in _ANY_DTYPE_OPS:
         if op in plan.ops:
             cases += [
                 Case(op, v, b, dt)
@@ -271,19 +283,7 @@ def correctness_cases(plan: Plan) -> list[Case]:
                 for dt in plan.correctness_dtypes
                 for v in op_variants(op)
             ]
-    if "rotated_statistics" in plan.ops:
-        cases += [
-            Case("rotated_statistics", v, b, torch.float32)
-            for b in plan.correctness_blocks
-            for v in op_variants("rotated_statistics")
-        ]
-    if "inverse_root" in plan.ops:
-        cases += [
-            Case("inverse_root", v, b, torch.float32)
-            for b in plan.ns_correctness_blocks
-            for v in op_variants("inverse_root")
-        ]
-    return cases
+    return cases + _fp32_cases(plan, plan.correctness_blocks, plan.ns_correctness_blocks)
 
 
 def timing_cases(plan: Plan) -> list[Case]:
@@ -291,22 +291,10 @@ def timing_cases(plan: Plan) -> list[Case]:
     cases = []
     for b in plan.timing_blocks:
         for dt in plan.timing_dtypes:
-            for op in ("factor_update", "precondition", "rotate", "spike_and_flat", "track_eigenvalues"):
+            for op in _ANY_DTYPE_OPS:
                 variants = (
                     LOWP_FACTOR_TIMING if op == "factor_update" and dt in LOW_DTYPES else op_variants(op)
                 )
                 if op in plan.ops:
                     cases += [Case(op, v, b, dt) for v in variants]
-    if "rotated_statistics" in plan.ops:
-        cases += [
-            Case("rotated_statistics", v, b, torch.float32)
-            for b in plan.timing_blocks
-            for v in op_variants("rotated_statistics")
-        ]
-    if "inverse_root" in plan.ops:
-        cases += [
-            Case("inverse_root", v, b, torch.float32)
-            for b in plan.ns_timing_blocks
-            for v in op_variants("inverse_root")
-        ]
-    return cases
+    return cases + _fp32_cases(plan, plan.timing_blocks, plan.ns_timing_blocks)

@@ -25,7 +25,6 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 NS_RESIDUAL_TOL = 5e-5
 NS_POWERS = (2, 4)
 NS_GEMMS_PER_ITER = {2: 3, 4: 4}
-NS_BOUND_SQUARINGS = 3
 QUANTILES = (0.5, 0.2, 0.8)
 BETA, EPS = 0.95, 1e-8
 FACTOR_VARIANTS = tuple(f"{side}/{w}" for w in ("I", "eigen", "dense") for side in ("left", "right"))

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 import tritonkron as tk
+from autotune import measure
 
 __all__ = [
     "ADAMW_BETAS",
@@ -46,7 +47,6 @@ __all__ = [
     "muon_split",
     "precond_bytes",
     "state_bytes",
-    "tensor_bytes",
 ]
 
 ADAMW_BETAS = (0.9, 0.95)
@@ -112,20 +112,9 @@ class Chain:
         return merged
 
 
-def tensor_bytes(value: object) -> int:
-    """Bytes of the tensors nested in ``value`` (dicts, lists and tuples are walked)."""
-    if isinstance(value, Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(tensor_bytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(v) for v in value)
-    return 0
-
-
 def state_bytes(opt: torch.optim.Optimizer | Chain) -> int:
-    """Bytes of every tensor in ``opt.state``."""
-    return sum(tensor_bytes(s) for s in opt.state.values())
+    """Bytes of every tensor in ``opt.state`` (:func:`autotune.measure.state_bytes` of its values)."""
+    return measure.state_bytes(list(opt.state.values()))
 
 
 def precond_bytes(opt: torch.optim.Optimizer | Chain) -> int:
@@ -136,7 +125,7 @@ def precond_bytes(opt: torch.optim.Optimizer | Chain) -> int:
     """
     keys = ("blocks", "exp_avg_sq")
     return sum(
-        tensor_bytes([v for k, v in s.items() if k in keys])
+        measure.state_bytes([v for k, v in s.items() if k in keys])
         for s in opt.state.values()
         if isinstance(s, dict)
     )

@@ -151,18 +151,25 @@ class BlockShape:
         return f"{self.name}[{self.B}, {self.m}, {self.n}]"
 
 
-GPT2_SMALL = ModelShapes(
-    name="gpt2-small",
-    d_model=768,
-    n_layer=12,
-    layers=(
-        LayerShape("attn_qkv", 768, 3 * 768, count=12),
-        LayerShape("attn_proj", 768, 768, count=12),
-        LayerShape("mlp_fc", 768, 4 * 768, count=12),
-        LayerShape("mlp_proj", 4 * 768, 768, count=12),
-        LayerShape("wte", 50257, 768, count=1, in_block=False),
-    ),
-)
+def _gpt2_like(name: str, d_model: int, n_layer: int, vocab: int) -> ModelShapes:
+    """A GPT-2-style transformer: per layer a fused QKV, the attention projection and a 4× MLP; the
+    token embedding ``[vocab, d_model]`` outside the blocks."""
+    d, n = d_model, n_layer
+    return ModelShapes(
+        name=name,
+        d_model=d,
+        n_layer=n,
+        layers=(
+            LayerShape("attn_qkv", d, 3 * d, count=n),
+            LayerShape("attn_proj", d, d, count=n),
+            LayerShape("mlp_fc", d, 4 * d, count=n),
+            LayerShape("mlp_proj", 4 * d, d, count=n),
+            LayerShape("wte", vocab, d, count=1, in_block=False),
+        ),
+    )
+
+
+GPT2_SMALL = _gpt2_like("gpt2-small", d_model=768, n_layer=12, vocab=50257)
 
 LLAMA_7B = ModelShapes(
     name="llama-7b",
@@ -175,18 +182,7 @@ LLAMA_7B = ModelShapes(
     ),
 )
 
-TINY = ModelShapes(
-    name="tiny",
-    d_model=16,
-    n_layer=1,
-    layers=(
-        LayerShape("attn_qkv", 16, 3 * 16, count=1),
-        LayerShape("attn_proj", 16, 16, count=1),
-        LayerShape("mlp_fc", 16, 4 * 16, count=1),
-        LayerShape("mlp_proj", 4 * 16, 16, count=1),
-        LayerShape("wte", 40, 16, count=1, in_block=False),
-    ),
-)
+TINY = _gpt2_like("tiny", d_model=16, n_layer=1, vocab=40)
 
 MODELS: dict[str, ModelShapes] = {m.name: m for m in (GPT2_SMALL, LLAMA_7B, TINY)}
 

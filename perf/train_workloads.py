@@ -106,6 +106,40 @@ _SIZES = {  # (quick, full)
 }
 
 
+def _workload(
+    size: _Size,
+    device: torch.device,
+    make_model: Callable[[], nn.Module],
+    *,
+    name: str,
+    title: str,
+    data: str,
+    note: str,
+    batches: Callable[[int], list[tuple[Tensor, Tensor]]],
+    loss: Callable[[nn.Module, Tensor, Tensor], Tensor],
+    evaluate: Callable[[nn.Module], tuple[float, float]],
+) -> Workload:
+    """The workload of ``make_model`` with ``size``'s budget on ``device``: ``size.steps`` steps, a
+    validation pass every steps/evals steps, ``size.lrs``, and the parameter count of a model built
+    after ``torch.manual_seed(0)``; the keywords are the fields of :class:`Workload`."""
+    torch.manual_seed(0)
+    return Workload(
+        name=name,
+        title=title,
+        data=data,
+        note=note,
+        make_model=make_model,
+        batches=batches,
+        loss=loss,
+        evaluate=evaluate,
+        steps=size.steps,
+        eval_every=max(1, size.steps // size.evals),
+        lrs=size.lrs,
+        params=count_parameters(make_model()),
+        device=device,
+    )
+
+
 def build_workload(
     name: str, quick: bool, tiny: bool = False, device: torch.device | str = "cpu"
 ) -> Workload:
@@ -155,21 +189,17 @@ def build_workload(
             return SmallCNN(side, data.num_classes, channels=channels, hidden=width).to(device)
 
         title = f"CNN 2×(conv3×3 + pool) {channels[0]}/{channels[1]} channels on {side}×{side}, batch {size.batch}"
-    torch.manual_seed(0)
-    return Workload(
+    return _workload(
+        size,
+        device,
+        make_model,
         name=name,
         title=title,
         data=data.name,
         note=f"{data.note}; validation = first {min(size.val, len(data.y_test))} test images",
-        make_model=make_model,
         batches=_image_batches(data, size.steps, size.batch),
         loss=loss,
         evaluate=evaluate,
-        steps=size.steps,
-        eval_every=max(1, size.steps // size.evals),
-        lrs=size.lrs,
-        params=count_parameters(make_model()),
-        device=device,
     )
 
 
@@ -202,20 +232,16 @@ def _char_lm(size: _Size, tiny: bool, device: torch.device) -> Workload:
             out.append((windows[:, :-1], windows[:, 1:]))
         return out
 
-    torch.manual_seed(0)
-    return Workload(
+    return _workload(
+        size,
+        device,
+        make_model,
         name="char_lm",
         title=f"char GPT d{d_model} × {n_layer} layers, context {context}, batch {size.batch}",
         data=chars.name,
         note=f"{chars.note}; {len(chars.train):,} train / {len(chars.val):,} validation characters (the last 10 %), "
         f"vocabulary {chars.vocab_size}; validation = {val_windows} fixed windows of {context}",
-        make_model=make_model,
         batches=batches,
         loss=lm_loss,
         evaluate=evaluate,
-        steps=size.steps,
-        eval_every=max(1, size.steps // size.evals),
-        lrs=size.lrs,
-        params=count_parameters(make_model()),
-        device=device,
     )

@@ -40,6 +40,7 @@ from tritonkron.math.checks import (
 from tritonkron.options import parse_enum
 
 __all__ = [
+    "BOUND_SQUARINGS",
     "InverseRootResult",
     "NewtonProgress",
     "RootScaling",
@@ -55,7 +56,7 @@ __all__ = [
 
 _DIVERGENCE_GROWTH = 1.5  # residual above this multiple of its best value counts as growth …
 _DIVERGENCE_PATIENCE = 3  # … and this many consecutive growing iterations mean DIVERGED
-_BOUND_SQUARINGS = 3  # λ_max bound ‖A^8‖_F^{1/8}: at most d^{1/16}·λ_max (1.41× at d = 257)
+BOUND_SQUARINGS = 3  # λ_max bound ‖A^8‖_F^{1/8}: at most d^{1/16}·λ_max (1.41× at d = 257)
 _DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 Square = Callable[[Tensor], Tensor]
@@ -130,7 +131,7 @@ def spectral_bound(
         bound = torch.where(trace > 0, trace, bound)
     elif scaling is RootScaling.LAMBDA_MAX:
         B = B / bound.clamp_min(torch.finfo(B.dtype).tiny)[..., None, None]
-        for j in range(1, _BOUND_SQUARINGS + 1):
+        for j in range(1, BOUND_SQUARINGS + 1):
             B = square(B)
             n_j = frobenius(B).clamp_min(torch.finfo(B.dtype).tiny)
             bound = bound * n_j ** (0.5**j)  # ‖A^{2^j}‖_F^{1/2^j} = s·n₀·Π n_i^{1/2^i}
