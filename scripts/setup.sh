@@ -75,7 +75,7 @@ fi
 say "torch $("$PY" -c 'import torch; print(torch.__version__)')"
 
 # The oldest supported triton, beside the installed one, for the ahead-of-time compile test
-# (tests/kernels/test_aot_compile.py puts it first on PYTHONPATH in a subprocess; never imported
+# (tests/ops/test_aot_compile.py puts it first on PYTHONPATH in a subprocess; never imported
 # by the package itself).
 OLDEST_TRITON=3.6.0
 if [ ! -f "$ROOT/.cache/triton-$OLDEST_TRITON/triton/__init__.py" ]; then

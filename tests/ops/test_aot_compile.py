@@ -123,7 +123,7 @@ def test_launch_tiles_fit_every_ampere_and_ada_gpu(outcomes: dict[str, dict]) ->
 
 def test_harness_catches_a_branch_joining_different_tile_shapes() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "tests.kernels._aot_bad_kernel"]
+    cmd = [sys.executable, "-m", "tests.ops._aot_bad_kernel"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     equal, unequal = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.test_precondition import DEVICE, DTYPES, F64, _assert_close, _nan, _orthogonal
+from tests.ops.test_precondition import DEVICE, DTYPES, F64, _assert_close, _nan, _orthogonal
 from tritonkron.ops.rotated_statistics import rotated_statistics
 from tritonkron.ops.rotated_statistics.reference import rotated_statistics_ref
 from tritonkron.ops.rotated_statistics.triton import rotated_statistics_triton

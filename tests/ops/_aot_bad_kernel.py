@@ -2,7 +2,7 @@
 
 A variable (``acc``) is live across a runtime branch with a shape that depends on BLOCK_M in one
 branch and BLOCK_N in the other: the interpreter runs it, a GPU compile rejects it unless the
-two tiles are equal. ``python -m tests.kernels._aot_bad_kernel`` compiles it for sm_90 with equal
+two tiles are equal. ``python -m tests.ops._aot_bad_kernel`` compiles it for sm_90 with equal
 and with unequal tiles and prints the two errors (null for success) as JSON.
 """
 
