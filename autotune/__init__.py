@@ -10,7 +10,7 @@ Modules: :mod:`autotune.space` (what is searched), :mod:`autotune.measure` (the 
 primitive), :mod:`autotune.rank` (calibration and the rank rule: :mod:`autotune.calibration`,
 :mod:`autotune.rank_rule`, :mod:`autotune.sketch_choice`), :mod:`autotune.search` (the per-shape
 search: :mod:`autotune.search_types`, :mod:`autotune.step_timing`, :mod:`autotune.rank_search`,
-:mod:`autotune.kernel_search`), :mod:`autotune.__main__` (the CLI), :mod:`autotune.device` (its
+:mod:`autotune.kernel_search`), :mod:`autotune.__main__` (the CLI), :mod:`autotune.provenance` (the commit a tuning file records), :mod:`autotune.device` (its
 ``--device auto|cpu|cuda`` flag and device-aware timing, shared with the ``perf`` commands).
 
 PyPI has an unrelated package also named ``autotune``. :data:`TRITONKRON_AUTOTUNE` marks this one,

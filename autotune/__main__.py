@@ -43,9 +43,11 @@ except ForeignAutotuneError as _error:
     raise SystemExit(2) from None
 
 from autotune.device import add_device_argument  # noqa: E402
+from autotune.provenance import git_commit  # noqa: E402
 from autotune.rank_rule import DEFAULT_FLATNESS, DEFAULT_MASS  # noqa: E402
 from autotune.search import SearchOptions, ShapeResult, TuneResult, tune_model  # noqa: E402
 from autotune.sketch_choice import DEFAULT_SKETCH_BUDGET  # noqa: E402
+from tritonkron.tuning.entry import dtype_name  # noqa: E402
 
 
 class ProgressBar:
@@ -136,30 +138,6 @@ def build_model(spec: str, device: torch.device) -> tuple[nn.Module, Callable[[n
     return model, loss_fn
 
 
-def _git_commit(start: Path) -> str | None:
-    """The commit checked out above ``start``, read from ``.git`` files (None when unknown)."""
-    for folder in (start, *start.parents):
-        git = folder / ".git"
-        if not git.is_dir():
-            continue
-        try:
-            head = (git / "HEAD").read_text().strip()
-            if not head.startswith("ref: "):
-                return head
-            ref = head[5:]
-            if (git / ref).is_file():
-                return (git / ref).read_text().strip()
-            packed = git / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-        except OSError:
-            return None
-        return None
-    return None
-
-
 def _ranks(choice: Any) -> str:
     if choice is None:
         return "-"
@@ -198,7 +176,7 @@ def summary_frame(result: TuneResult) -> pd.DataFrame:
         rows.append(
             {
                 "shape": f"{r.shape[0]}x{r.shape[1]}",
-                "dtype": str(r.dtype).removeprefix("torch."),
+                "dtype": dtype_name(r.dtype),
                 "params": len(r.names),
                 "block": r.block_size,
                 "rank A": _ranks(r.rank_a),
@@ -294,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result.table.commit = _git_commit(Path(__file__).resolve().parent)
+    result.table.commit = git_commit(Path(__file__).resolve().parent)
     path = result.table.save(args.out)
     losses = result.losses
     print(f"device: {result.device}")

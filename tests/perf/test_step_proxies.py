@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from perf.step_proxies import counting, gpt, measure
+from perf.step_proxies import _has_bool_index, counting, gpt, measure
 
 
 def test_host_reads_are_counted() -> None:
@@ -12,10 +12,17 @@ def test_host_reads_are_counted() -> None:
     with counting() as counter:
         float(x.sum())
         bool((x > 0).any())
-        x[x > 0].numel()  # masked indexing has a data-dependent shape
+        torch.nonzero(x > 0)  # a data-dependent shape
         (x * 2).add_(1)
     assert counter.host_reads == 3, counter.ops
     assert counter.total >= 7
+
+
+def test_boolean_mask_indexing_is_a_host_read() -> None:
+    x = torch.randn(5)
+    assert _has_bool_index((x, [x > 0]))
+    assert not _has_bool_index((x, [torch.tensor([0, 2])]))
+    assert not _has_bool_index((x,))
 
 
 def test_factorised_matrices_count_every_batch_entry() -> None:
