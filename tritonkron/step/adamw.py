@@ -87,47 +87,79 @@ def adamw_step(p: Tensor, group: dict[str, Any], state: dict[str, Any], ok: Tens
 
 
 def adamw_steps(params: list[Tensor], group: dict[str, Any], states: list[dict[str, Any]]) -> None:
-    """:func:`adamw_step` for non-empty plain-tensor parameters of one group, device and dtype, with
+    r""":func:`adamw_step` for non-empty plain-tensor parameters of one group, device and dtype, with
     multi-tensor (``torch._foreach_*``) ops: one launch per op for all of them instead of one per
-    parameter. Same formula and the same per-parameter skip: the gradients' finiteness is one
-    ``_foreach_norm(ord=inf)`` and one host read, and when any is not finite every parameter of the
-    batch takes :func:`adamw_step` with its flag. Used eagerly for a float ``lr`` (a tensor ``lr``
-    and the compiled step take :func:`adamw_step`, whose dtype promotion a tensor ``lr`` affects);
-    the results are the same bits as :func:`adamw_step`'s.
+    parameter, and no host read. The same update,
+
+    .. math::
+        W \leftarrow (1 - \eta\lambda) W - \frac{\eta}{1-\beta_1^t} \frac{m_t}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon},
+        \quad m_t = \beta_1 m + (1-\beta_1) g,\ v_t = \beta_2 v + (1-\beta_2) g^2,
+
+    and the same per-parameter skip, as tensors: a parameter whose gradient has a NaN or Inf gets a
+    zero gradient (:func:`_finite_grads`), a step and lerp weight of 0 (:math:`m + 0 \cdot (0 - m) = m`)
+    and a factor of 1 on :math:`v` (:math:`1 \cdot v + 0 = v`); its new value is computed and
+    discarded by one ``torch.where`` over all the parameters. Used eagerly for a float ``lr`` (a
+    tensor ``lr`` and the compiled step take :func:`adamw_step`, whose dtype promotion a tensor
+    ``lr`` affects); the results are the same bits as :func:`adamw_step`'s. The dispatched ops do
+    not grow with the number of parameters, except one view per parameter of other than 1 dim.
     """
     if isinstance(group["lr"], Tensor):
         raise ValueError("adamw_steps needs a float lr; a tensor lr takes adamw_step")
     for p, state in zip(params, states, strict=True):
         _init_state(p, state)
+        _skip_counter(state, p.device)  # converts the counts of old checkpoints
     dtype = moment_dtype(params[0])
-    grads = [p.grad.to(dtype) for p in params]
-    oks = torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=float("inf"))))
-    if not bool(oks.all()):
-        for p, state, ok in zip(params, states, oks.unbind(), strict=True):
-            adamw_step(p, group, state, ok)
-        return
-    for p, state in zip(params, states, strict=True):
-        _skip_counter(state, p.device)  # nothing to count; converts the counts of old checkpoints
+    grads, oks, mask = _finite_grads(params, dtype)
     lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
     beta1, beta2 = group["betas"]
+    torch._foreach_add_([state[SKIPPED] for state in states], _per_param(oks, 0.0, 1.0, torch.float32))
     steps = [state[STEP] for state in states]
-    torch._foreach_add_(steps, 1.0)
+    torch._foreach_add_(steps, _per_param(oks, 1.0, 0.0, torch.float32))
     exp_avgs = [state[EXP_AVG] for state in states]
     exp_avg_sqs = [state[EXP_AVG_SQ] for state in states]
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_lerp_(exp_avgs, grads, _per_param(oks, 1 - beta1, 0.0, dtype))
+    torch._foreach_mul_(exp_avg_sqs, _per_param(oks, beta2, 1.0, dtype))
     squares = torch._foreach_mul(grads, 1 - beta2)
     torch._foreach_mul_(squares, grads)
     torch._foreach_add_(exp_avg_sqs, squares)
     step = torch.stack(steps).to(torch.float64)
-    bias_correction1 = 1 - beta1**step
+    bias_correction1 = 1 - beta1**step  # 0 for a parameter skipped at step 0: its update is discarded
     bias_correction2_sqrt = (1 - beta2**step).sqrt()
     denoms = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denoms, list(bias_correction2_sqrt.to(dtype).unbind()))
     torch._foreach_add_(denoms, eps)
     updates = torch._foreach_div(exp_avgs, denoms)
-    torch._foreach_mul_(updates, list((lr / bias_correction1).to(dtype).reshape(-1).unbind()))
-    if wd != 0:
-        decay = 1 - lr * wd
-        torch._foreach_mul_(params, decay.reshape(()) if isinstance(decay, Tensor) else decay)
-    torch._foreach_sub_(params, [u.to(p.dtype) for u, p in zip(updates, params, strict=True)])
+    torch._foreach_mul_(updates, list((lr / bias_correction1).to(dtype).unbind()))
+    flat = _flatten(params)  # W as in adamw_step, for all the parameters at once; a skipped one keeps W
+    new = flat.mul(1 - lr * wd) if wd != 0 else flat
+    new = new - _flatten(updates).to(flat.dtype)
+    torch._foreach_copy_(params, _unflatten(torch.where(mask, new, flat), params))
+
+
+def _finite_grads(params: list[Tensor], dtype: torch.dtype) -> tuple[list[Tensor], Tensor, Tensor]:
+    """The gradients as ``dtype``, with those that hold a NaN or Inf zeroed (before any arithmetic:
+    0 · NaN is NaN); ``oks``, one bool per parameter (its gradient is finite); and ``mask``, the flags
+    repeated over the parameters' elements, flattened and concatenated."""
+    flat = _flatten([p.grad for p in params]).to(dtype)
+    sizes = [p.numel() for p in params]
+    not_finite = (~torch.isfinite(flat)).split(sizes)
+    oks = ~torch.stack(torch._foreach_max(list(not_finite)))  # no element of the gradient is NaN or Inf
+    mask = torch.empty_like(flat, dtype=torch.bool)
+    torch._foreach_copy_(list(mask.split(sizes)), list(oks.unbind()))  # copy_ broadcasts each flag
+    return _unflatten(torch.where(mask, flat, 0.0), params), oks, mask
+
+
+def _per_param(oks: Tensor, if_ok: float, if_skipped: float, dtype: torch.dtype) -> list[Tensor]:
+    """One 0-dim ``dtype`` tensor per parameter: ``if_ok`` where its gradient is finite, else ``if_skipped``."""
+    return list(torch.full_like(oks, if_ok, dtype=dtype).where(oks, if_skipped).unbind())
+
+
+def _flatten(tensors: list[Tensor]) -> Tensor:
+    """The tensors' elements, one after the other, in one vector (no op flattens a 1-D tensor)."""
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """:func:`_flatten` undone: views of ``flat`` shaped like ``like`` (a 1-D piece is not reshaped)."""
+    pieces = flat.split([t.numel() for t in like])
+    return [piece if t.dim() == 1 else piece.view(t.shape) for piece, t in zip(pieces, like, strict=True)]
