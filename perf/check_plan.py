@@ -20,7 +20,9 @@ OPS = (
     "track_eigenvalues",
     "inverse_root",
     "kron_step",
+    "e2e",
 )
+SECTION_OPS = ("kron_step", "e2e")  # whole-step sections; the ops before them are kernel ops
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 NS_RESIDUAL_TOL = 5e-5
 NS_POWERS = (2, 4)

@@ -34,6 +34,7 @@ CSV_FILES = {
     "correctness": "gpu_check_correctness.csv",
     "timing": "gpu_check_timing.csv",
     "step": "gpu_check_step.csv",
+    "e2e": "gpu_check_e2e.csv",  # its own columns: perf.gpu_e2e.E2E_COLUMNS
 }
 
 
@@ -76,21 +77,22 @@ def make_row(
     }
 
 
-def append_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Append ``rows`` to ``path`` (header written once); a file with other columns is left alone
-    and the rows go to a timestamped sibling instead. Returns the file written."""
+def append_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    """Append ``rows`` to ``path`` (header ``columns`` written once; keys missing from a row stay
+    blank); a file with other columns is left alone and the rows go to a timestamped sibling
+    instead. Returns the file written."""
     if not rows:
         return path
     if path.exists():
         with path.open(newline="") as f:
             header = next(csv.reader(f), None)
-        if header != CSV_COLUMNS:
+        if header != list(columns):
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
             path = path.with_name(f"{path.stem}_{stamp}{path.suffix}")
             print(f"warning: {path.name}: existing CSV has other columns; writing {path}", file=sys.stderr)
     new = not path.exists()
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(columns))
         if new:
             writer.writeheader()
         writer.writerows(rows)
@@ -164,6 +166,7 @@ class Report:
             "correctness": "Correctness (Triton vs float64 reference)",
             "timing": "Op timing",
             "step": "Optimizer step (tk.Kron, one GPT-2-small block, fp32)",
+            "e2e": "End-to-end training step (GPT-2-small-shaped model; perf.gpu_e2e)",
         }
         for name, title in titles.items():
             if name in self.tables:

@@ -3,6 +3,7 @@
 Usage::
 
     python -m perf.gpu_check [--quick] [--out-dir perf/results] [--ops OP ...] [--budget-s S]
+                             [--e2e-budget-s S]
     python -m perf.gpu_check --quick --cpu-interpret    # CPU smoke run through the Triton interpreter
 
 ``--out-dir`` defaults to ``perf/results`` (``$TMPDIR/tritonkron_gpu_check`` with ``--cpu-interpret``).
@@ -41,9 +42,17 @@ Sections (run in this order; each writes its rows as soon as it finishes):
    default) and stepped one parameter at a time (``stack=False``: B = 1 launches), which show the
    batching and stacking gains.
    The final parameters of the two backends are compared (informative: trajectories may drift).
-6. Files under ``--out-dir``: rows appended to ``gpu_check_correctness.csv``,
-   ``gpu_check_timing.csv`` and ``gpu_check_step.csv`` (columns :data:`CSV_COLUMNS`), and the
-   Markdown summary ``gpu_check_<date>_<gpu>.md`` (rewritten after each section).
+6. End-to-end (``--ops e2e``, :mod:`perf.gpu_e2e`): whole training steps of a GPT-2-small-shaped
+   model (bf16 autocast, batch 8 × 1024 random tokens) with fused AdamW, torch Muon + AdamW,
+   heavyball SOAP (skipped with its reason where heavyball is missing) and ``tk.Kron`` (default,
+   ``block_size=256``, ``rank=64``, ``rank=64, sketch=True``) on the Triton path: step time
+   median / mean / max (CUDA events), the first step in s, state bytes per parameter byte and
+   the kernel fallbacks per row. Its own budget (``--e2e-budget-s``, quick 150 s) and a cap per
+   optimizer bound it.
+7. Files under ``--out-dir``: rows appended to ``gpu_check_correctness.csv``,
+   ``gpu_check_timing.csv`` and ``gpu_check_step.csv`` (columns :data:`CSV_COLUMNS`) and
+   ``gpu_check_e2e.csv`` (columns :data:`perf.gpu_e2e.E2E_COLUMNS`), and the Markdown summary
+   ``gpu_check_<date>_<gpu>.md`` (rewritten after each section).
 
 Modes (shapes from ``perf.shapes``):
 
@@ -51,7 +60,8 @@ Modes (shapes from ``perf.shapes``):
   and Llama-7B stacks × fp32 (every variant) and bf16 (W = I factor updates and the other ops),
   plus NS on 2 factor stacks (158 cases, 2 providers each); step over 20 steps after 3 warm-up.
 - ``--quick``: correctness on 2 shapes × fp32/bf16, timing on one attention stack per model, NS on
-  one stack, step over 10 steps: about a minute.
+  one stack, step over 10 steps: about a minute; end-to-end 10 warm-up + 30 timed steps per
+  optimizer, at most 25 s each, 150 s in all (the whole ``--quick`` run: under 6 minutes).
 - ``--budget-s`` (default 400 s, quick 120 s) bounds the run: correctness cases past half of it
   are not run (SKIP rows), timing cases past it minus a reserve for the step are skipped (listed
   in the summary), so that a slow compile cannot eat the whole device allocation.
@@ -59,10 +69,12 @@ Modes (shapes from ``perf.shapes``):
 Modules: this one is the command line; :mod:`perf.check_plan` (constants and run plans),
 :mod:`perf.check_env` (environment, peaks, timer), :mod:`perf.check_cases` (inputs and FLOP
 models per op), :mod:`perf.check_correctness`, :mod:`perf.check_timing` (op timing and the
-optimizer step) and :mod:`perf.check_report` (CSV rows and the Markdown summary).
+optimizer step), :mod:`perf.gpu_e2e` (the end-to-end section) and :mod:`perf.check_report` (CSV rows
+and the Markdown summary).
 
-Exit status: 0 when every row passed; 1 when a correctness row failed or a case raised (all files
-are still written); 2 when there is no CUDA device and no ``--cpu-interpret``.
+Exit status: 0 when every row passed; 1 when a correctness row failed, a case raised, or an
+end-to-end Kron row raised or fell back to the reference (all files are still written); 2 when
+there is no CUDA device and no ``--cpu-interpret``.
 
 FLOP model, per call, of what a dense implementation executes. The symmetric kernels (factor
 update, NS) compute only the upper tiles, about half, and are still credited with the full
@@ -106,9 +118,10 @@ import torch  # noqa: E402
 
 from perf.check_correctness import run_correctness  # noqa: E402
 from perf.check_env import REPO_ROOT, collect_env, measure_peaks, nvidia_smi  # noqa: E402
-from perf.check_plan import OPS, make_plan  # noqa: E402
+from perf.check_plan import OPS, SECTION_OPS, make_plan  # noqa: E402
 from perf.check_report import CSV_FILES, Report, fmt, markdown_table  # noqa: E402
 from perf.check_timing import run_step, run_timing  # noqa: E402
+from perf.gpu_e2e import run_e2e  # noqa: E402
 
 _RESULTS = REPO_ROOT / "perf" / "results"
 
@@ -116,7 +129,7 @@ _RESULTS = REPO_ROOT / "perf" / "results"
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m perf.gpu_check", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a ~1-minute subset")
+    parser.add_argument("--quick", action="store_true", help="a subset of a few minutes")
     parser.add_argument(
         "--out-dir",
         type=Path,
@@ -136,6 +149,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="wall-clock budget in s; cases past it are skipped and reported (default 400, quick 120)",
+    )
+    parser.add_argument(
+        "--e2e-budget-s",
+        type=float,
+        default=None,
+        help="wall-clock budget of the end-to-end section in s (default 600, quick 150)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -175,11 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\n## Device peak\n\n"
         + markdown_table([{"peak": k, "value": fmt(v, 4)} for k, v in report.peaks.items()])
     )
-    if any(op in plan.ops for op in OPS[:-1]):
+    if any(op in plan.ops for op in OPS if op not in SECTION_OPS):
         run_correctness(plan, report, args.seed)
         run_timing(plan, report, args.seed + 10_000)
     if "kron_step" in plan.ops:
         run_step(plan, report, args.seed + 20_000)
+    if "e2e" in plan.ops:
+        run_e2e(plan, report, args.seed + 30_000, args.e2e_budget_s)
     path = report.write_markdown()
     written = [name for name in CSV_FILES.values() if (args.out_dir / name).exists()]
     print(f"\nwrote {path.name} and {', '.join(written)} in {args.out_dir} ({report.elapsed():.1f} s)")
