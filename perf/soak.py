@@ -10,7 +10,7 @@ digits; train on the first 1500, evaluate on the rest), minibatches of 64. Three
 weights and batches:
 
 * ``Kron (faults)``: ``tk.Kron`` (logdet, ``precondition_every=5``) where a random ``--nan-rate`` of the
-  steps gets a NaN or Inf written into one parameter's gradient, and every ``--fail-every``-th basis
+  steps gets a NaN or Inf written into one parameter's gradient, and a random 1 in ``--fail-every`` basis
   refresh returns NaN bases (as a failed QR would);
 * ``Kron (clean)``: the same optimizer and batches without faults;
 * ``AdamW``: ``torch.optim.AdamW`` on the clean batches.
@@ -56,16 +56,18 @@ def _model() -> nn.Module:
 
 
 class _FailingRefresh:
-    """Wraps the refresh's subspace iteration so that every ``every``-th call returns NaN bases."""
+    """Wraps the refresh's subspace iteration so that a call returns NaN bases with probability
+    1/``every`` (seeded; a fixed period would hit the same blocks of a staggered refresh schedule)."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, seed: int = 0) -> None:
         self.every, self.calls, self.failed = every, 0, 0
         self.original = preconditioner.subspace_iteration
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, X: torch.Tensor, Q: torch.Tensor, steps: int = 1) -> Eigenpairs:
         self.calls += 1
         result = self.original(X, Q, steps)
-        if self.every and self.calls % self.every == 0:
+        if self.every and torch.randint(self.every, (), generator=self.generator) == 0:
             self.failed += 1
             nan = torch.full_like(result.vectors, float("nan"))
             return Eigenpairs(nan[..., 0, :], nan)

@@ -8,7 +8,8 @@ ATen op a step dispatches, on CPU tensors exactly as on CUDA ones.
   (``.item()``, ``bool(t)``, ``float(t)``, ``int(t)``, ``.tolist()``) and the ops whose output
   shape depends on the data (``nonzero``, ``masked_select``, ``unique``…, and indexing with a
   boolean mask, ``x[mask]``);
-- **ops**: ATen ops dispatched (each one a kernel launch, or several, on a GPU);
+- **ops**: ATen ops dispatched; **kernels**: those that are not views (``slice``, ``view``,
+  ``expand``…, which only make a new tensor header), each one a kernel launch, or several, on a GPU;
 - **factorised**: matrices passed to QR and to eigh/SVD in the step, counting every batch entry.
 
 ``python -m perf.step_proxies`` prints them per steady step (mean and max over ``precondition_every``
@@ -49,6 +50,29 @@ HOST_READ_OPS = frozenset(
 QR_OPS = frozenset({"linalg_qr", "geqrf"})
 EIGH_OPS = frozenset({"linalg_eigh", "_linalg_eigh", "linalg_svd", "_linalg_svd"})
 MASK_INDEX_OPS = frozenset({"index", "index_put", "index_put_", "_index_put_impl_"})
+VIEW_OPS = frozenset(
+    {
+        "alias",
+        "as_strided",
+        "detach",
+        "diagonal",
+        "expand",
+        "narrow",
+        "permute",
+        "select",
+        "slice",
+        "split",
+        "split_with_sizes",
+        "squeeze",
+        "t",
+        "transpose",
+        "unbind",
+        "unsqueeze",
+        "view",
+        "_unsafe_view",
+        "_reshape_alias",
+    }
+)
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -97,6 +121,11 @@ class OpCounter(TorchDispatchMode):
         """Every ATen op dispatched."""
         return sum(self.ops.values())
 
+    @property
+    def kernels(self) -> int:
+        """The dispatched ops that are not views (module docstring)."""
+        return sum(n for name, n in self.ops.items() if name not in VIEW_OPS)
+
 
 @contextmanager
 def counting() -> Iterator[OpCounter]:
@@ -137,11 +166,14 @@ def measure(
         _backward(model, generator)
         with counting() as counter:
             opt.step()
-        rows.append((counter.total, counter.host_reads, counter.qr_matrices + counter.eigh_matrices))
-    ops, reads, factorised = zip(*rows, strict=True)
+        rows.append(
+            (counter.total, counter.kernels, counter.host_reads, counter.qr_matrices + counter.eigh_matrices)
+        )
+    ops, kernels, reads, factorised = zip(*rows, strict=True)
     return {
         "ops mean": sum(ops) / period,
         "ops max": max(ops),
+        "kernels mean": sum(kernels) / period,
         "host reads mean": sum(reads) / period,
         "host reads max": max(reads),
         "factorised mean": sum(factorised) / period,

@@ -25,9 +25,10 @@ from tritonkron.options import (
     kron_settings,
     validate_group,
 )
-from tritonkron.state import BLOCKS, MOMENTUM, STEP
+from tritonkron.state import BLOCKS, MOMENTUM, loaded_to_device
 from tritonkron.step.adamw import adamw_step, adamw_steps
-from tritonkron.step.guards import check_gradients, check_refresh_failures
+from tritonkron.step.guards import FailureWatch, check_gradients, check_refresh_failures
+from tritonkron.step.schedule import block_ordinals
 from tritonkron.step.stacking import BlockStacks, run_group
 from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_unit
 from tritonkron.tuning.file import TuningTable, TuningWarning
@@ -55,19 +56,6 @@ def _layout(shape: tuple[int, ...], block_size: int) -> BlockLayout:
     return _LAYOUTS[key]
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
-    """Deep copy of loaded state onto ``device``, keeping every tensor's dtype."""
-    if isinstance(value, Tensor):
-        if value.dim() == 0 and not value.is_floating_point() and value.device.type == "cpu":
-            return value.clone()
-        return value.detach().to(device=device, copy=True)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) if k != STEP else value[k].clone() for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
-    return value
-
-
 class Kron(Optimizer):
     r"""Kronecker-factored optimizer with a choice of Bregman divergence and subspace-aware preconditioning.
 
@@ -85,7 +73,8 @@ class Kron(Optimizer):
     eigendirections by their eigenvalues, the rest by one adaptive isotropic constant, ``tail``).
     The factors follow ``divergence``'s one-step EMA fixed-point rule (``"logdet"`` is KL-Shampoo,
     ``"von_neumann"`` Shampoo's statistics with exponent −1/2, ``"frobenius"`` the nearest Kronecker
-    product); the eigenbases are refreshed every ``precondition_every`` steps by a power step + QR.
+    product); each block's eigenbases are refreshed every ``precondition_every`` steps by a power step +
+    QR, the blocks taking turns so that a step refreshes about 1/T of them (:mod:`tritonkron.step.schedule`).
     A block's first non-zero gradient initialises its statistics and moves nothing (README, "What is derived and what is reconstructed").
     Parameters with fewer than 2 dims and groups with ``kron=False`` take AdamW's update.
 
@@ -100,7 +89,8 @@ class Kron(Optimizer):
             the block size and per-factor ranks of each shape from the tuning file (``python -m autotune``).
         tail: "mean" | "kth" | "sketchy" | "fixed", the isotropic tail constant rule (rank=k only).
         alpha: multiplier α of the tail constant (the constant itself for "fixed").
-        precondition_every: basis refresh period T.
+        precondition_every: basis refresh period T; block g of the optimizer (in parameter order)
+            refreshes when (c + g) ≡ 0 (mod T), c = the steps its parameter was given a gradient.
         block_size: largest preconditioned dimension; larger dims are split into nearly equal blocks.
         kron: False makes the whole group use the AdamW path.
         flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
@@ -118,12 +108,22 @@ class Kron(Optimizer):
             per step, a graph break under ``torch.compile``).
         max_refresh_failures: a block whose basis refresh gives a non-finite result keeps its last good
             basis and eigenvalues; after this many consecutive failures of one block, ``step`` raises
-            ``RuntimeError`` naming the parameter, once the whole step has been applied (eager mode only:
-            one host read per step; under ``torch.compile`` the counts are kept but not checked).
+            ``RuntimeError`` naming the parameter, once the whole step has been applied (eager mode only;
+            in one process the counts reach the host without a wait, so on CUDA the error usually comes
+            one step later; under ``torch.compile`` the counts are kept but not checked).
         max_update_rms: None (off), or c > 0: a parameter's direction U is scaled by
             min(1, c / RMS(U)) before the step, RMS(U) = ‖U‖_F/√(numel). A safeguard against the
             rare huge update when a gradient lands in directions whose tracked eigenvalues are tiny
             (the direction uses the pre-update statistics; README, "What is derived and what is reconstructed").
+        bound: None (off) or "adam": the direction is bounded like Adam's. In the rotated frame each
+            entry's scale is 1/(max(√(a_i b_j), √(1 − β₂)|Ĝ_ij|, |M̂_ij|/B) + ε), Ĝ the current
+            gradient in the eigenbasis and B = (1 − β₁)/√((1 − β₂)(1 − β₁²/β₂)) the worst case of
+            Adam's |m|/√v (1.17 at the default betas), so every entry of the rotated direction and
+            its RMS are at most B; the low-rank forms (``rank=k``, ``sketch``) cap per entry, row,
+            column and tail block, with the same RMS(U) ≤ B. Needs β₁² < β₂ (docs/maths.md §5.5).
+        bias_correction: divide the update by 1 − β₁ᵗ (t = ``state["step"]``, no host read), as Adam
+            does for its momentum; with ``bound`` the corrected update's RMS is capped at B again.
+            A block's first non-zero gradient still only initialises it (docs/maths.md §5.5).
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
@@ -171,6 +171,8 @@ class Kron(Optimizer):
         nonfinite: str = "skip",
         max_refresh_failures: int = 10,
         max_update_rms: float | None = None,
+        bound: str | None = None,
+        bias_correction: bool = False,
         tuning: str | os.PathLike[str] | TuningTable | None = None,
         distributed: bool | None = None,
         comm_dtype: torch.dtype | None = None,
@@ -196,6 +198,8 @@ class Kron(Optimizer):
             "nonfinite": nonfinite,
             "max_refresh_failures": max_refresh_failures,
             "max_update_rms": max_update_rms,
+            "bound": bound,
+            "bias_correction": bias_correction,
         }
         validate_group(defaults)
         if comm_dtype is not None and comm_dtype not in COMM_DTYPES:
@@ -207,6 +211,8 @@ class Kron(Optimizer):
         super().__init__(params, defaults)
         self._stack = stack
         self._stacks = BlockStacks()
+        self._firsts: dict[int, int] = {}
+        self._failures = FailureWatch()
         self._plan = (
             DistributedPlan.from_process_group(comm_dtype) if resolve_distributed(distributed) else None
         )
@@ -233,6 +239,8 @@ class Kron(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_stack", True)
         self.__dict__.setdefault("_stacks", BlockStacks())
+        self.__dict__.setdefault("_firsts", {})
+        self.__dict__.setdefault("_failures", FailureWatch())
         for group in self.param_groups:
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
@@ -256,7 +264,7 @@ class Kron(Optimizer):
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
             for saved_id, p in zip(saved["params"], group["params"], strict=True):
                 if saved_id in state_dict["state"]:
-                    value = _to_device(state_dict["state"][saved_id], p.device)
+                    value = loaded_to_device(state_dict["state"][saved_id], p.device)
                     if not self.uses_kron(p, group):  # AdamW moments follow a DTensor parameter's layout
                         value = {k: like_param(v, p) for k, v in value.items()}
                     self.state[p] = value
@@ -289,10 +297,12 @@ class Kron(Optimizer):
                     elementwise.append((p, group))
         self._run_adamw(elementwise)
         self._run_kron(units)
-        if not torch.compiler.is_compiling():
-            check_refresh_failures(
-                self.param_groups, self.state, None if self._plan is None else self._plan.agree
-            )
+        if torch.compiler.is_compiling():
+            return loss
+        if self._plan is None:
+            self._failures.check(self.param_groups, self.state)
+        else:
+            check_refresh_failures(self.param_groups, self.state, self._plan.agree)
         return loss
 
     def _run_adamw(self, params: list[tuple[Tensor, dict[str, Any]]]) -> None:
@@ -326,6 +336,7 @@ class Kron(Optimizer):
         def apply(unit: KronUnit, update: Tensor, ok: Tensor) -> None:
             self._apply(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
 
+        self._firsts = self._block_ordinals()
         if self._plan is None:
             if not self._stack or torch.compiler.is_compiling():
                 for unit in units:
@@ -339,6 +350,21 @@ class Kron(Optimizer):
             return
         self._plan.assign_optimizer(self)
         self._plan.run(units, self._kron_update, apply, self.state)
+
+    def _block_ordinals(self) -> dict[int, int]:
+        """The ordinal of each Kronecker parameter's first block among all blocks of the optimizer,
+        in parameter order, with or without a gradient this step (the refresh schedule's phases,
+        :mod:`tritonkron.step.schedule`)."""
+        params, counts = [], []
+        for group in self.param_groups:
+            if not group["kron"]:
+                continue
+            settings = kron_settings(group)
+            for p in group["params"]:
+                if self.uses_kron(p, group):
+                    params.append(id(p))
+                    counts.append(sum(len(g.offsets) for g in self._resolve(p, group, settings)[1].groups))
+        return dict(zip(params, block_ordinals(counts), strict=True))
 
     def _resolve(
         self, p: Tensor, group: dict[str, Any], settings: KronSettings
@@ -366,7 +392,8 @@ class Kron(Optimizer):
         chunks = (
             None if self._plan is None else self._plan.block_chunks(p, layout)
         )  # split: this rank's blocks
-        return prepare_unit(p, group, settings, layout, self.state[p], chunks)
+        first = self._firsts.get(id(p), 0)
+        return prepare_unit(p, group, settings, layout, self.state[p], chunks, first)
 
     def _finish(self, prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(update shaped like p, ok) from the directions of ``prepared``'s block groups."""

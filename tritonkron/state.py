@@ -1,7 +1,10 @@
 """Every optimizer state key of :class:`tritonkron.Kron`, once.
 
-A Kronecker parameter's state holds ``blocks`` (the list of its block groups' states) and, when
-any of its groups steps in the low-rank direction form, ``momentum`` (M, the parameter's shape).
+A Kronecker parameter's state holds ``step`` (steps taken, a float32 device scalar), ``skipped_steps``,
+``clock`` (steps it was given a gradient, skipped ones included: a CPU int64 scalar that schedules
+the basis refreshes on the host, :mod:`tritonkron.step.schedule`), ``blocks`` (the list of its block
+groups' states) and, when any of its groups steps in the low-rank direction form, ``momentum`` (M,
+the parameter's shape).
 One *block group* is a stack of equal-shape blocks ``[B, m, n]``; its state is a dict of tensors
 (checkpoint-friendly: ``torch.load(weights_only=True)`` reads it back):
 
@@ -22,9 +25,15 @@ gradient), the names ``torch.optim.AdamW`` uses.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from torch import Tensor
+
 # A Kronecker parameter.
 BLOCKS = "blocks"
 MOMENTUM = "momentum"
+CLOCK = "clock"
 
 # A block group (dense, rotated or sketched).
 FACTOR_A, FACTOR_B = "factor_a", "factor_b"
@@ -41,3 +50,17 @@ SKETCH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAI
 # A parameter on the AdamW path.
 STEP, SKIPPED = "step", "skipped_steps"
 EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
+
+
+def loaded_to_device(value: Any, device: torch.device) -> Any:
+    """Deep copy of loaded state onto ``device``, keeping every tensor's dtype; the step count
+    (``step``) and CPU integer scalars (the ``clock``) stay where they were saved."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0 and not value.is_floating_point() and value.device.type == "cpu":
+            return value.clone()
+        return value.detach().to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: loaded_to_device(v, device) if k != STEP else value[k].clone() for k, v in value.items()}
+    if isinstance(value, list):
+        return [loaded_to_device(v, device) for v in value]
+    return value

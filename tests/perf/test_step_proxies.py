@@ -18,6 +18,15 @@ def test_host_reads_are_counted() -> None:
     assert counter.total >= 7
 
 
+def test_views_are_not_kernels() -> None:
+    x = torch.randn(4, 6)
+    with counting() as counter:
+        x[1:].view(-1).unsqueeze(0).expand(2, -1)
+        x + 1
+    assert counter.total >= 5
+    assert counter.kernels == 1, counter.ops
+
+
 def test_boolean_mask_indexing_is_a_host_read() -> None:
     x = torch.randn(5)
     assert _has_bool_index((x, [x > 0]))

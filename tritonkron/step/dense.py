@@ -45,7 +45,9 @@ from tritonkron.state import (
     READY,
     TRACE,
 )
-from tritonkron.step.traceable import run_if
+from tritonkron.step.bounds import adam_bound, bounded_low_rank, bounded_scales, damp
+from tritonkron.step.schedule import KNOWN_READY
+from tritonkron.step.traceable import Refresh, refresh_blocks, run_if
 
 
 def new_group_state(
@@ -192,7 +194,9 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     of the rotated momentum is scaled by Σ_ij = σ_ij/(1 + εσ_ij), σ_ij = s_A,i s_B,j. For rank=k the
     scales beyond k are one constant c per factor, so the same U is computed in low-rank form from
     the top-k columns of the bases (no rotation by the full bases) when that is cheaper
-    (:func:`low_rank_is_cheaper`).
+    (:func:`low_rank_is_cheaper`). With ``bound="adam"`` the scales are capped so that RMS(U) ≤ B
+    (:mod:`tritonkron.step.bounds`, docs/maths.md §5.5): per entry of Q_Aᵀ M Q_B in eigenbasis form,
+    per entry, row, column and tail block in low-rank form.
     """
     a, b = preconditioner_eigenvalues(settings.divergence, state[EIG_A], state[EIG_B], state[TRACE])
     a = floor_eigenvalues(a, settings.eig_floor)
@@ -201,10 +205,19 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     s_B = factor_scales(b, settings.rank_b, settings.tail, settings.alpha)
     m, n = M.shape[-2:]
     k_A, k_B = kept_rank(settings.rank_a, m), kept_rank(settings.rank_b, n)
+    cap = None if settings.bound is None else adam_bound(settings.beta1, settings.beta2)
     if not low_rank_is_cheaper(m, n, k_A, k_B):
-        return precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
+        if cap is None:
+            return precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
+        Q_A, Q_B = state[BASIS_A], state[BASIS_B]
+        M_hat = Q_A.transpose(-1, -2) @ M @ Q_B
+        sigma = bounded_scales(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), M_hat, None, settings.beta2, cap)
+        return Q_A @ (M_hat * damp(sigma, settings.eps)) @ Q_B.transpose(-1, -2)
     # With k = d the constant multiplies I − U Uᵀ = 0, so any of the scales serves.
     c_A, c_B = s_A[..., min(k_A, m - 1)], s_B[..., min(k_B, n - 1)]
+    if cap is not None:
+        U_A, U_B = state[BASIS_A][..., :k_A], state[BASIS_B][..., :k_B]
+        return bounded_low_rank(M, U_A, s_A[..., :k_A], c_A, U_B, s_B[..., :k_B], c_B, settings.eps, cap)
     return sketch_precondition(
         M,
         state[BASIS_A][..., :k_A],
@@ -236,8 +249,10 @@ def tracked_updates(
     return {EIG_A: eig_a, EIG_B: eig_b, TRACE: trace}
 
 
-def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings) -> None:
-    """EMA update of factors, tracked eigenvalues and trace for the blocks in ``mask``."""
+def update_statistics(
+    state: dict[str, Tensor], G: Tensor, mask: Tensor | None, settings: KronSettings
+) -> None:
+    """EMA update of factors, tracked eigenvalues and trace for the blocks in ``mask`` (None: all)."""
     Q_A, Q_B = state[BASIS_A], state[BASIS_B]
     rule = statistics_coupling(state, settings)
     beta = settings.beta2
@@ -245,7 +260,7 @@ def update_statistics(state: dict[str, Tensor], G: Tensor, mask: Tensor, setting
     G_hat = Q_A.transpose(-1, -2) @ G @ Q_B
     updates = {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta)}
     for key, value in updates.items():
-        state[key] = masked_where(mask, value, state[key])
+        state[key] = value if mask is None else masked_where(mask, value, state[key])
 
 
 def refreshed_bases(
@@ -275,54 +290,46 @@ def refreshed_bases(
 REFRESH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, FAILURES)
 
 
-def refresh_bases(state: dict[str, Tensor], when: Tensor | bool = True) -> None:
-    """One power step + QR per factor, eigenvalues re-estimated as Rayleigh quotients, re-sorted.
-
-    Runs only when ``when`` holds (a bool, or a one-element bool tensor so that the decision stays
-    on the device under ``torch.compile``). A block whose new basis or eigenvalues are not finite
-    keeps its previous ones and its ``refresh_failures`` count grows (reset by a good refresh);
-    blocks that are not ready keep theirs. State written before the count existed gets it here.
-    """
-    ensure_failure_counts(state)
-    pred = when if isinstance(when, Tensor) else torch.tensor(bool(when))
-    values = run_if(
-        pred,
-        refreshed_bases,
-        tuple(state[k] for k in REFRESH_KEYS),
-        (state[FACTOR_A], state[FACTOR_B], state[READY]),
-    )
-    state.update(zip(REFRESH_KEYS, values, strict=True))
-
-
 def block_group_step(
     state: dict[str, Tensor],
     G: Tensor,
     M: Tensor,
     settings: KronSettings,
-    refresh: Tensor | bool,
+    refresh: Refresh,
     ok: Tensor | None = None,
 ) -> Tensor:
     """One optimizer step of a block group; returns the update direction ``[B, m, n]``.
 
-    Every decision is a mask or a device-side predicate, so the step traces into one graph.
+    Every decision is a mask, a host-known block selection or a device-side predicate, so the step
+    traces into one graph.
 
     Args:
         state: the group's state (modified in place).
         G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite).
         M: momentum blocks ``[B, m, n]``.
         settings: hyperparameters.
-        refresh: whether this is a basis-refresh step (every T steps); bool or bool tensor.
+        refresh: the blocks whose bases are refreshed now (one power step + QR per factor, a
+            non-finite result kept out and counted); see
+            :func:`tritonkron.step.traceable.refresh_blocks`.
         ok: one-element bool tensor, False when the step is skipped (non-finite gradient): the
             statistics are left untouched and the direction is zero. None means True.
     """
     ready = state[READY]
-    active = ready if ok is None else ready & ok
-    U = masked_where(active, direction(state, M, settings), torch.zeros_like(M))
+    known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
+    active = ok if known else (ready if ok is None else ready & ok)
+    U = direction(state, M, settings)
+    if active is not None:
+        U = masked_where(active, U, torch.zeros_like(M))
     update_statistics(state, G, active, settings)
-    if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
-        refresh_bases(state, active.any() & refresh)
+    ensure_failure_counts(state)
+    due = ready.new_ones(ready.shape) if active is None else active.expand(ready.shape)
+    refresh_blocks(state, REFRESH_KEYS, refreshed_bases, refresh, due)
+    if known:
+        return U
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
     if ok is not None:
         fresh = fresh & ok
     initialize_blocks(state, G, fresh, settings)
+    if not torch.compiler.is_compiling():
+        KNOWN_READY.watch(state[READY])
     return U

@@ -1,7 +1,8 @@
 """Input and failure checks of :class:`tritonkron.Kron` that raise errors naming the parameter.
 
 Each check makes at most one host read per device for the whole optimizer (flags are stacked on the
-device first), so the eager step does not synchronise once per parameter.
+device first), so the eager step does not synchronise once per parameter; the refresh-failure
+check of a one-process step makes none (:class:`FailureWatch`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor
 from tritonkron.distributed.shards import finite_flags
 from tritonkron.math.blocking import BlockLayout
 from tritonkron.state import BASIS_A, BASIS_B, BLOCKS, FAILURES, MOMENTUM
+from tritonkron.step.schedule import HostCopy
 from tritonkron.step.sketched import is_sketch_state
 
 
@@ -73,6 +75,33 @@ def check_gradients(groups: Sequence[dict[str, Any]]) -> None:
         )
 
 
+def _failure_flags(
+    groups: Sequence[dict[str, Any]], state: dict[Tensor, dict[str, Any]]
+) -> tuple[list[Tensor], list[int], list[tuple[int, int]]]:
+    """(flag per block group: some block reached ``max_refresh_failures``; the parameter index of
+    each flag; (group, param) of every parameter index)."""
+    counts, where = [], []
+    position: list[tuple[int, int]] = []
+    for gi, group in enumerate(groups):
+        for pi, p in enumerate(group["params"]):
+            position.append((gi, pi))
+            for blocks in state.get(p, {}).get(BLOCKS, []):
+                if FAILURES in blocks:
+                    counts.append((blocks[FAILURES] >= group["max_refresh_failures"]).any())
+                    where.append(len(position) - 1)
+    return counts, where, position
+
+
+def _raise_failure(groups: Sequence[dict[str, Any]], gi: int, pi: int) -> None:
+    raise RuntimeError(
+        f"the preconditioner basis of parameter {param_name(groups, gi, pi)} failed "
+        f"{groups[gi]['max_refresh_failures']} consecutive refreshes or initialisations (non-finite "
+        "factors or eigenvalues, or an eigendecomposition that failed in every attempt); the last good "
+        "basis is still in use (a block never initialised takes no step) and the step was applied. Lower "
+        "the learning rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
+    )
+
+
 def check_refresh_failures(
     groups: Sequence[dict[str, Any]],
     state: dict[Tensor, dict[str, Any]],
@@ -81,35 +110,51 @@ def check_refresh_failures(
     """Raise ``RuntimeError`` naming a parameter one of whose blocks failed ``max_refresh_failures``
     consecutive basis computations (``refresh_failures``: basis refreshes with a non-finite result,
     initialisations or sketch updates whose factorisation failed, :mod:`tritonkron.math.safe_linalg`).
+    One host read per device (the distributed step; one process uses :class:`FailureWatch`).
 
     ``agree(index, count)`` makes the decision collective when the state is split over ranks: it
     takes this rank's first failing parameter index (over all groups, None for none) and the number
     of parameters, and returns the first over every rank, so that every rank raises together.
     """
-    counts, where = [], []
-    position: list[tuple[int, int]] = []
-    for gi, group in enumerate(groups):
-        for pi, p in enumerate(group["params"]):
-            position.append((gi, pi))
-            for blocks in state.get(p, {}).get(BLOCKS, []):
-                if FAILURES in blocks:
-                    counts.append(
-                        (blocks[FAILURES] >= group["max_refresh_failures"]).any()
-                    )  # a split chunk may be empty
-                    where.append(len(position) - 1)
+    counts, where, position = _failure_flags(groups, state)
     bad = first_true(counts) if counts else None
     index = None if bad is None else where[bad]
     if agree is not None:
         index = agree(index, len(position))
     if index is not None:
-        gi, pi = position[index]
-        raise RuntimeError(
-            f"the preconditioner basis of parameter {param_name(groups, gi, pi)} failed "
-            f"{groups[gi]['max_refresh_failures']} consecutive refreshes or initialisations (non-finite "
-            "factors or eigenvalues, or an eigendecomposition that failed in every attempt); the last good "
-            "basis is still in use (a block never initialised takes no step) and the step was applied. Lower "
-            "the learning rate, raise eps/eig_floor, or raise max_refresh_failures to continue"
-        )
+        _raise_failure(groups, *position[index])
+
+
+class FailureWatch:
+    """:func:`check_refresh_failures` for one process without waiting for the device.
+
+    Each step's flags are copied to the host asynchronously (:class:`~tritonkron.step.schedule.HostCopy`);
+    a step raises for the first failing parameter of the flags that have arrived. On CPU they
+    arrive at once (the step that reaches the limit raises); on CUDA usually by the next step.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[list[HostCopy], list[list[int]], list[tuple[int, int]]]] = []
+
+    def check(self, groups: Sequence[dict[str, Any]], state: dict[Tensor, dict[str, Any]]) -> None:
+        """Queue this step's flags, then raise for the oldest arrived step that has a failure."""
+        counts, where, position = _failure_flags(groups, state)
+        if counts:
+            by_device: dict[torch.device, list[int]] = {}
+            for i, flag in enumerate(counts):
+                by_device.setdefault(flag.device, []).append(i)
+            copies = [HostCopy(torch.stack([counts[i] for i in idx])) for idx in by_device.values()]
+            self._pending.append((copies, [[where[i] for i in idx] for idx in by_device.values()], position))
+        while self._pending:
+            copies, owners, position = self._pending[0]
+            values = [copy.value() for copy in copies]
+            if any(v is None for v in values):
+                return
+            self._pending.pop(0)
+            hits = [owner[int(v.argmax())] for v, owner in zip(values, owners, strict=True) if v.any()]
+            if hits:
+                self._pending.clear()
+                _raise_failure(groups, *position[min(hits)])
 
 
 def check_state(

@@ -28,6 +28,7 @@ from tritonkron.ops.rotated_statistics import rotated_statistics
 from tritonkron.ops.rotation import rotate, rotate_back
 from tritonkron.options import KronSettings
 from tritonkron.state import BASIS_A, BASIS_B, EIG_A, EIG_B, FACTOR_A, FACTOR_B, MOMENTUM_HAT, READY, TRACE
+from tritonkron.step.bounds import adam_bound, bounded_scales, damp
 from tritonkron.step.dense import (
     INIT_KEYS,
     REFRESH_KEYS,
@@ -40,7 +41,8 @@ from tritonkron.step.dense import (
     statistics_coupling,
     tracked_updates,
 )
-from tritonkron.step.traceable import run_if
+from tritonkron.step.schedule import KNOWN_READY
+from tritonkron.step.traceable import Refresh, refresh_blocks, run_if
 
 __all__ = ["MOMENTUM_HAT", "rotated_group_step", "uses_rotated_momentum"]
 
@@ -59,8 +61,12 @@ def _rebase(
     return masked_where(mask, moved, M_hat)
 
 
-def _damped_sigma(state: dict[str, Tensor], settings: KronSettings) -> Tensor:
-    """Σ = σ/(1 + εσ), σ_ij = s_A,i s_B,j, from the current eigenvalues (see ``preconditioner.direction``)."""
+def _damped_sigma(state: dict[str, Tensor], settings: KronSettings, M_hat: Tensor, G_hat: Tensor) -> Tensor:
+    """Σ = σ/(1 + εσ), σ_ij = s_A,i s_B,j, from the current eigenvalues (see ``preconditioner.direction``).
+
+    With ``bound="adam"``, σ_ij ← min(σ_ij, 1/(√(1 − β₂)|Ĝ_ij|), B/|M̂_ij|) first, so that
+    |M̂_ij| Σ_ij ≤ B (:func:`tritonkron.step.bounds.bounded_scales`, docs/maths.md §5.5).
+    """
     a, b = preconditioner_eigenvalues(settings.divergence, state[EIG_A], state[EIG_B], state[TRACE])
     s_A = factor_scales(
         floor_eigenvalues(a, settings.eig_floor), settings.rank_a, settings.tail, settings.alpha
@@ -69,7 +75,10 @@ def _damped_sigma(state: dict[str, Tensor], settings: KronSettings) -> Tensor:
         floor_eigenvalues(b, settings.eig_floor), settings.rank_b, settings.tail, settings.alpha
     )
     sigma = s_A.unsqueeze(-1) * s_B.unsqueeze(-2)
-    return sigma / (1 + settings.eps * sigma)
+    if settings.bound is not None:
+        cap = adam_bound(settings.beta1, settings.beta2)
+        sigma = bounded_scales(sigma, M_hat, G_hat, settings.beta2, cap)
+    return damp(sigma, settings.eps)
 
 
 def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> dict[str, Tensor]:
@@ -116,7 +125,7 @@ def rotated_group_step(
     state: dict[str, Tensor],
     G: Tensor,
     settings: KronSettings,
-    refresh: Tensor | bool,
+    refresh: Refresh,
     ok: Tensor | None = None,
 ) -> Tensor:
     """One optimizer step of a block group with rotated momentum; returns the direction ``[B, m, n]``.
@@ -125,34 +134,33 @@ def rotated_group_step(
         state: the group's state, with ``momentum_hat`` (modified in place).
         G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite; zero when skipped).
         settings: hyperparameters (``beta1`` is the momentum's retention).
-        refresh: whether this is a basis-refresh step; bool, one-element bool tensor, or ``[B]`` bool
-            (per block: blocks of different parameters stepped together, :mod:`tritonkron.step.stacking`).
+        refresh: the blocks whose bases are refreshed now: a tuple of block positions (known on the
+            host, :mod:`tritonkron.step.schedule`; only those blocks are computed), a bool for all
+            or none, or a ``[B]`` bool tensor (under ``torch.compile``: every block is computed
+            when any is due, and the mask selects).
         ok: one-element or ``[B]`` bool tensor, False where the step is skipped: statistics and
             momentum are untouched and the direction is zero. None means True.
     """
     ready = state[READY]
-    active = ready if ok is None else ready & ok
-    # Eagerly, one host read tells whether every block is ready and stepping (the steady state):
-    # then the masks select everything and are skipped, as is the initialisation test.
-    steady = not torch.compiler.is_compiling() and bool(active.all())
+    # Once the host knows that every block is ready, the readiness masks and the initialisation
+    # test (a device read) are skipped; only the skip flag ``ok`` still masks.
+    known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
+    active = ok if known else (ready if ok is None else ready & ok)
     new = _statistics(state, G, settings)
     M_hat = state[MOMENTUM_HAT]
-    moved = M_hat.lerp(new.pop("G_hat"), 1 - settings.beta1)
-    M_hat = moved if ok is None or steady else masked_where(ok, moved, M_hat)
+    G_hat = new.pop("G_hat")
+    moved = M_hat.lerp(G_hat, 1 - settings.beta1)
+    M_hat = moved if ok is None else masked_where(ok, moved, M_hat)
     state[MOMENTUM_HAT] = M_hat
-    U = rotate_back(M_hat * _damped_sigma(state, settings), state[BASIS_A], state[BASIS_B])
-    if not steady:
+    U = rotate_back(M_hat * _damped_sigma(state, settings, M_hat, G_hat), state[BASIS_A], state[BASIS_B])
+    if active is not None:
         U = masked_where(active, U, torch.zeros_like(U))
     for key, value in new.items():
-        state[key] = value if steady else masked_where(active, value, state[key])
+        state[key] = value if active is None else masked_where(active, value, state[key])
     ensure_failure_counts(state)
-    if refresh is not False:  # a Python False (eager, not a refresh step) needs no device read
-        due = active if refresh is True else active & refresh  # the blocks refreshed now
-        keys = (*REFRESH_KEYS, MOMENTUM_HAT)
-        extra = (state[FACTOR_A], state[FACTOR_B], due)
-        values = run_if(due.any(), _refresh, tuple(state[k] for k in keys), extra)
-        state.update(zip(keys, values, strict=True))
-    if steady:  # every block is ready: none to initialise
+    due = ready.new_ones(ready.shape) if active is None else active.expand(ready.shape)
+    refresh_blocks(state, (*REFRESH_KEYS, MOMENTUM_HAT), _refresh, refresh, due)
+    if known:
         return U
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
     if ok is not None:
@@ -164,4 +172,6 @@ def rotated_group_step(
 
     values = run_if(fresh.any(), init, tuple(state[k] for k in keys), (G, fresh))
     state.update(zip(keys, values, strict=True))
+    if not torch.compiler.is_compiling():
+        KNOWN_READY.watch(state[READY])
     return U

@@ -4,19 +4,21 @@ Every Kronecker parameter is split into block groups ``[B, m, n]`` (:mod:`triton
 and a transformer has many parameters whose groups share a shape (every 128 × 128 block of every
 layer with ``block_size=128``). Stepping them one parameter at a time launches each op once per
 parameter; stepping them together launches it once per shape. :class:`BlockStacks` does the latter
-for the groups in eigenbasis form (:func:`tritonkron.step.rotated.rotated_group_step`):
+for the dense groups, in eigenbasis form (:func:`tritonkron.step.rotated.rotated_group_step`) or in
+the low-rank form of ``rank=k`` (:func:`tritonkron.step.dense.block_group_step`, whose momentum
+blocks are concatenated too); sketched groups step alone:
 
-* the jobs of one step are bucketed by (settings, block shape, dtype, device, state keys), so a
-  bucket's groups follow the same mathematics;
+* the jobs of one step are bucketed by (settings, form, block shape, dtype, device, state keys), so
+  a bucket's groups follow the same mathematics;
 * a bucket's state is the concatenation of its members' states along the block dim, and after the
   step each member's state tensors are re-pointed to slices (views) of the bucket's new tensors:
   nothing is copied back. While the membership is the same and every member still holds those
   views (checked by identity each step), the next step reuses the bucket tensors without copying;
   anything else (a loaded ``state_dict``, a parameter without a gradient this step, a new param
   group) rebuilds the bucket once by concatenation;
-* each member keeps its own skip flag and refresh step: ``ok`` and ``refresh`` become per-block
-  masks, so a skipped parameter's blocks are untouched and a parameter whose step count differs
-  refreshes on its own schedule, exactly as when stepped alone.
+* each member keeps its own skip flag and refresh schedule: ``ok`` becomes a per-block mask and
+  the due blocks are the members' due positions shifted to their place in the stack, so a skipped
+  parameter's blocks are untouched and each block refreshes when it would alone.
 
 Every op of the step treats the blocks of a batch independently (batched GEMMs, QR and eigh,
 elementwise masks, and reductions written so that their split across threads does not depend on
@@ -48,7 +50,10 @@ from torch import Tensor
 
 from tritonkron.options import KronSettings
 from tritonkron.state import FAILURES, READY
+from tritonkron.step.dense import block_group_step
 from tritonkron.step.rotated import rotated_group_step
+from tritonkron.step.schedule import block_ordinals
+from tritonkron.step.traceable import Refresh
 
 __all__ = ["BlockStacks", "GroupJob", "ensure_failure_counts", "run_group", "stackable"]
 
@@ -62,7 +67,8 @@ class GroupJob(NamedTuple):
         M: momentum blocks ``[B, m, n]``, or None for a group with rotated momentum.
         rotated: the group keeps its momentum rotated (eigenbasis form, stackable).
         settings: the parameter's parsed settings.
-        refresh: basis-refresh step (a bool eagerly, a one-element bool tensor under compile).
+        refresh: the blocks refreshed this step (host positions eagerly, a ``[B]`` bool mask under
+            compile; :func:`tritonkron.step.traceable.refresh_blocks`).
         ok: one-element bool tensor, False when the parameter's gradient is not finite.
         step_fn: the step of a group that is not rotated (dense low-rank or sketched form).
     """
@@ -72,7 +78,7 @@ class GroupJob(NamedTuple):
     M: Tensor | None
     rotated: bool
     settings: KronSettings
-    refresh: Tensor | bool
+    refresh: Refresh
     ok: Tensor
     step_fn: Any = None
 
@@ -110,7 +116,8 @@ ALIGNMENT = 4
 
 
 def stackable(job: GroupJob) -> bool:
-    """Whether ``job`` may join a bucket: a rotated group whose block dims are multiples of 4.
+    """Whether ``job`` may join a bucket: a dense group (eigenbasis form, or the low-rank form of
+    ``rank=k``; not sketched) whose block dims are multiples of 4.
 
     LAPACK's QR on CPU rounds a matrix differently depending on its memory alignment, and in a
     stacked tensor a block's address moves by a multiple of its size: with both dims multiples of
@@ -118,12 +125,20 @@ def stackable(job: GroupJob) -> bool:
     block keeps the alignment it has in its own parameter's tensor and the bits do not change.
     """
     m, n = job.G.shape[-2:]
-    return job.rotated and m % ALIGNMENT == 0 and n % ALIGNMENT == 0
+    dense = job.rotated or job.step_fn is block_group_step
+    return dense and m % ALIGNMENT == 0 and n % ALIGNMENT == 0
 
 
 def _bucket_key(job: GroupJob) -> tuple:
     state = job.state
-    return (job.settings, tuple(job.G.shape[1:]), job.G.dtype, job.G.device, tuple(sorted(state)))
+    return (
+        job.settings,
+        job.rotated,
+        tuple(job.G.shape[1:]),
+        job.G.dtype,
+        job.G.device,
+        tuple(sorted(state)),
+    )
 
 
 def _per_block(flags: Sequence[Tensor | bool], counts: Sequence[int], device: torch.device) -> Tensor:
@@ -135,6 +150,33 @@ def _per_block(flags: Sequence[Tensor | bool], counts: Sequence[int], device: to
         for flag, count in zip(flags, counts, strict=True)
     ]
     return torch.cat(parts)
+
+
+def _stacked_refresh(flags: Sequence[Refresh], counts: Sequence[int], device: torch.device) -> Refresh:
+    """The members' refresh selections as one selection of the stacked blocks: each member's host
+    positions (a bool: all or none of its blocks) shifted by its offset in the stack, or a per-block
+    mask when some member has a mask."""
+    if any(isinstance(flag, Tensor) for flag in flags):
+        masks = [
+            flag if isinstance(flag, Tensor) else _mask(flag, count)
+            for flag, count in zip(flags, counts, strict=True)
+        ]
+        return torch.cat([mask.to(device).expand(count) for mask, count in zip(masks, counts, strict=True)])
+    offsets = block_ordinals(counts)
+    positions = [
+        (tuple(range(count)) if flag else ()) if isinstance(flag, bool) else flag
+        for flag, count in zip(flags, counts, strict=True)
+    ]
+    return tuple(start + pos for flag, start in zip(positions, offsets, strict=True) for pos in flag)
+
+
+def _mask(positions: tuple[int, ...] | bool, count: int) -> Tensor:
+    """Host positions (or all/none) as a ``[count]`` bool mask."""
+    if isinstance(positions, bool):
+        return torch.full((count,), positions, dtype=torch.bool)
+    return torch.zeros(count, dtype=torch.bool).index_fill_(
+        0, torch.tensor(positions, dtype=torch.int64), True
+    )
 
 
 class BlockStacks:
@@ -179,14 +221,10 @@ class BlockStacks:
         device = state[READY].device
         G = torch.cat([j.G for j in members])
         ok = _per_block([j.ok for j in members], counts, device)
-        flags = [j.refresh for j in members]
-        if all(flag is False for flag in flags):
-            refresh: Tensor | bool = False
-        elif all(flag is True for flag in flags):
-            refresh = True
-        else:
-            refresh = _per_block(flags, counts, device)
-        U = rotated_group_step(state, G, members[0].settings, refresh, ok)
+        refresh = _stacked_refresh([j.refresh for j in members], counts, device)
+        first = members[0]
+        M = None if first.M is None else torch.cat([j.M for j in members])
+        U = run_group(GroupJob(state, G, M, first.rotated, first.settings, refresh, ok, first.step_fn))
         views: list[dict[str, Tensor]] = []
         start = 0
         for job, count in zip(members, counts, strict=True):

@@ -1,5 +1,5 @@
 """One Kronecker parameter's step around its block groups: before them (state, skip flag, step
-count, momentum, refresh decision, one job per group) and after them (the update shaped like the
+count, clock, momentum, the blocks due for a refresh, one job per group) and after them (the update shaped like the
 parameter, optionally RMS-capped). Between the two, :mod:`tritonkron.step.stacking` steps the groups,
 alone or stacked with equal-shape groups of other parameters."""
 
@@ -12,12 +12,14 @@ from torch import Tensor
 
 from tritonkron.math.blocking import BlockLayout
 from tritonkron.options import KronSettings, statistics_dtype
-from tritonkron.state import BLOCKS, MOMENTUM, SKIPPED, STEP
+from tritonkron.state import BLOCKS, CLOCK, MOMENTUM, SKIPPED, STEP
 from tritonkron.step.adamw import count_nonfinite
+from tritonkron.step.bounds import adam_bound, bias_correction
 from tritonkron.step.dense import block_group_step, new_group_state
 from tritonkron.step.guards import check_state
 from tritonkron.step.momentum import convert_momentum
 from tritonkron.step.rotated import uses_rotated_momentum
+from tritonkron.step.schedule import advance_clock, due_mask, due_positions
 from tritonkron.step.sketched import new_sketch_state, sketch_group_step
 from tritonkron.step.stacking import GroupJob, ensure_failure_counts
 
@@ -34,6 +36,7 @@ class PreparedUnit(NamedTuple):
     grad: Tensor
     jobs: list[GroupJob]
     max_update_rms: float | None
+    step: Tensor | None = None
 
 
 def limit_rms(update: Tensor, max_rms: float) -> Tensor:
@@ -49,26 +52,19 @@ def prepare_unit(
     layout: BlockLayout,
     state: dict[str, Any],
     chunks: list[slice] | None,
+    first: int = 0,
 ) -> PreparedUnit:
     """Everything of ``p``'s step before its block groups are stepped: state creation or checks,
-    the skip flag and step count, the momentum of non-rotated groups, the refresh decision, and
-    one :class:`~tritonkron.step.stacking.GroupJob` per block group (``chunks``: this rank's blocks of
-    a split parameter)."""
+    the skip flag, step count and clock, the momentum of non-rotated groups, the blocks due for a
+    basis refresh (:mod:`tritonkron.step.schedule`; ``first`` is the ordinal of ``p``'s first block),
+    and one :class:`~tritonkron.step.stacking.GroupJob` per block group (``chunks``: this rank's
+    blocks of a split parameter)."""
     m, n = layout.matrix
     dtype = statistics_dtype(p)
     rotated = [uses_rotated_momentum(settings, *g.shape) for g in layout.groups]
     counts = [len(g.offsets) for g in layout.groups] if chunks is None else [c.stop - c.start for c in chunks]
     if not state:
-        state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-        state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-        if not all(rotated):
-            state[MOMENTUM] = torch.zeros(m, n, dtype=dtype, device=p.device)
-        state[BLOCKS] = [
-            new_sketch_state(count, *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
-            if settings.sketch
-            else new_group_state(count, *g.shape, dtype=dtype, device=p.device, rotated=r)
-            for g, r, count in zip(layout.groups, rotated, counts, strict=True)
-        ]
+        _new_state(p, state, layout, settings, rotated, counts, dtype)
     else:
         check_state(p, state, layout, settings.sketch, counts)
         convert_momentum(state, layout, rotated, chunks)
@@ -82,9 +78,7 @@ def prepare_unit(
     momentum = state.get(MOMENTUM)
     if momentum is not None:
         momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
-    refresh = state[STEP] % group["precondition_every"] == 0
-    if not torch.compiler.is_compiling():
-        refresh = bool(refresh)  # one host read per parameter; non-refresh steps then skip the refresh test
+    refresh = _due_blocks(state, layout, chunks, first, group["precondition_every"], p.device)
     group_step = sketch_group_step if settings.sketch else block_group_step
     grads = layout.gather(grad)
     moments = layout.gather(momentum) if momentum is not None else [None] * len(rotated)
@@ -92,17 +86,81 @@ def prepare_unit(
         grads = [G[c] for G, c in zip(grads, chunks, strict=True)]
         moments = [None if M is None else M[c] for M, c in zip(moments, chunks, strict=True)]
     jobs = [
-        GroupJob(block_state, G, M, r, settings, refresh, ok, group_step)
-        for block_state, G, M, r in zip(state[BLOCKS], grads, moments, rotated, strict=True)
+        GroupJob(block_state, G, M, r, settings, due, ok, group_step)
+        for block_state, G, M, r, due in zip(state[BLOCKS], grads, moments, rotated, refresh, strict=True)
     ]
-    return PreparedUnit(p, layout, chunks, ok, grad, jobs, group["max_update_rms"])
+    return PreparedUnit(p, layout, chunks, ok, grad, jobs, group["max_update_rms"], state[STEP])
+
+
+def _new_state(
+    p: Tensor,
+    state: dict[str, Any],
+    layout: BlockLayout,
+    settings: KronSettings,
+    rotated: list[bool],
+    counts: list[int],
+    dtype: torch.dtype,
+) -> None:
+    """Fill the empty ``state`` of ``p``: counters, the momentum of non-rotated groups, block states."""
+    state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+    state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+    state[CLOCK] = torch.tensor(0, dtype=torch.int64)
+    if not all(rotated):
+        state[MOMENTUM] = torch.zeros(*layout.matrix, dtype=dtype, device=p.device)
+    state[BLOCKS] = [
+        new_sketch_state(count, *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
+        if settings.sketch
+        else new_group_state(count, *g.shape, dtype=dtype, device=p.device, rotated=r)
+        for g, r, count in zip(layout.groups, rotated, counts, strict=True)
+    ]
+
+
+def _due_blocks(
+    state: dict[str, Any],
+    layout: BlockLayout,
+    chunks: list[slice] | None,
+    first: int,
+    period: int,
+    device: torch.device,
+) -> list[tuple[int, ...] | Tensor]:
+    """Advance the clock; per block group, the blocks due for a basis refresh: host positions
+    eagerly, a ``[B]`` bool mask under ``torch.compile`` (:mod:`tritonkron.step.schedule`)."""
+    if CLOCK not in state:  # state written before the clock: it starts from the step count
+        state[CLOCK] = torch.tensor(int(state[STEP]), dtype=torch.int64)
+    clock = state[CLOCK]
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        clock.add_(1)
+    else:
+        now = advance_clock(clock)
+    due: list[tuple[int, ...] | Tensor] = []
+    start = first
+    for i, g in enumerate(layout.groups):
+        lo, hi = (0, len(g.offsets)) if chunks is None else (chunks[i].start, chunks[i].stop)
+        if compiling:
+            due.append(due_mask(clock, start + lo, hi - lo, period, device))
+        else:
+            due.append(due_positions(now, start + lo, hi - lo, period))
+        start += len(g.offsets)
+    return due
 
 
 def finish_unit(prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """(update shaped like p, ok) from the (gathered, for a split parameter) group directions;
-    the update's RMS is capped at ``max_update_rms`` when the group sets it."""
-    p, layout, _, ok, grad, _, max_rms = prepared
+    """(update shaped like p, ok) from the (gathered, for a split parameter) group directions.
+
+    With ``bias_correction`` the update is U/(1 − β₁ᵗ), t = the parameter's step count (the
+    directions are linear in the momentum, so this is the direction of the corrected momentum);
+    with ``bound="adam"`` its RMS is then capped at Adam's worst case B, which the uncorrected
+    directions already respect (docs/maths.md §5.5); last, the RMS is capped at ``max_update_rms``
+    when the group sets it.
+    """
+    p, layout, _, ok, grad, jobs, max_rms, step = prepared
     update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
+    settings = jobs[0].settings if jobs else None
+    if settings is not None and settings.bias_correction and step is not None:
+        update = update * bias_correction(step, settings.beta1).to(update.dtype)
+        if settings.bound is not None:
+            update = limit_rms(update, adam_bound(settings.beta1, settings.beta2))
     if max_rms is not None:
         update = limit_rms(update, max_rms)
     return update, ok

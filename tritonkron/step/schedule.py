@@ -1,0 +1,134 @@
+"""The host side of the Kronecker step: which blocks refresh their bases now, and what the host
+already knows about the device state, so that a steady eager step reads nothing from the device.
+
+**Refresh spread over T steps** (docs/maths.md §2.4). Every Kronecker block of the optimizer has an
+ordinal g, its position among all blocks in parameter order (:func:`block_ordinals`). Each
+parameter keeps a clock c, the number of steps it has been given a gradient (state key ``clock``, a
+CPU int64 scalar, so reading it never waits for a device). Block g refreshes its bases at the steps
+
+    (c + g) ≡ 0 (mod T),
+
+so every block still refreshes once per T steps, and a step refreshes ⌈N/T⌉ or ⌊N/T⌋ of the N
+blocks instead of all of them every T-th step. A step skipped for a non-finite gradient still
+advances the clock; its due blocks then wait one period.
+
+**Readiness known on the host.** A block is initialised by its first non-zero gradient; until
+every block of a group is ready, the step tests on the device whether any block needs
+initialising (one host read). Once a group's ``ready`` flags are all set, :data:`KNOWN_READY`
+learns it from an asynchronous copy (:class:`HostCopy`, no wait) and the step skips that test.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "KNOWN_READY",
+    "HostCopy",
+    "KnownReady",
+    "advance_clock",
+    "block_ordinals",
+    "due_mask",
+    "due_positions",
+    "index_tensor",
+]
+
+
+def due_positions(clock: int, first: int, count: int, period: int) -> tuple[int, ...]:
+    """Blocks b ∈ [0, count) with (clock + first + b) ≡ 0 (mod period): those due for a refresh."""
+    return tuple(range((-(clock + first)) % period, count, period))
+
+
+def due_mask(clock: Tensor, first: int, count: int, period: int, device: torch.device) -> Tensor:
+    """:func:`due_positions` as a ``[count]`` bool tensor on ``device``, from a clock tensor (traceable)."""
+    ordinal = torch.arange(count, dtype=clock.dtype, device=clock.device) + first
+    return ((clock + ordinal) % period == 0).to(device)
+
+
+def advance_clock(clock: Tensor) -> int:
+    """c ← c + 1 on the CPU clock tensor; returns the new value (a host read of host memory only)."""
+    value = int(clock.numpy()) + 1
+    clock.fill_(value)
+    return value
+
+
+def block_ordinals(counts: Sequence[int]) -> list[int]:
+    """The ordinal of each parameter's first block: the running sum of the block counts before it."""
+    firsts, total = [], 0
+    for count in counts:
+        firsts.append(total)
+        total += count
+    return firsts
+
+
+_INDICES: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
+
+
+def index_tensor(positions: tuple[int, ...], device: torch.device) -> Tensor:
+    """``positions`` as an int64 tensor on ``device``, cached: a schedule repeats every T steps, so
+    each index set is copied to the device once."""
+    key = (positions, device)
+    if key not in _INDICES:
+        _INDICES[key] = torch.tensor(positions, dtype=torch.int64, device=device)
+    return _INDICES[key]
+
+
+class HostCopy:
+    """A small device tensor copied to host memory without waiting for the device.
+
+    On CUDA the copy goes to pinned memory on the current stream and an event marks its arrival;
+    :meth:`value` is None until then. On other devices the copy is immediate.
+    """
+
+    def __init__(self, tensor: Tensor) -> None:
+        self._event = None
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensor.to("cpu", copy=True)
+
+    def value(self) -> np.ndarray | None:
+        """The values once they have arrived on the host, else None (never waits)."""
+        if self._event is not None and not self._event.query():
+            return None
+        return self._host.numpy()
+
+
+class KnownReady:
+    """Host knowledge that every block of a group is ready, keyed by the group's ``ready`` tensor.
+
+    The step replaces ``ready`` by a new tensor exactly when it initialises blocks (and a loaded
+    state dict or a rebuilt stack brings new tensors), so a flag about one tensor object stays
+    true for as long as the group keeps that object.
+    """
+
+    def __init__(self) -> None:
+        self._flags: dict[int, tuple[weakref.ref, HostCopy]] = {}
+
+    def all_ready(self, ready: Tensor) -> bool:
+        """True when the host has learnt that every entry of ``ready`` holds; never waits."""
+        entry = self._flags.get(id(ready))
+        if entry is None or entry[0]() is not ready:
+            return False
+        value = entry[1].value()
+        return value is not None and bool(value)
+
+    def watch(self, ready: Tensor) -> None:
+        """Start learning whether every entry of ``ready`` holds (once per tensor object)."""
+        key = id(ready)
+        entry = self._flags.get(key)
+        if entry is not None and entry[0]() is ready:
+            return
+        flags = self._flags
+        self._flags[key] = (weakref.ref(ready, lambda _: flags.pop(key, None)), HostCopy(ready.all()))
+
+
+KNOWN_READY = KnownReady()
