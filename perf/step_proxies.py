@@ -8,8 +8,8 @@ ATen op a step dispatches, on CPU tensors exactly as on CUDA ones.
   (``.item()``, ``bool(t)``, ``float(t)``, ``int(t)``, ``.tolist()``) and the ops whose output
   shape depends on the data (``nonzero``, ``masked_select``, ``unique``…, and indexing with a
   boolean mask, ``x[mask]``);
-- **ops**: ATen ops dispatched; **kernels**: those that are not views (``slice``, ``view``,
-  ``expand``…, which only make a new tensor header), each one a kernel launch, or several, on a GPU;
+- **ops**: ATen ops dispatched; **kernels**: those that launch work on a GPU, that is not views
+  (``slice``, ``view``, ``expand``…, a new tensor header) nor allocations (``empty_like``…);
 - **factorised**: matrices passed to QR and to eigh/SVD in the step, counting every batch entry.
 
 ``python -m perf.step_proxies`` prints them per steady step (mean and max over ``precondition_every``
@@ -50,7 +50,7 @@ HOST_READ_OPS = frozenset(
 QR_OPS = frozenset({"linalg_qr", "geqrf"})
 EIGH_OPS = frozenset({"linalg_eigh", "_linalg_eigh", "linalg_svd", "_linalg_svd"})
 MASK_INDEX_OPS = frozenset({"index", "index_put", "index_put_", "_index_put_impl_"})
-VIEW_OPS = frozenset(
+NO_KERNEL_OPS = frozenset(
     {
         "alias",
         "as_strided",
@@ -71,6 +71,10 @@ VIEW_OPS = frozenset(
         "view",
         "_unsafe_view",
         "_reshape_alias",
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "new_empty",
     }
 )
 
@@ -123,8 +127,8 @@ class OpCounter(TorchDispatchMode):
 
     @property
     def kernels(self) -> int:
-        """The dispatched ops that are not views (module docstring)."""
-        return sum(n for name, n in self.ops.items() if name not in VIEW_OPS)
+        """The dispatched ops that launch device work (module docstring)."""
+        return sum(n for name, n in self.ops.items() if name not in NO_KERNEL_OPS)
 
 
 @contextmanager

@@ -9,12 +9,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from tritonkron.distributed.block_split import localize_split_state, shard_split_state
 from tritonkron.distributed.plan import DistributedPlan, resolve_distributed
-from tritonkron.distributed.shards import finite_flags, like_param
+from tritonkron.distributed.shards import like_param
 from tritonkron.math.blocking import BlockLayout
 from tritonkron.options import (
     AUTO,
@@ -26,11 +25,12 @@ from tritonkron.options import (
     validate_group,
 )
 from tritonkron.state import BLOCKS, MOMENTUM, loaded_to_device
-from tritonkron.step.adamw import adamw_step, adamw_steps
+from tritonkron.step.adamw import run_adamw
+from tritonkron.step.apply import apply_update, apply_updates
 from tritonkron.step.guards import FailureWatch, check_gradients, check_refresh_failures
 from tritonkron.step.schedule import block_ordinals
 from tritonkron.step.stacking import BlockStacks, run_group
-from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_unit
+from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_unit, prepare_units
 from tritonkron.tuning.file import TuningTable, TuningWarning
 from tritonkron.tuning.lookup import auto_settings, resolve_tuning
 
@@ -295,7 +295,7 @@ class Kron(Optimizer):
                     units.append(KronUnit(p, group, settings))
                 else:
                     elementwise.append((p, group))
-        self._run_adamw(elementwise)
+        run_adamw(elementwise, self.state)
         self._run_kron(units)
         if torch.compiler.is_compiling():
             return loss
@@ -304,26 +304,6 @@ class Kron(Optimizer):
         else:
             check_refresh_failures(self.param_groups, self.state, self._plan.agree)
         return loss
-
-    def _run_adamw(self, params: list[tuple[Tensor, dict[str, Any]]]) -> None:
-        """AdamW steps of ``params``; DTensor (FSDP2) parameters are stepped shard by shard, their
-        finiteness agreed over the mesh in one collective (:mod:`tritonkron.distributed.shards`)."""
-        sharded = [i for i, (p, _) in enumerate(params) if isinstance(p.grad, DTensor)]
-        agreed = dict(zip(sharded, finite_flags([params[i][0].grad for i in sharded]), strict=True))
-        batches: dict[tuple, list[Tensor]] = {}
-        for i, (p, group) in enumerate(params):
-            if (
-                i in agreed
-                or p.numel() == 0
-                or isinstance(group["lr"], Tensor)
-                or torch.compiler.is_compiling()
-            ):
-                adamw_step(p, group, self.state[p], agreed.get(i))
-            else:  # plain tensors of one group, device and dtype, float lr: multi-tensor ops
-                batches.setdefault((id(group), p.device, p.dtype), []).append(p)
-        groups = {id(group): group for _, group in params}
-        for (group_id, _, _), batch in batches.items():
-            adamw_steps(batch, groups[group_id], [self.state[p] for p in batch])
 
     def _run_kron(self, units: list[KronUnit]) -> None:
         """Compute and apply the Kronecker updates of ``units`` (one per parameter with a gradient).
@@ -334,7 +314,7 @@ class Kron(Optimizer):
         """
 
         def apply(unit: KronUnit, update: Tensor, ok: Tensor) -> None:
-            self._apply(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
+            apply_update(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
 
         self._firsts = self._block_ordinals()
         if self._plan is None:
@@ -342,11 +322,11 @@ class Kron(Optimizer):
                 for unit in units:
                     apply(unit, *self._kron_update(unit))
                 return
-            prepared = [self._prepare(unit) for unit in units]
+            prepared = self._prepare_all(units)
             directions = iter(self._stacks.run([job for p in prepared for job in p.jobs]))
-            for unit, ready in zip(units, prepared, strict=True):
-                taken = [next(directions) for _ in ready.jobs]
-                apply(unit, *self._finish(ready, taken))
+            finished = [self._finish(ready, [next(directions) for _ in ready.jobs]) for ready in prepared]
+            updates, oks = zip(*finished, strict=True) if finished else ((), ())
+            apply_updates([u.param for u in units], updates, oks, [u.group for u in units])
             return
         self._plan.assign_optimizer(self)
         self._plan.run(units, self._kron_update, apply, self.state)
@@ -395,15 +375,16 @@ class Kron(Optimizer):
         first = self._firsts.get(id(p), 0)
         return prepare_unit(p, group, settings, layout, self.state[p], chunks, first)
 
+    def _prepare_all(self, units: list[KronUnit]) -> list[PreparedUnit]:
+        """:meth:`_prepare` of every unit of a one-process step, their skip flags and counters at once."""
+        items = []
+        for p, group, settings in units:
+            settings, layout = self._resolve(p, group, settings)
+            items.append((p, group, settings, layout, self.state[p], self._firsts.get(id(p), 0)))
+        return prepare_units(items)
+
     def _finish(self, prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(update shaped like p, ok) from the directions of ``prepared``'s block groups."""
         if prepared.chunks is not None:
             directions = self._plan.gather_split(prepared.param, directions, prepared.layout)
         return finish_unit(prepared, directions)
-
-    @staticmethod
-    def _apply(p: Tensor, update: Tensor, lr: float | Tensor, weight_decay: float, ok: Tensor) -> None:
-        """W ← (1 − ηλ) W − η U where ``ok`` holds; W unchanged where the step was skipped."""
-        new = p.mul(1 - lr * weight_decay) if weight_decay != 0 else p
-        new = new - (update * lr).to(p.dtype)
-        p.copy_(torch.where(ok, new, p))

@@ -73,8 +73,16 @@ class BlockLayout:
         groups = tuple(BlockGroup(s, tuple(offs)) for s, offs in by_shape.items())
         return cls((m, n), groups)
 
+    @property
+    def whole(self) -> bool:
+        """Whether one block covers the whole matrix."""
+        return len(self.groups) == 1 and len(self.groups[0].offsets) == 1
+
     def gather(self, matrix: Tensor) -> list[Tensor]:
-        """Split ``matrix`` ``[m, n]`` into one stacked ``[B, bm, bn]`` tensor per group."""
+        """Split ``matrix`` ``[m, n]`` into one stacked ``[B, bm, bn]`` tensor per group (a view of
+        ``matrix`` when one block covers it, else a copy)."""
+        if self.whole:
+            return [matrix.unsqueeze(0)]
         stacks = []
         for group in self.groups:
             bm, bn = group.shape
@@ -83,7 +91,10 @@ class BlockLayout:
         return stacks
 
     def scatter(self, stacks: list[Tensor], out: Tensor) -> Tensor:
-        """Write stacked blocks back into ``out`` ``[m, n]`` (the inverse of :meth:`gather`)."""
+        """Write stacked blocks back into ``out`` ``[m, n]`` and return it (the inverse of
+        :meth:`gather`); when one block covers the matrix, that block itself is returned instead."""
+        if self.whole:
+            return stacks[0][0]
         for group, stack in zip(self.groups, stacks, strict=True):
             bm, bn = group.shape
             for block, (r, c) in zip(stack, group.offsets, strict=True):

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
-from tritonkron.distributed.shards import local
+from tritonkron.distributed.shards import finite_flags, local
 from tritonkron.state import EXP_AVG, EXP_AVG_SQ, SKIPPED, STEP
 
 
@@ -27,6 +28,33 @@ def count_nonfinite(grad: Tensor, state: dict[str, Any], ok: Tensor | None = Non
     skipped = _skip_counter(state, grad.device)
     skipped.add_((~ok).to(skipped.dtype))
     return ok
+
+
+def count_nonfinite_all(grads: list[Tensor], states: list[dict[str, Any]]) -> list[Tensor]:
+    """:func:`count_nonfinite` of many parameters, with ``step`` advanced where ok (the Kronecker
+    path's counters), in a few ops per (dtype, device) however many parameters there are.
+
+    ok_i = isfinite(‖g_i‖₁): the sum of |entries| is NaN or Inf exactly when an entry is (an
+    overflow of the sum would need entries near 1e34 in float32); the counts are one
+    ``_foreach_add_`` each: skipped_steps += 1 − ok, step += ok.
+    """
+    if not grads:
+        return []
+    norms = torch._foreach_norm(grads, ord=1)
+    batches: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, norm in enumerate(norms):
+        batches.setdefault((norm.dtype, norm.device), []).append(i)
+    oks: list[Tensor] = [norms[0]] * len(grads)
+    for indices in batches.values():
+        ok = torch.isfinite(torch.stack([norms[i] for i in indices]))
+        device = norms[indices[0]].device
+        taken = ok.to(torch.float32)
+        skipped = [_skip_counter(states[i], device) for i in indices]
+        torch._foreach_add_(skipped, list((1 - taken).unbind()))
+        torch._foreach_add_([states[i][STEP] for i in indices], list(taken.unbind()))
+        for i, flag in zip(indices, ok.unbind(), strict=True):
+            oks[i] = flag
+    return oks
 
 
 def _skip_counter(state: dict[str, Any], device: torch.device) -> Tensor:
@@ -163,3 +191,21 @@ def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
     """:func:`_flatten` undone: views of ``flat`` shaped like ``like`` (a 1-D piece is not reshaped)."""
     pieces = flat.split([t.numel() for t in like])
     return [piece if t.dim() == 1 else piece.view(t.shape) for piece, t in zip(pieces, like, strict=True)]
+
+
+def run_adamw(params: list[tuple[Tensor, dict[str, Any]]], state: dict[Tensor, dict[str, Any]]) -> None:
+    """AdamW steps of ``(parameter, group)`` pairs: plain tensors of one group, device and dtype with a
+    float lr by :func:`adamw_steps`, the rest one by one; DTensor (FSDP2) parameters are stepped
+    shard by shard, their finiteness agreed over the mesh in one collective
+    (:mod:`tritonkron.distributed.shards`)."""
+    sharded = [i for i, (p, _) in enumerate(params) if isinstance(p.grad, DTensor)]
+    agreed = dict(zip(sharded, finite_flags([params[i][0].grad for i in sharded]), strict=True))
+    batches: dict[tuple, list[Tensor]] = {}
+    for i, (p, group) in enumerate(params):
+        if i in agreed or p.numel() == 0 or isinstance(group["lr"], Tensor) or torch.compiler.is_compiling():
+            adamw_step(p, group, state[p], agreed.get(i))
+        else:
+            batches.setdefault((id(group), p.device, p.dtype), []).append(p)
+    groups = {id(group): group for _, group in params}
+    for (group_id, _, _), batch in batches.items():
+        adamw_steps(batch, groups[group_id], [state[p] for p in batch])

@@ -128,33 +128,58 @@ def check_refresh_failures(
 class FailureWatch:
     """:func:`check_refresh_failures` for one process without waiting for the device.
 
-    Each step's flags are copied to the host asynchronously (:class:`~tritonkron.step.schedule.HostCopy`);
-    a step raises for the first failing parameter of the flags that have arrived. On CPU they
-    arrive at once (the step that reaches the limit raises); on CUDA usually by the next step.
+    Each step, every block's count is compared with its group's limit in three ops per device
+    (one concatenation, one comparison, one asynchronous copy to the host,
+    :class:`~tritonkron.step.schedule.HostCopy`); a step raises for the first failing parameter of
+    the flags that have arrived. On CPU they arrive at once (the step that reaches the limit
+    raises); on CUDA usually by the next step.
     """
 
     def __init__(self) -> None:
-        self._pending: list[tuple[list[HostCopy], list[list[int]], list[tuple[int, int]]]] = []
+        self._pending: list[tuple[list[tuple[HostCopy, list[int]]], list[tuple[int, int]]]] = []
 
     def check(self, groups: Sequence[dict[str, Any]], state: dict[Tensor, dict[str, Any]]) -> None:
         """Queue this step's flags, then raise for the oldest arrived step that has a failure."""
-        counts, where, position = _failure_flags(groups, state)
-        if counts:
-            by_device: dict[torch.device, list[int]] = {}
-            for i, flag in enumerate(counts):
-                by_device.setdefault(flag.device, []).append(i)
-            copies = [HostCopy(torch.stack([counts[i] for i in idx])) for idx in by_device.values()]
-            self._pending.append((copies, [[where[i] for i in idx] for idx in by_device.values()], position))
+        by_device: dict[torch.device, tuple[list[Tensor], list[tuple[int, int]], list[int]]] = {}
+        position: list[tuple[int, int]] = []
+        for gi, group in enumerate(groups):
+            for pi, p in enumerate(group["params"]):
+                position.append((gi, pi))
+                for blocks in state.get(p, {}).get(BLOCKS, []):
+                    if FAILURES in blocks:
+                        counts = blocks[FAILURES]
+                        entry = by_device.setdefault(counts.device, ([], [], []))
+                        entry[0].append(counts)
+                        entry[1].append((counts.numel(), group["max_refresh_failures"]))
+                        entry[2].extend([len(position) - 1] * counts.numel())
+        copies = [
+            (HostCopy(torch.cat(counts) >= _limits(tuple(limits), device)), owners)
+            for device, (counts, limits, owners) in by_device.items()
+        ]
+        if copies:
+            self._pending.append((copies, position))
         while self._pending:
-            copies, owners, position = self._pending[0]
-            values = [copy.value() for copy in copies]
+            copies, position = self._pending[0]
+            values = [copy.value() for copy, _ in copies]
             if any(v is None for v in values):
                 return
             self._pending.pop(0)
-            hits = [owner[int(v.argmax())] for v, owner in zip(values, owners, strict=True) if v.any()]
+            hits = [owners[int(v.argmax())] for v, (_, owners) in zip(values, copies, strict=True) if v.any()]
             if hits:
                 self._pending.clear()
                 _raise_failure(groups, *position[min(hits)])
+
+
+_LIMITS: dict[tuple[tuple[tuple[int, int], ...], torch.device], Tensor] = {}
+
+
+def _limits(limits: tuple[tuple[int, int], ...], device: torch.device) -> Tensor:
+    """Each block's ``max_refresh_failures`` from (block count, limit) per group, cached on ``device``."""
+    key = (limits, device)
+    if key not in _LIMITS:
+        values = [limit for count, limit in limits for _ in range(count)]
+        _LIMITS[key] = torch.tensor(values, dtype=torch.int32, device=device)
+    return _LIMITS[key]
 
 
 def check_state(

@@ -51,10 +51,11 @@ def due_mask(clock: Tensor, first: int, count: int, period: int, device: torch.d
 
 
 def advance_clock(clock: Tensor) -> int:
-    """c ← c + 1 on the CPU clock tensor; returns the new value (a host read of host memory only)."""
-    value = int(clock.numpy()) + 1
-    clock.fill_(value)
-    return value
+    """c ← c + 1 on the CPU clock tensor, through its NumPy view (host memory, no op dispatched);
+    returns the new value."""
+    host = clock.numpy()
+    host[()] = host + 1
+    return int(host)
 
 
 def block_ordinals(counts: Sequence[int]) -> list[int]:

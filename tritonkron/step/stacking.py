@@ -84,10 +84,12 @@ class GroupJob(NamedTuple):
 
 
 def run_group(job: GroupJob) -> Tensor:
-    """One group's own step; returns its direction ``[B, m, n]``."""
+    """One group's own step; returns its direction ``[B, m, n]``. The gradient blocks of a skipped
+    step (``ok`` False, where they may hold NaN/Inf) are zeroed first."""
+    G = torch.where(job.ok.reshape(-1, 1, 1), job.G, 0.0)
     if job.rotated:
-        return rotated_group_step(job.state, job.G, job.settings, job.refresh, job.ok)
-    return job.step_fn(job.state, job.G, job.M, job.settings, job.refresh, job.ok)
+        return rotated_group_step(job.state, G, job.settings, job.refresh, job.ok)
+    return job.step_fn(job.state, G, job.M, job.settings, job.refresh, job.ok)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from torch import Tensor
 from tritonkron.math.blocking import BlockLayout
 from tritonkron.options import KronSettings, statistics_dtype
 from tritonkron.state import BLOCKS, CLOCK, MOMENTUM, SKIPPED, STEP
-from tritonkron.step.adamw import count_nonfinite
+from tritonkron.step.adamw import count_nonfinite, count_nonfinite_all
 from tritonkron.step.bounds import adam_bound, bias_correction
 from tritonkron.step.dense import block_group_step, new_group_state
 from tritonkron.step.guards import check_state
@@ -23,7 +23,7 @@ from tritonkron.step.schedule import advance_clock, due_mask, due_positions
 from tritonkron.step.sketched import new_sketch_state, sketch_group_step
 from tritonkron.step.stacking import GroupJob, ensure_failure_counts
 
-__all__ = ["PreparedUnit", "finish_unit", "limit_rms", "prepare_unit"]
+__all__ = ["PreparedUnit", "ensure_state", "finish_unit", "limit_rms", "prepare_unit", "prepare_units"]
 
 
 class PreparedUnit(NamedTuple):
@@ -59,22 +59,62 @@ def prepare_unit(
     basis refresh (:mod:`tritonkron.step.schedule`; ``first`` is the ordinal of ``p``'s first block),
     and one :class:`~tritonkron.step.stacking.GroupJob` per block group (``chunks``: this rank's
     blocks of a split parameter)."""
-    m, n = layout.matrix
-    dtype = statistics_dtype(p)
+    rotated = ensure_state(p, settings, layout, state, chunks)
+    grad = p.grad.to(statistics_dtype(p)).reshape(layout.matrix)
+    ok = count_nonfinite(grad, state)
+    state[STEP].add_(ok.to(state[STEP].dtype))
+    return _prepared(p, group, settings, layout, state, chunks, first, rotated, grad, ok)
+
+
+def prepare_units(
+    units: list[tuple[Tensor, dict[str, Any], KronSettings, BlockLayout, dict[str, Any], int]],
+) -> list[PreparedUnit]:
+    """:func:`prepare_unit` of whole parameters ``(p, group, settings, layout, state, first)`` with
+    the skip flags and the step and skip counts of all of them at once
+    (:func:`~tritonkron.step.adamw.count_nonfinite_all`: a few ops, however many parameters)."""
+    rotated = [ensure_state(p, settings, layout, state, None) for p, _, settings, layout, state, _ in units]
+    grads = [p.grad.to(statistics_dtype(p)).reshape(layout.matrix) for p, _, _, layout, _, _ in units]
+    oks = count_nonfinite_all(grads, [state for *_, state, _ in units])
+    return [
+        _prepared(p, group, settings, layout, state, None, first, r, grad, ok)
+        for (p, group, settings, layout, state, first), r, grad, ok in zip(
+            units, rotated, grads, oks, strict=True
+        )
+    ]
+
+
+def ensure_state(
+    p: Tensor, settings: KronSettings, layout: BlockLayout, state: dict[str, Any], chunks: list[slice] | None
+) -> list[bool]:
+    """Create ``p``'s state, or check it and convert its momentum's form; returns which block groups
+    keep their momentum rotated."""
     rotated = [uses_rotated_momentum(settings, *g.shape) for g in layout.groups]
     counts = [len(g.offsets) for g in layout.groups] if chunks is None else [c.stop - c.start for c in chunks]
     if not state:
-        _new_state(p, state, layout, settings, rotated, counts, dtype)
+        _new_state(p, state, layout, settings, rotated, counts, statistics_dtype(p))
     else:
         check_state(p, state, layout, settings.sketch, counts)
         convert_momentum(state, layout, rotated, chunks)
     for block_state, r in zip(state[BLOCKS], rotated, strict=True):
         if r:
             ensure_failure_counts(block_state)
-    grad = p.grad.to(dtype).reshape(m, n)
-    ok = count_nonfinite(grad, state)
-    state[STEP].add_(ok.to(state[STEP].dtype))
-    grad = torch.where(ok, grad, torch.zeros_like(grad))
+    return rotated
+
+
+def _prepared(
+    p: Tensor,
+    group: dict[str, Any],
+    settings: KronSettings,
+    layout: BlockLayout,
+    state: dict[str, Any],
+    chunks: list[slice] | None,
+    first: int,
+    rotated: list[bool],
+    grad: Tensor,
+    ok: Tensor,
+) -> PreparedUnit:
+    """The momentum of non-rotated groups, the due blocks and the jobs of a counted parameter
+    (``grad`` may hold NaN/Inf where ``ok`` is False: each group zeroes its blocks, run_group)."""
     momentum = state.get(MOMENTUM)
     if momentum is not None:
         momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
