@@ -87,6 +87,9 @@ class KronSettings:
         sketch_rank: ℓ, the sketch rank (≥ rank); None when ``sketch`` is False.
         factor_ranks: (k_A, k_B) when the two factors have their own ranks (``rank="auto"``).
         beta1: retention of the momentum (used by the rotated-momentum step, :mod:`tritonkron.step.rotated`).
+        bound: None, or "adam": every entry of the rotated direction bounded by Adam's worst case
+            (:mod:`tritonkron.step.bounds`, docs/maths.md §5.5).
+        bias_correction: divide the update by 1 − β₁ᵗ, t the parameter's step count (docs/maths.md §5.5).
     """
 
     divergence: Divergence
@@ -102,6 +105,8 @@ class KronSettings:
     sketch_rank: int | None = None
     factor_ranks: tuple[int | None, int | None] | None = None
     beta1: float = 0.9
+    bound: str | None = None
+    bias_correction: bool = False
 
     @property
     def rank_a(self) -> int | None:
@@ -164,8 +169,11 @@ DEFAULTS: dict[str, Any] = {
     "nonfinite": "skip",
     "max_refresh_failures": 10,
     "max_update_rms": None,
+    "bound": None,
+    "bias_correction": False,
 }
 NONFINITE_POLICIES = ("skip", "raise")
+BOUNDS = (None, "adam")
 
 
 def _check_number(
@@ -228,6 +236,19 @@ def validate_group(group: dict[str, Any]) -> None:
         _check_number("max_update_rms", group["max_update_rms"], 0.0, low_open=True)
     if group["nonfinite"] not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {group['nonfinite']!r}")
+    _validate_bounds(group)
+
+
+def _validate_bounds(group: dict[str, Any]) -> None:
+    """The ``bound`` (None or "adam", which needs β₁² < β₂) and ``bias_correction`` (bool) options."""
+    bound = group.get("bound", DEFAULTS["bound"])
+    if not any(bound is b or bound == b for b in BOUNDS):
+        raise ValueError(f"bound must be one of {', '.join(map(repr, BOUNDS))}; got {bound!r}")
+    beta1, beta2 = group["betas"]
+    if bound is not None and float(beta1) ** 2 >= float(beta2):
+        raise ValueError(f"bound='adam' needs betas[0]² < betas[1]; got betas={tuple(group['betas'])!r}")
+    if not isinstance(group.get("bias_correction", DEFAULTS["bias_correction"]), bool):
+        raise ValueError(f"bias_correction must be True or False; got {group['bias_correction']!r}")
 
 
 def _validate_sketch(group: dict[str, Any]) -> None:
@@ -258,6 +279,8 @@ def kron_settings(group: dict[str, Any]) -> KronSettings:
         beta2=float(group["betas"][1]),
         beta1=float(group["betas"][0]),
         eps=float(group["eps"]),
+        bound=group.get("bound", DEFAULTS["bound"]),
+        bias_correction=group.get("bias_correction", DEFAULTS["bias_correction"]),
         eig_floor=float(group["eig_floor"]),
         init_floor=float(group["init_floor"]),
         flat_tail_in_stats=group["flat_tail_in_stats"],

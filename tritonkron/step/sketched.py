@@ -60,6 +60,7 @@ from tritonkron.state import (
     TAIL_B,
     TRACE,
 )
+from tritonkron.step.bounds import adam_bound, bounded_low_rank
 from tritonkron.step.dense import (
     counted_failures,
     ensure_failure_counts,
@@ -183,7 +184,12 @@ def _scales(x: Tensor, rank: int, settings: KronSettings) -> tuple[Tensor, Tenso
 
 
 def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Tensor:
-    """Preconditioned direction ``[B, m, n]`` of the momentum ``M`` from the current sketches."""
+    """Preconditioned direction ``[B, m, n]`` of the momentum ``M`` from the current sketches.
+
+    U = P_A M P_B with P_X Y = U_k (D − c)(U_kᵀ Y) + c Y; with ``bound="adam"`` the top × top
+    entries, top × tail rows, tail × top columns and the tail × tail block are each capped at
+    RMS ≤ B, so RMS(U) ≤ B (:func:`tritonkron.step.bounds.bounded_low_rank`, docs/maths.md §5.5).
+    """
     if settings.rank is None:
         raise ValueError("sketched preconditioning needs an int rank")
     m, n = M.shape[-2:]
@@ -194,6 +200,9 @@ def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings
     s_B, c_B = _scales(floor_eigenvalues(b, settings.eig_floor), settings.rank_b, settings)
     U_A = state[BASIS_A][..., : s_A.shape[-1]]
     U_B = state[BASIS_B][..., : s_B.shape[-1]]
+    if settings.bound is not None:
+        cap = adam_bound(settings.beta1, settings.beta2)
+        return bounded_low_rank(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps, cap)
     return sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps)
 
 

@@ -1,0 +1,111 @@
+"""Bounded directions (``bound="adam"``) and the momentum's bias correction (docs/maths.md §5.5).
+
+The direction divides the momentum by eigenvalues that exclude the current gradient, and nothing
+else bounds |M̂ᵢⱼ|/√(aᵢbⱼ): a gradient that moves into directions whose tracked eigenvalues are
+tiny gives an update orders of magnitude larger than Adam's. With ``bound="adam"`` the scale of
+each entry of the rotated momentum is
+
+    Σᵢⱼ = 1 / (max(√(aᵢbⱼ), √(1 − β₂)|Ĝᵢⱼ|, |M̂ᵢⱼ|/B) + ε),   B = (1 − β₁)/√((1 − β₂)(1 − β₁²/β₂)),
+
+Adam's second moment max-ed with the current rotated gradient, and B the worst case of Adam's own
+|m|/√v, so that |Uᵢⱼ| ≤ B in the rotated frame and RMS(U) ≤ B (the bases are orthogonal). The
+low-rank forms (``rank=k`` when cheaper, ``sketch=True``) have no full rotated frame: their four
+blocks (top × top, top × tail, tail × top, tail × tail) share one scale along each tail index, so
+the cap is applied per entry, per row, per column and per block RMS, which gives the same
+RMS(U) ≤ B (:func:`bounded_low_rank`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["adam_bound", "bias_correction", "bounded_low_rank", "bounded_scales", "damp"]
+
+
+def adam_bound(beta1: float, beta2: float) -> float:
+    """B = (1 − β₁)/√((1 − β₂)(1 − β₁²/β₂)), the supremum of Adam's |m_t|/√v_t (needs β₁² < β₂).
+
+    From m = (1 − β₁) Σ β₁ᵏ g_{t−k}, v = (1 − β₂) Σ β₂ᵏ g²_{t−k} and Cauchy–Schwarz on
+    Σ (β₁/√β₂)ᵏ · √β₂ᵏ|g_{t−k}|.
+    """
+    if beta1 * beta1 >= beta2:
+        raise ValueError(f"bound='adam' needs betas[0]² < betas[1]; got betas=({beta1}, {beta2})")
+    return (1 - beta1) / math.sqrt((1 - beta2) * (1 - beta1 * beta1 / beta2))
+
+
+def damp(sigma: Tensor, eps: float) -> Tensor:
+    """Σ = σ/(1 + εσ) = 1/(1/σ + ε), the ε damping of a scale σ = 1/√x."""
+    return sigma / (1 + eps * sigma)
+
+
+def bounded_scales(sigma: Tensor, M_hat: Tensor, G_hat: Tensor | None, beta2: float, cap: float) -> Tensor:
+    """σ'ᵢⱼ = min(σᵢⱼ, 1/(√(1 − β₂)|Ĝᵢⱼ|), B/|M̂ᵢⱼ|), i.e. 1/max(√(aᵢbⱼ), √(1 − β₂)|Ĝᵢⱼ|, |M̂ᵢⱼ|/B).
+
+    Zero entries of Ĝ or M̂ give an infinite candidate and leave σ alone; ``G_hat`` None skips
+    the gradient term. Then |M̂ᵢⱼ| σ'ᵢⱼ ≤ B for every entry.
+    """
+    out = torch.minimum(sigma, cap / M_hat.abs())
+    if G_hat is not None:
+        out = torch.minimum(out, 1 / (math.sqrt(1 - beta2) * G_hat.abs()))
+    return out
+
+
+def _capped(sigma: Tensor, rms: Tensor, eps: float, cap: float) -> Tensor:
+    """damp(min(σ, B/r)): the damped scale of a block part whose entries have RMS r (r = 0: σ)."""
+    return damp(torch.minimum(sigma, cap / rms), eps)
+
+
+def _mean_square(total: Tensor, count: int) -> Tensor:
+    """A sum of squares divided by its count, clamped at 0 (differences of squares may round below)."""
+    return total.clamp_min(0) / max(count, 1)
+
+
+def bounded_low_rank(
+    M: Tensor,
+    U_A: Tensor,
+    s_A: Tensor,
+    c_A: Tensor,
+    U_B: Tensor,
+    s_B: Tensor,
+    c_B: Tensor,
+    eps: float,
+    cap: float,
+) -> Tensor:
+    """P_A M P_B in low-rank form with every part of the rotated frame capped at RMS ≤ B.
+
+    With X = U_Aᵀ M, Y = M U_B, Z = U_Aᵀ M U_B and P⊥ = I − U Uᵀ, M splits orthogonally into
+    U_A Z U_Bᵀ + U_A (X − Z U_Bᵀ) + (Y − U_A Z) U_Bᵀ + P⊥_A M P⊥_B, scaled by s_A,i s_B,j (per
+    entry), s_A,i c_B (per row i), c_A s_B,j (per column j) and c_A c_B (one constant). Each scale
+    σ becomes damp(min(σ, B/r)), r the RMS of that part's entries over the tail coordinates of any
+    completion of the bases: r_i² = (‖X_i‖² − ‖Z_i‖²)/(n − k_B), r_j² = (‖Y_j‖² − ‖Z_j‖²)/(m − k_A),
+    r² = (‖M‖² − ‖X‖² − ‖Y‖² + ‖Z‖²)/((m − k_A)(n − k_B)). Each part's Frobenius norm is then at
+    most B √(its entries), so ‖U‖_F ≤ B √(mn). With B = ∞ this is the unbounded low-rank direction.
+    """
+    m, n = M.shape[-2:]
+    k_A, k_B = U_A.shape[-1], U_B.shape[-1]
+    X = U_A.transpose(-1, -2) @ M
+    Y = M @ U_B
+    Z = X @ U_B
+    top = damp(torch.minimum(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), cap / Z.abs()), eps)
+    x2, y2, z2 = X.square(), Y.square(), Z.square()
+    row_rms = _mean_square(x2.sum(-1) - z2.sum(-1), n - k_B).sqrt()
+    col_rms = _mean_square(y2.sum(-2) - z2.sum(-2), m - k_A).sqrt()
+    total = M.square().sum((-2, -1)) - x2.sum((-2, -1)) - y2.sum((-2, -1)) + z2.sum((-2, -1))
+    tail_rms = _mean_square(total, (m - k_A) * (n - k_B)).sqrt()
+    rows = _capped(s_A * c_B.unsqueeze(-1), row_rms, eps, cap)
+    cols = _capped(c_A.unsqueeze(-1) * s_B, col_rms, eps, cap)
+    flat = _capped(c_A * c_B, tail_rms, eps, cap)
+    R = X - Z @ U_B.transpose(-1, -2)
+    C = Y - U_A @ Z
+    rest = M - U_A @ X - C @ U_B.transpose(-1, -2)  # = P⊥_A M P⊥_B
+    U = U_A @ ((Z * top) @ U_B.transpose(-1, -2) + R * rows.unsqueeze(-1))
+    U = U + (C * cols.unsqueeze(-2)) @ U_B.transpose(-1, -2)
+    return U + rest * flat.reshape(-1, *([1] * (M.dim() - 1)))
+
+
+def bias_correction(step: Tensor, beta1: float) -> Tensor:
+    """1/(1 − β₁ᵗ) with t = ``step`` (a device tensor, read as ≥ 1: no host read)."""
+    return 1 / (1 - torch.pow(beta1, step.clamp_min(1)))
