@@ -35,8 +35,8 @@ from perf.train import build_workload, run_one
 __all__ = ["KRON_VARIANTS", "early_training", "lr_sensitivity", "main", "worst_updates_table"]
 
 KRON_VARIANTS: dict[str, dict[str, object]] = {
-    "Kron off": {},
-    "Kron bound": {"bound": "adam"},
+    "Kron off": {"bias_correction": False},
+    "Kron bound": {"bound": "adam", "bias_correction": False},
     "Kron bias": {"bias_correction": True},
     "Kron bound+bias": {"bound": "adam", "bias_correction": True},
 }
