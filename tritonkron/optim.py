@@ -123,7 +123,8 @@ class Kron(Optimizer):
             column and tail block, with the same RMS(U) ≤ B. Needs β₁² < β₂ (docs/maths.md §5.5).
         bias_correction: divide the update by 1 − β₁ᵗ (t = ``state["step"]``, no host read), as Adam
             does for its momentum (off by default: it helps short runs, but at high lr the
-            uncorrected momentum's implicit warm-up was better; perf/results/bounds_2026-12-07.md); with ``bound`` the corrected update's RMS is capped at B again.
+            uncorrected momentum's implicit warm-up was better; perf/results/bounds_2026-12-07.md);
+            with ``bound`` the corrected update's RMS is capped at B again.
             A block's first non-zero gradient still only initialises it (docs/maths.md §5.5).
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
