@@ -13,7 +13,7 @@ ATen op a step dispatches, on CPU tensors exactly as on CUDA ones.
 - **factorised**: matrices passed to QR and to eigh/SVD in the step, counting every batch entry.
 
 ``python -m perf.step_proxies`` prints them per steady step (mean and max over ``precondition_every``
-steps, so the refresh step is included) for GPT-shaped models of growing depth; a step that scales
+steps after a warm-up, so every refresh step is included) for GPT-shaped models of growing depth; a step that scales
 well has a flat op count, no host reads and at most ceil(blocks / T) factorisations per step.
 """
 
@@ -157,12 +157,13 @@ def _backward(model: nn.Module, generator: torch.Generator) -> None:
 def measure(
     make_model: Callable[[], nn.Module], options: dict[str, Any], warmup: int = 3
 ) -> dict[str, float]:
-    """Per-step counts over one refresh period T after ``warmup`` steps (mean and max per step)."""
+    """Per-step counts over one refresh period T after ``warmup`` steps and one more period (the
+    first period copies each refresh schedule's block indices to the device once; mean and max per step)."""
     model = make_model()
     opt = tk.Kron(model.parameters(), lr=1e-3, **options)
     period = opt.param_groups[0]["precondition_every"]
     generator = torch.Generator().manual_seed(0)
-    for _ in range(warmup):
+    for _ in range(warmup + period):
         _backward(model, generator)
         opt.step()
     rows = []

@@ -47,6 +47,18 @@ def test_block_layout_roundtrip_and_grouping() -> None:
     assert torch.equal(layout.scatter(layout.gather(matrix), torch.empty_like(matrix)), matrix)
 
 
+@pytest.mark.parametrize(("shape", "block_size"), [((10, 7), 4), ((13, 17), 5), ((6, 6), 6), ((9, 4), 2)])
+def test_gathered_blocks_are_the_blocks_at_their_offsets(shape: tuple[int, int], block_size: int) -> None:
+    matrix = torch.randn(shape)
+    layout = BlockLayout.build(shape, block_size)
+    stacks = layout.gather(matrix)
+    for group, stack in zip(layout.groups, stacks, strict=True):
+        bm, bn = group.shape
+        want = torch.stack([matrix[r : r + bm, c : c + bn] for r, c in group.offsets])
+        assert torch.equal(stack, want)
+    assert torch.equal(layout.scatter(stacks, torch.full_like(matrix, float("nan"))), matrix)
+
+
 def test_weighted_gram_forms_agree() -> None:
     g = torch.Generator().manual_seed(0)
     G = torch.randn(3, 5, 7, generator=g, dtype=F64)

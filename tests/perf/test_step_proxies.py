@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from perf.step_proxies import _has_bool_index, counting, gpt, measure
@@ -48,3 +49,33 @@ def test_measure_covers_a_refresh_period() -> None:
     assert counts["factorised max"] >= 1
     assert counts["factorised mean"] < counts["factorised max"]
     assert counts["ops max"] >= counts["ops mean"] > 0
+
+
+def _tiny(depth: int) -> torch.nn.Module:
+    return gpt(depth, d_model=16, vocab=11, context=8)
+
+
+def _kron_params(model: torch.nn.Module) -> int:
+    return sum(1 for p in model.parameters() if p.dim() >= 2)
+
+
+# Kernels a step adds per Kronecker parameter: its gradient gathered into blocks and its update
+# scattered back (one copy each when it has several blocks); the low-rank form of rank=k also keeps
+# the parameter's momentum M (lerp, skip select, gather).
+PER_PARAMETER = {"full": 2.0, "rank": 6.0}
+
+
+@pytest.mark.parametrize(("name", "options"), [("full", {}), ("rank", {"rank": 4})], ids=["full", "rank"])
+def test_steady_step_reads_nothing_and_its_kernels_do_not_grow_with_depth(name: str, options: dict) -> None:
+    """The GPU-step goals measured on CPU: no host read in any step of a refresh period, and
+    launches that grow with depth only by the per-parameter copies (more layers add members to the
+    same equal-shape stacks; the bookkeeping of all parameters is a few multi-tensor ops)."""
+    counts = {
+        depth: measure(lambda d=depth: _tiny(d), {"precondition_every": 4, "block_size": 8, **options})
+        for depth in (4, 8)
+    }
+    for c in counts.values():
+        assert c["host reads max"] == 0
+    added = _kron_params(_tiny(8)) - _kron_params(_tiny(4))
+    growth = (counts[8]["kernels mean"] - counts[4]["kernels mean"]) / added
+    assert growth <= PER_PARAMETER[name], (growth, counts)

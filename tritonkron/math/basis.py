@@ -19,8 +19,11 @@ from torch import Tensor
 from tritonkron.math.safe_linalg import SITE_CANONICAL, Eigenpairs, safe_eigh, sort_descending
 
 __all__ = [
+    "ORTHONORMALIZERS",
     "Eigenpairs",
     "canonical_degenerate_basis",
+    "cholesky_qr",
+    "orthonormalize",
     "rayleigh_quotients",
     "sort_descending",
     "subspace_iteration",
@@ -32,8 +35,45 @@ def rayleigh_quotients(X: Tensor, Q: Tensor) -> Tensor:
     return ((X @ Q) * Q).sum(dim=-2)
 
 
-def subspace_iteration(X: Tensor, Q: Tensor, steps: int = 1) -> Eigenpairs:
-    """Top-k subspace iteration: ``steps`` times Q ← qr(X Q).Q, then sort by Rayleigh quotient.
+def cholesky_qr(Y: Tensor) -> Tensor:
+    """Q of the thin QR factorisation Y = Q R (R with a positive diagonal) by shifted CholeskyQR3,
+    computed in float64 (docs/maths.md §2.4): with the columns of Y first scaled to unit norm
+    (Q does not change),
+
+        G = YᵀY + s I,  R = chol(G)ᵀ,  Y ← Y R⁻¹,  then twice more with s = 0,
+
+    s = 11 (m n + n (n + 1)) u ‖Y‖²_F, u the unit roundoff. The shifted pass cannot fail and leaves
+    Y with condition number ≈ √(s)/σ_min(Y); two plain passes then make it orthonormal to O(u).
+    Only GEMMs, batched Cholesky factorisations and triangular solves: no per-matrix Householder
+    QR. Returns Q in Y's dtype (non-finite where a factorisation broke down, which the refresh
+    rejects). ``Y``: ``[B, m, n]``, m ≥ n.
+    """
+    dtype = Y.dtype
+    Y = Y.to(torch.float64)
+    Y = Y / torch.linalg.vector_norm(Y, dim=-2, keepdim=True).clamp_min(torch.finfo(Y.dtype).tiny)
+    m, n = Y.shape[-2:]
+    shift = 11 * (m * n + n * (n + 1)) * (torch.finfo(Y.dtype).eps / 2) * n  # ‖Y‖²_F = n after scaling
+    eye = torch.eye(n, dtype=Y.dtype, device=Y.device)
+    for s in (shift, 0.0, 0.0):
+        L, _ = torch.linalg.cholesky_ex(Y.mT @ Y + s * eye)
+        Y = torch.linalg.solve_triangular(L.mT, Y, upper=True, left=False)
+    return Y.to(dtype)
+
+
+ORTHONORMALIZERS = ("householder", "cholesky")
+
+
+def orthonormalize(Y: Tensor, method: str = "householder") -> Tensor:
+    """Q of Y = Q R: ``"householder"`` (``torch.linalg.qr``, LAPACK/cuSOLVER) or ``"cholesky"``
+    (:func:`cholesky_qr`; the same Q up to the signs of its columns)."""
+    if method == "cholesky":
+        return cholesky_qr(Y)
+    return torch.linalg.qr(Y).Q
+
+
+def subspace_iteration(X: Tensor, Q: Tensor, steps: int = 1, method: str = "householder") -> Eigenpairs:
+    """Top-k subspace iteration: ``steps`` times Q ← qr(X Q).Q, then sort by Rayleigh quotient
+    (``method``: how Q is orthonormalised, :func:`orthonormalize`).
 
     With k = d (a full basis) and ``steps=1`` this is the power step + QR basis refresh.
     Converges to the top-k eigenvectors of symmetric PSD X at rate (λ_{k+1}/λ_k)^steps.
@@ -50,7 +90,7 @@ def subspace_iteration(X: Tensor, Q: Tensor, steps: int = 1) -> Eigenpairs:
         torch.linalg.LinAlgError / RuntimeError: when QR fails; callers keep the old basis.
     """
     for _ in range(steps):
-        Q = torch.linalg.qr(X @ Q).Q
+        Q = orthonormalize(X @ Q, method)
     return sort_descending(rayleigh_quotients(X, Q), Q)
 
 

@@ -79,24 +79,32 @@ class BlockLayout:
         return len(self.groups) == 1 and len(self.groups[0].offsets) == 1
 
     def gather(self, matrix: Tensor) -> list[Tensor]:
-        """Split ``matrix`` ``[m, n]`` into one stacked ``[B, bm, bn]`` tensor per group (a view of
-        ``matrix`` when one block covers it, else a copy)."""
+        """Split ``matrix`` ``[m, n]`` into one stacked ``[B, bm, bn]`` tensor per group: one copy per
+        group (each group is a contiguous grid of blocks in row-major order), or a view of
+        ``matrix`` when one block covers it."""
         if self.whole:
             return [matrix.unsqueeze(0)]
-        stacks = []
-        for group in self.groups:
-            bm, bn = group.shape
-            blocks = [matrix[r : r + bm, c : c + bn] for r, c in group.offsets]
-            stacks.append(torch.stack(blocks))
-        return stacks
+        return [
+            _grid_view(matrix, group).permute(0, 2, 1, 3).reshape(-1, *group.shape) for group in self.groups
+        ]
 
     def scatter(self, stacks: list[Tensor], out: Tensor) -> Tensor:
         """Write stacked blocks back into ``out`` ``[m, n]`` and return it (the inverse of
-        :meth:`gather`); when one block covers the matrix, that block itself is returned instead."""
+        :meth:`gather`, one copy per group); when one block covers the matrix, that block itself is
+        returned instead."""
         if self.whole:
             return stacks[0][0]
         for group, stack in zip(self.groups, stacks, strict=True):
-            bm, bn = group.shape
-            for block, (r, c) in zip(stack, group.offsets, strict=True):
-                out[r : r + bm, c : c + bn] = block
+            grid = _grid_view(out, group)
+            grid.copy_(stack.reshape(grid.shape[0], grid.shape[2], *group.shape).permute(0, 2, 1, 3))
         return out
+
+
+def _grid_view(matrix: Tensor, group: BlockGroup) -> Tensor:
+    """The part of ``matrix`` that ``group`` covers as a ``[R, bm, C, bn]`` view: its blocks form a
+    contiguous R × C grid (:func:`split_sizes` puts the larger parts first), listed row-major."""
+    (r0, c0), (bm, bn) = group.offsets[0], group.shape
+    rows = len({r for r, _ in group.offsets})
+    cols = len(group.offsets) // rows
+    part = matrix[r0 : r0 + rows * bm, c0 : c0 + cols * bn]
+    return part.unflatten(0, (rows, bm)).unflatten(2, (cols, bn))
