@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from tritonkron.distributed.block_split import localize_split_state, shard_split_state
 from tritonkron.distributed.plan import DistributedPlan, resolve_distributed
 from tritonkron.distributed.shards import like_param
-from tritonkron.math.blocking import BlockLayout
+from tritonkron.math.blocking import BlockLayout, layout_of
 from tritonkron.options import (
     AUTO,
     COMM_DTYPES,
@@ -43,17 +43,6 @@ class KronUnit(NamedTuple):
     param: Tensor
     group: dict[str, Any]
     settings: KronSettings
-
-
-_LAYOUTS: dict[tuple[tuple[int, ...], int], BlockLayout] = {}
-
-
-def _layout(shape: tuple[int, ...], block_size: int) -> BlockLayout:
-    """The block layout of a parameter shape, memoised (a plain dict, which ``torch.compile`` traces)."""
-    key = (shape, block_size)
-    if key not in _LAYOUTS:
-        _LAYOUTS[key] = BlockLayout.build(shape, block_size)
-    return _LAYOUTS[key]
 
 
 class Kron(Optimizer):
@@ -126,6 +115,12 @@ class Kron(Optimizer):
             uncorrected momentum's implicit warm-up was better; perf/results/bounds_2026-12-07.md);
             with ``bound`` the corrected update's RMS is capped at B again.
             A block's first non-zero gradient still only initialises it (docs/maths.md §5.5).
+        precision: operand precision of the step's GEMMs: "ieee" (float32), "tf32" (TF32 tensor
+            cores) or "bf16" (bfloat16 operands, float32 accumulation); float64 statistics are
+            always IEEE (:mod:`tritonkron.options`, docs/maths.md §11).
+        orthonormalize: how a basis refresh orthonormalises: "householder" (QR), "cholesky"
+            (shifted CholeskyQR3 in float64: GEMMs and batched Cholesky, no per-matrix QR) or
+            "auto" (cholesky on CUDA, householder elsewhere; docs/maths.md §2.4).
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
@@ -175,34 +170,17 @@ class Kron(Optimizer):
         max_update_rms: float | None = None,
         bound: str | None = None,
         bias_correction: bool = False,
+        precision: str = "ieee",
+        orthonormalize: str = "auto",
         tuning: str | os.PathLike[str] | TuningTable | None = None,
         distributed: bool | None = None,
         comm_dtype: torch.dtype | None = None,
         stack: bool = True,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "divergence": divergence,
-            "rank": rank,
-            "tail": tail,
-            "alpha": alpha,
-            "precondition_every": precondition_every,
-            "block_size": block_size,
-            "kron": kron,
-            "flat_tail_in_stats": flat_tail_in_stats,
-            "eig_floor": eig_floor,
-            "init_floor": init_floor,
-            "sketch": sketch,
-            "sketch_rank": sketch_rank,
-            "nonfinite": nonfinite,
-            "max_refresh_failures": max_refresh_failures,
-            "max_update_rms": max_update_rms,
-            "bound": bound,
-            "bias_correction": bias_correction,
-        }
+        given = locals()  # every option of the signature, by name
+        defaults = {key: given[key] for key in DEFAULTS}
+        if isinstance(betas, list):
+            defaults["betas"] = tuple(betas)
         validate_group(defaults)
         if comm_dtype is not None and comm_dtype not in COMM_DTYPES:
             raise ValueError(
@@ -355,7 +333,7 @@ class Kron(Optimizer):
         block_size = group["block_size"]
         if group["rank"] == AUTO:
             settings, block_size = auto_settings(self._tuning, self._tuned, p, settings)
-        return settings, _layout(tuple(p.shape), block_size)
+        return settings, layout_of(tuple(p.shape), block_size)
 
     def _kron_update(self, unit: KronUnit) -> tuple[Tensor, Tensor]:
         """Advance ``unit``'s statistics one step; return (update direction shaped like p, ok).

@@ -1,9 +1,9 @@
 """Every option of tritonkron, once: the closed sets, the param-group options and their defaults,
 their validation and parsing into :class:`KronSettings`, and the environment variables.
 
-- Closed sets: :class:`Divergence`, :class:`TailRule`; every user-facing string option is parsed
-  here, so a bad value fails at construction with a ``ValueError`` naming the parameter and the
-  allowed values.
+- Closed sets: :class:`Divergence`, :class:`TailRule`, :class:`Precision`; every user-facing
+  string option is parsed here, so a bad value fails at construction with a ``ValueError`` naming
+  the parameter and the allowed values.
 - Param-group options: :data:`DEFAULTS` (each can be overridden per param group);
   :func:`validate_group` names the first invalid one and :func:`kron_settings` turns a group into
   the :class:`KronSettings` of the Kronecker path.
@@ -12,6 +12,20 @@ their validation and parsing into :class:`KronSettings`, and the environment var
   - ``TRITONKRON_BACKEND``: default backend of :mod:`tritonkron.ops` ("auto", "triton" or "reference").
   - ``TRITON_INTERPRET``: when "1", Triton kernels run on CPU tensors through the interpreter.
   - ``TRITONKRON_TUNING``: path of the tuning file (from ``python -m autotune``) used when none is passed.
+
+Precision policy (``precision``, docs/maths.md §11). The statistics, rotation and preconditioning
+GEMMs of the step (factor update, rotated statistics, rotations, eigenbasis and spike-and-flat
+preconditioning, the sketch's thin products; :mod:`tritonkron.ops.precision`) take their operands as
+
+- ``"ieee"``: float32 operands, IEEE float32 products (no TF32), float32 accumulation;
+- ``"tf32"``: float32 operands rounded to TF32 (10 explicit mantissa bits) on the tensor cores,
+  float32 accumulation;
+- ``"bf16"``: operands rounded to bfloat16 (7 mantissa bits), exact products, float32
+  accumulation.
+
+Float64 statistics ignore the policy (always IEEE float64), and the QR, the eigendecompositions
+and the Newton–Schulz inverse roots always run in IEEE arithmetic.
+The default is ``"ieee"`` (see docs/maths.md §11.4 for the measurement).
 """
 
 from __future__ import annotations
@@ -44,6 +58,14 @@ class TailRule(str, enum.Enum):
     FIXED = "fixed"
 
 
+class Precision(str, enum.Enum):
+    """Operand precision of the step's GEMMs (docs/maths.md §11): IEEE float32, TF32 or bfloat16."""
+
+    IEEE = "ieee"
+    TF32 = "tf32"
+    BF16 = "bf16"
+
+
 def _allowed(values: Iterable[str]) -> str:
     return ", ".join(repr(v) for v in values)
 
@@ -69,6 +91,11 @@ def parse_tail_rule(value: object, name: str = "tail") -> TailRule:
     return parse_enum(value, TailRule, name)  # type: ignore[return-value]
 
 
+def parse_precision(value: object, name: str = "precision") -> Precision:
+    """Parse a precision policy ("ieee", "tf32" or "bf16")."""
+    return parse_enum(value, Precision, name)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class KronSettings:
     """Hyperparameters of the Kronecker path, parsed from one param group.
@@ -90,6 +117,10 @@ class KronSettings:
         bound: None, or "adam": every entry of the rotated direction bounded by Adam's worst case
             (:mod:`tritonkron.step.bounds`, docs/maths.md §5.5).
         bias_correction: divide the update by 1 − β₁ᵗ, t the parameter's step count (docs/maths.md §5.5).
+        precision: operand precision of the step's GEMMs (module docstring, docs/maths.md §11).
+        orthonormalize: how a basis refresh orthonormalises X Q (docs/maths.md §2.4): "householder"
+            (LAPACK/cuSOLVER QR), "cholesky" (shifted CholeskyQR3 in float64: GEMMs and batched
+            Cholesky), or "auto" (cholesky on CUDA, where per-matrix QR dominated the step, else householder).
     """
 
     divergence: Divergence
@@ -107,6 +138,8 @@ class KronSettings:
     beta1: float = 0.9
     bound: str | None = None
     bias_correction: bool = False
+    precision: Precision = Precision.IEEE
+    orthonormalize: str = "auto"
 
     @property
     def rank_a(self) -> int | None:
@@ -171,9 +204,12 @@ DEFAULTS: dict[str, Any] = {
     "max_update_rms": None,
     "bound": None,
     "bias_correction": False,
+    "precision": "ieee",
+    "orthonormalize": "auto",
 }
 NONFINITE_POLICIES = ("skip", "raise")
 BOUNDS = (None, "adam")
+ORTHONORMALIZERS = ("auto", "householder", "cholesky")
 
 
 def _check_number(
@@ -237,6 +273,9 @@ def validate_group(group: dict[str, Any]) -> None:
     if group["nonfinite"] not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {group['nonfinite']!r}")
     _validate_bounds(group)
+    group_precision(group)
+    if group.get("orthonormalize", DEFAULTS["orthonormalize"]) not in ORTHONORMALIZERS:
+        raise ValueError(f"orthonormalize must be one of {ORTHONORMALIZERS}; got {group['orthonormalize']!r}")
 
 
 def _validate_bounds(group: dict[str, Any]) -> None:
@@ -269,6 +308,11 @@ def _validate_sketch(group: dict[str, Any]) -> None:
         raise ValueError(f"sketch_rank must be >= rank ({rank}); got {ell!r}")
 
 
+def group_precision(group: dict[str, Any]) -> Precision:
+    """The group's precision policy, validated (the default when a group predates the option)."""
+    return parse_precision(group.get("precision", DEFAULTS["precision"]), "precision")
+
+
 def kron_settings(group: dict[str, Any]) -> KronSettings:
     """The Kronecker-path settings of a validated param group (``sketch_rank`` defaults to 2·rank)."""
     return KronSettings(
@@ -288,6 +332,8 @@ def kron_settings(group: dict[str, Any]) -> KronSettings:
         sketch_rank=(group["sketch_rank"] or 2 * group["rank"])
         if group["sketch"] and group["rank"] != AUTO
         else None,
+        precision=group_precision(group),
+        orthonormalize=group.get("orthonormalize", DEFAULTS["orthonormalize"]),
     )
 
 

@@ -19,7 +19,6 @@ from torch import Tensor
 from tritonkron.math.safe_linalg import SITE_CANONICAL, Eigenpairs, safe_eigh, sort_descending
 
 __all__ = [
-    "ORTHONORMALIZERS",
     "Eigenpairs",
     "canonical_degenerate_basis",
     "cholesky_qr",
@@ -60,13 +59,11 @@ def cholesky_qr(Y: Tensor) -> Tensor:
     return Y.to(dtype)
 
 
-ORTHONORMALIZERS = ("householder", "cholesky")
-
-
 def orthonormalize(Y: Tensor, method: str = "householder") -> Tensor:
-    """Q of Y = Q R: ``"householder"`` (``torch.linalg.qr``, LAPACK/cuSOLVER) or ``"cholesky"``
-    (:func:`cholesky_qr`; the same Q up to the signs of its columns)."""
-    if method == "cholesky":
+    """Q of Y = Q R: ``"householder"`` (``torch.linalg.qr``, LAPACK/cuSOLVER), ``"cholesky"``
+    (:func:`cholesky_qr`; the same Q up to the signs of its columns), or ``"auto"`` (cholesky on
+    CUDA, householder elsewhere)."""
+    if method == "cholesky" or (method == "auto" and Y.device.type == "cuda"):
         return cholesky_qr(Y)
     return torch.linalg.qr(Y).Q
 

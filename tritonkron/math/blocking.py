@@ -108,3 +108,14 @@ def _grid_view(matrix: Tensor, group: BlockGroup) -> Tensor:
     cols = len(group.offsets) // rows
     part = matrix[r0 : r0 + rows * bm, c0 : c0 + cols * bn]
     return part.unflatten(0, (rows, bm)).unflatten(2, (cols, bn))
+
+
+_LAYOUTS: dict[tuple[tuple[int, ...], int], BlockLayout] = {}
+
+
+def layout_of(shape: tuple[int, ...], block_size: int) -> BlockLayout:
+    """The block layout of a parameter shape, memoised (a plain dict, which ``torch.compile`` traces)."""
+    key = (shape, block_size)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = BlockLayout.build(shape, block_size)
+    return _LAYOUTS[key]

@@ -20,6 +20,8 @@ waiting for the next gradient, and its ``refresh_failures`` count grows.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -272,14 +274,16 @@ def refreshed_bases(
     factor_a: Tensor,
     factor_b: Tensor,
     ready: Tensor,
+    method: str = "householder",
 ) -> tuple[Tensor, ...]:
-    """New (Q_A, Q_B, a, b, failures): one power step + QR per factor for ready blocks (pure).
+    """New (Q_A, Q_B, a, b, failures): one power step + QR per factor for ready blocks (pure;
+    ``method``: the orthonormaliser, :func:`tritonkron.math.basis.orthonormalize`).
 
     A ready block whose new bases or eigenvalues are not finite keeps its previous ones and counts
     one more consecutive failure; an accepted refresh resets its count.
     """
-    left = subspace_iteration(factor_a, basis_a)
-    right = subspace_iteration(factor_b, basis_b)
+    left = subspace_iteration(factor_a, basis_a, method=method)
+    right = subspace_iteration(factor_b, basis_b, method=method)
     new = (left.vectors, right.vectors, left.values, right.values)
     accept = ready & finite_blocks(*new)
     old = (basis_a, basis_b, eig_a, eig_b)
@@ -323,7 +327,9 @@ def block_group_step(
     update_statistics(state, G, active, settings)
     ensure_failure_counts(state)
     due = ready.new_ones(ready.shape) if active is None else active.expand(ready.shape)
-    refresh_blocks(state, REFRESH_KEYS, refreshed_bases, refresh, due)
+    refresh_blocks(
+        state, REFRESH_KEYS, partial(refreshed_bases, method=settings.orthonormalize), refresh, due
+    )
     if known:
         return U
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)

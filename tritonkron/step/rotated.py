@@ -19,6 +19,8 @@ form (:func:`uses_rotated_momentum`); the low-rank and sketched forms need M its
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -100,11 +102,11 @@ def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> 
     return {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta), "G_hat": G_hat}
 
 
-def _refresh(*xs: Tensor) -> tuple[Tensor, ...]:
+def _refresh(*xs: Tensor, method: str = "householder") -> tuple[Tensor, ...]:
     """:func:`refreshed_bases` of the blocks ``due`` (ready, not skipped, at their refresh step) plus
     M̂ carried into the accepted new bases (pure; run_if body)."""
     *updated, M_hat, factor_a, factor_b, due = xs
-    new = refreshed_bases(*updated, factor_a, factor_b, due)
+    new = refreshed_bases(*updated, factor_a, factor_b, due, method)
     accepted = due & (new[-1] == 0)  # a due block's failure count is reset exactly when accepted
     return (*new, _rebase(M_hat, updated[0], updated[1], new[0], new[1], accepted))
 
@@ -159,7 +161,8 @@ def rotated_group_step(
         state[key] = value if active is None else masked_where(active, value, state[key])
     ensure_failure_counts(state)
     due = ready.new_ones(ready.shape) if active is None else active.expand(ready.shape)
-    refresh_blocks(state, (*REFRESH_KEYS, MOMENTUM_HAT), _refresh, refresh, due)
+    refresh_fn = partial(_refresh, method=settings.orthonormalize)
+    refresh_blocks(state, (*REFRESH_KEYS, MOMENTUM_HAT), refresh_fn, refresh, due)
     if known:
         return U
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
