@@ -5,9 +5,11 @@ many matrices on one step. None of this needs a GPU to count: a ``TorchDispatchM
 ATen op a step dispatches, on CPU tensors exactly as on CUDA ones.
 
 - **host reads**: ops whose result the host must wait for on a GPU: ``aten._local_scalar_dense``
-  (``.item()``, ``bool(t)``, ``float(t)``, ``int(t)``, ``.tolist()``) and the ops whose output
+  (``.item()``, ``bool(t)``, ``float(t)``, ``int(t)``, ``.tolist()``), the ops whose output
   shape depends on the data (``nonzero``, ``masked_select``, ``unique``…, and indexing with a
-  boolean mask, ``x[mask]``);
+  boolean mask, ``x[mask]``), and the factorisations that check their LAPACK error codes on the
+  host (``eigh``, ``svd``, ``_linalg_check_errors`` of ``cholesky``/``inv``…; ``cholesky_ex``,
+  QR and triangular solves do not);
 - **ops**: ATen ops dispatched; **kernels**: those that launch work on a GPU, that is not views
   (``slice``, ``view``, ``expand``…, a new tensor header) nor allocations (``empty_like``…);
 - **factorised**: matrices passed to QR and to eigh/SVD in the step, counting every batch entry.
@@ -45,6 +47,9 @@ HOST_READ_OPS = frozenset(
         "unique_consecutive",
         "unique_dim",
         "argwhere",
+        "_linalg_eigh",
+        "_linalg_svd",
+        "_linalg_check_errors",
     }
 )
 QR_OPS = frozenset({"linalg_qr", "geqrf"})

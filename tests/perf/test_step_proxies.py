@@ -35,6 +35,21 @@ def test_boolean_mask_indexing_is_a_host_read() -> None:
     assert not _has_bool_index((x,))
 
 
+def test_factorisations_that_check_errors_on_the_host_are_host_reads() -> None:
+    a = torch.randn(2, 4, 4, dtype=torch.float64)
+    spd = a @ a.mT + torch.eye(4, dtype=torch.float64)
+    with counting() as counter:
+        torch.linalg.eigh(spd)
+        torch.linalg.svd(a)
+        torch.linalg.cholesky(spd)
+    assert counter.host_reads == 3, counter.ops
+    with counting() as counter:
+        torch.linalg.cholesky_ex(spd)
+        torch.linalg.qr(a)
+        torch.linalg.solve_triangular(spd, a, upper=True)
+    assert counter.host_reads == 0, counter.ops
+
+
 def test_factorised_matrices_count_every_batch_entry() -> None:
     a = torch.randn(3, 4, 4, dtype=torch.float64)
     with counting() as counter:

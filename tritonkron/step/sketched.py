@@ -68,6 +68,7 @@ from tritonkron.step.dense import (
     flatten_tail,
     masked_where,
 )
+from tritonkron.step.schedule import KNOWN_READY
 from tritonkron.step.traceable import run_if
 
 __all__ = [
@@ -292,11 +293,18 @@ def sketch_group_step(
     del refresh
     ensure_failure_counts(state)
     ready = state[READY]
-    active = ready if ok is None else ready & ok
+    known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
+    active = (ready.new_ones(ready.shape) if ok is None else ok.expand(ready.shape)) if known else ready
+    if ok is not None and not known:
+        active = active & ok
     U = masked_where(active, sketch_direction(state, M, settings), torch.zeros_like(M))
     update_sketch_statistics(state, G, active, settings)
+    if known:  # every block is ready: none to initialise, and no device read to find out
+        return U
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)
     if ok is not None:
         fresh = fresh & ok
     initialize_sketch_blocks(state, G, fresh, settings)
+    if not torch.compiler.is_compiling():
+        KNOWN_READY.watch(state[READY])
     return U
