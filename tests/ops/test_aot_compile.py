@@ -9,7 +9,11 @@ JIT functions, so ``TRITON_INTERPRET`` is unset there) whose JSON outcome the te
 Runs (``RUNS``): the launch tier (heuristic tiles at realistic and odd shapes, every dtype and
 flag; ``tritonkron.ops.aot.catalog``) for sm_90 and sm_80 at both releases, to cubin for sm_90
 at the oldest (what the GPU machines run) and at least through the GPU layout passes elsewhere;
-the legal-space tier (every autotuner config) for sm_90 at the oldest release.
+the legal-space tier (every autotuner config) for sm_90 at the oldest release; the precision tier
+(the TF32 and bf16 policies of ``tritonkron.ops.precision``, which lower to tensor-core MMAs
+instead of the IEEE path's FMAs) at a reduced set of shapes, at both releases for sm_90 (to
+cubin at the oldest) and through LLVM for sm_80 (shared memory of the Ampere MMA path), so that
+it adds about a minute to the suite rather than a launch tier's worth per run.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ OLDEST_PATH = ROOT / ".cache" / f"triton-{OLDEST_TRITON}"
 # name: (PYTHONPATH prefix or None, tier, arch, last stage). Cubin (ptxas) at the oldest release,
 # which the GPU machines run; LLVM (types, layouts, shared memory) at the newest.
 RUNS = {
-    "newest-launch-sm90": (None, "launch", 90, "llir"),
+    "newest-launch-sm90": (None, "launch,precision", 90, "llir"),
     "newest-launch-sm80": (None, "launch", 80, "ttgir"),
-    "oldest-launch-sm90": (OLDEST_PATH, "launch", 90, "cubin"),
-    "oldest-launch-sm80": (OLDEST_PATH, "launch", 80, "llir"),
+    "oldest-launch-sm90": (OLDEST_PATH, "launch,precision", 90, "cubin"),
+    "oldest-launch-sm80": (OLDEST_PATH, "launch,precision", 80, "llir"),
     "oldest-space-sm90": (OLDEST_PATH, "space", 90, "ttgir"),
 }
 
@@ -97,6 +101,21 @@ def test_catalog_is_substantial(outcomes: dict[str, dict]) -> None:
     for dtype in ("*fp64", "*bf16", "*fp16", "*fp32"):
         assert any(dtype in s.values() for s in sigs), dtype
     assert outcomes["oldest-space-sm90"]["variants"] > launch["variants"]
+
+
+def test_precision_policies_are_compiled(outcomes: dict[str, dict]) -> None:
+    """The TF32 and bf16 dots (``PRECISION`` 1 and 2) of both GEMM kernels are in the runs that
+    compile the precision tier, and the interpreter's emulations (3, 4) never are."""
+    from tritonkron.ops.precision import KERNEL_BF16, KERNEL_TF32
+
+    for name, (_, tiers, _, _) in RUNS.items():
+        modes = {}
+        for o in outcomes[name]["outcomes"]:
+            if "PRECISION" in o["constexprs"]:
+                modes.setdefault(o["kernel"].split(":")[1], set()).add(int(o["constexprs"]["PRECISION"]))
+        policies = {KERNEL_TF32, KERNEL_BF16} if "precision" in tiers else set()
+        for kernel in ("_bmm_kernel", "_sym_gemm_kernel"):
+            assert modes.get(kernel, set()) - {0} == policies, (name, kernel, modes.get(kernel))
 
 
 def test_shared_memory_fits_the_targets(outcomes: dict[str, dict]) -> None:

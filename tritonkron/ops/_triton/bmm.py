@@ -24,10 +24,13 @@ Options (all ``tl.constexpr``, so unused branches are compiled out):
 
 - accumulator: float64 when C is float64 (exact float64 GEMMs for float64 factors), else float32;
 - NATIVE_DOT: equal fp16/bf16 operands with an fp32 accumulator use the tensor-core ``tl.dot``
-  (exact products, fp32 sums); every other case converts the operands to the accumulator dtype
-  and uses ``input_precision="ieee"`` (no TF32 on the GPU);
+  (exact products, fp32 sums) under every precision policy; every other case converts the
+  operands to the accumulator dtype and multiplies them under the policy (PRECISION, below);
+- PRECISION: the precision policy of :mod:`tritonkron.ops.precision` (``policy_dot``): IEEE
+  products (``input_precision="ieee"``, the default and always for a float64 accumulator), TF32
+  tensor cores, or bf16 operands with the fp32 accumulator;
 - SYM_B: B is loaded together with its transpose and symmetrised per tile (never materialised);
-  the operands then go through the ieee path;
+  the operands then go through the policy's dot;
 - EPILOGUE: one of the four above.
 
 Transposed operands are passed as swapped strides (no copies); batch offsets are int64.
@@ -46,6 +49,7 @@ from torch import Tensor
 
 from tritonkron.ops._triton.common import SMEM_BUDGET, is_pow2_tile, resolve_config, tile_size
 from tritonkron.ops.kernel_guard import kernel_failure
+from tritonkron.ops.precision import kernel_precision, policy_dot
 
 __all__ = ["BMM_KEYS", "Epilogue", "bmm_config", "bmm_configs", "keep_bmm_config", "launch_bmm", "widen_low"]
 
@@ -97,6 +101,7 @@ def _bmm_kernel(
     stride_rowb, stride_rowm, stride_colb, stride_coln, stride_yb, stride_ym, stride_yn, stride_shiftb,
     # Meta-parameters.
     ACC_FP64: tl.constexpr, NATIVE_DOT: tl.constexpr, SYM_B: tl.constexpr, EPILOGUE: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """Batched C[b] = epilogue(A[b] @ B̃[b]); one program per (batch, BLOCK_M × BLOCK_N tile).
@@ -143,8 +148,8 @@ def _bmm_kernel(
                 bt_ptrs = b_base + rows_t[:, None] * stride_bn + offs_n[None, :] * stride_bk
                 bt = tl.load(bt_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
                 b = 0.5 * (b + bt.to(ACC))
-            # Exact products in the accumulator dtype (no TF32), as the reference computes.
-            acc = tl.dot(a.to(ACC), b, acc, input_precision="ieee", out_dtype=ACC)
+            # The policy's products (IEEE by default, as the reference computes), ACC sums.
+            acc = policy_dot(a.to(ACC), b, acc, PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
@@ -238,6 +243,7 @@ def launch_bmm(
     y: Tensor | None = None,
     shift: Tensor | None = None,
     eps: float = 0.0,
+    precision: str = "ieee",
 ) -> None:
     """c[b] = epilogue(a[b] @ b̃[b]) for 3-D operands of any strides (b̃ = ½(b + bᵀ) if ``sym_b``).
 
@@ -251,6 +257,9 @@ def launch_bmm(
         cfg: a full config with every key of :data:`BMM_KEYS` (see :func:`bmm_config`).
         sym_b: symmetrise b per tile (b square).
         epilogue: which :class:`Epilogue` to apply; eps is ε of ``Epilogue.SIGMA``.
+        precision: the precision policy ("ieee", "tf32", "bf16") of the fp32-accumulating dots
+            (:mod:`tritonkron.ops.precision`); ignored with a float64 accumulator and for
+            native fp16/bf16 operands.
     """
     Bsz, M, K = a.shape
     N = b.shape[-1]
@@ -261,6 +270,7 @@ def launch_bmm(
         a, b = widen_low(a), widen_low(b)
         cfg = {**cfg, "num_stages": min(cfg["num_stages"], FP64_MAX_STAGES)}
     native = a.dtype == b.dtype and a.dtype in _LOW and not acc_fp64 and not sym_b
+    mode = kernel_precision(precision, acc_fp64)
     # Unused epilogue operands get c as a dummy pointer (never dereferenced) and zero strides.
     row_t, col_t, y_t, shift_t = (t if t is not None else c for t in (row, col, y, shift))
     grid = (Bsz * triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
@@ -273,7 +283,7 @@ def launch_bmm(
             *(col.stride() if col is not None else (0, 0)),
             *(y.stride() if y is not None else (0, 0, 0)),
             shift.stride(0) if shift is not None else 0,
-            ACC_FP64=acc_fp64, NATIVE_DOT=native, SYM_B=sym_b, EPILOGUE=int(epilogue),
+            ACC_FP64=acc_fp64, NATIVE_DOT=native, SYM_B=sym_b, EPILOGUE=int(epilogue), PRECISION=mode,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip

@@ -27,7 +27,9 @@ The blocked algorithm, for T = ⌈D / BLOCK_M⌉ tiles per side:
 
 Options (``tl.constexpr``): an fp64 accumulator when ``out`` is float64 (else fp32); the
 tensor-core ``tl.dot`` for equal fp16/bf16 operands without w (exact products, fp32 sums), every
-other dot in the accumulator dtype with ``input_precision="ieee"``; per-block α from a tensor or
+other dot in the accumulator dtype under the precision policy (PRECISION: IEEE products by
+default and always in fp64, TF32, or bf16 operands; :mod:`tritonkron.ops.precision`, the coupled
+Newton iteration always IEEE); per-block α from a tensor or
 one α for all; w, C and the residual each optional. α and β arrive as fp32 (hi, lo) pairs
 (``split_float``), so that a float64 product gets them to about 2⁻⁴⁸ relative.
 """
@@ -44,6 +46,7 @@ from torch import Tensor
 from tritonkron.ops._triton.bmm import widen_low
 from tritonkron.ops._triton.common import split_float
 from tritonkron.ops.kernel_guard import kernel_failure
+from tritonkron.ops.precision import kernel_precision, policy_dot
 
 __all__ = ["launch_sym_gemm", "residual_columns"]
 
@@ -78,7 +81,8 @@ def _sym_gemm_kernel(
     stride_cb, stride_cm, stride_cn, stride_alphab, stride_ob, stride_om, stride_on, stride_rb,
     # Meta-parameters.
     HAS_W: tl.constexpr, HAS_C: tl.constexpr, PER_BLOCK_ALPHA: tl.constexpr, RESIDUAL: tl.constexpr,
-    NATIVE_DOT: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    NATIVE_DOT: tl.constexpr, ACC_FP64: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[b] = α_b·A[b] diag(w[b]) B[b] + β·C[b] + γ·I on one upper tile pair, stored mirrored.
 
@@ -86,8 +90,7 @@ def _sym_gemm_kernel(
     program owns output rows i·BLOCK_M… and columns j·BLOCK_M…. Masking: rows/cols ≥ D and the
     K tail load as 0; C is loaded on or above the diagonal only; the direct store covers row ≤ col
     and the transposed store row < col, so no element is written twice. The residual partial of
-    the tile goes to res[b, i·T + j] (entries of lower tile pairs are never written).
-    """
+    the tile goes to res[b, i·T + j] (entries of lower tile pairs are never written)."""
     ACC: tl.constexpr = tl.float64 if ACC_FP64 else tl.float32
     num_pid = tl.cdiv(D, BLOCK_M)
     pid_b, pid_m, pid_n = _upper_tile_pair(tl.program_id(0), num_pid)
@@ -114,8 +117,8 @@ def _sym_gemm_kernel(
             if HAS_W:
                 w = tl.load(w_ptrs, mask=mask_k, other=0.0)
                 a = a * w.to(ACC)[None, :]
-            # No TF32: the Newton iteration amplifies product errors near convergence.
-            acc = tl.dot(a, b.to(ACC), acc, input_precision="ieee", out_dtype=ACC)
+            # The policy's products (the Newton iteration passes IEEE: it amplifies product errors).
+            acc = policy_dot(a, b.to(ACC), acc, PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
         w_ptrs += BLOCK_K * stride_wk
@@ -165,6 +168,7 @@ def launch_sym_gemm(
     beta: float = 0.0,
     gamma: float = 0.0,
     res: Tensor | None = None,
+    precision: str = "ieee",
 ) -> None:
     """out[b] = α_b·(a[b] diag(w[b]) b[b]) + β·c[b] + γ·I for a product known to be symmetric.
 
@@ -180,6 +184,8 @@ def launch_sym_gemm(
         res: optional float32 ``[B, residual_columns(D, cfg)]`` buffer (unit column stride, zeroed
             by the caller): entry i·T + j of the upper tile pair (i, j) receives that tile's share
             of ‖out − I‖²_F; entries of lower pairs are left as they are.
+        precision: the precision policy of the fp32-accumulating dots ("ieee", "tf32", "bf16";
+            :mod:`tritonkron.ops.precision`); ignored for float64 output and native operands.
     """
     Bsz, D, K = a.shape
     if out.numel() == 0:
@@ -204,6 +210,7 @@ def launch_sym_gemm(
             *out.stride(), res.stride(0) if res is not None else 0,
             HAS_W=w is not None, HAS_C=c is not None, PER_BLOCK_ALPHA=per_block, RESIDUAL=res is not None,
             NATIVE_DOT=native, ACC_FP64=out.dtype == torch.float64,
+            PRECISION=kernel_precision(precision, out.dtype == torch.float64),
             BLOCK_M=cfg["BLOCK_M"], BLOCK_K=cfg["BLOCK_K"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip

@@ -9,7 +9,8 @@ on a GPU. This package closes that gap:
   (signature, constexprs, divisibility hints, warps, stages) exactly as the JIT would specialise it;
 - :mod:`~tritonkron.ops.aot.catalog`: which launcher calls to record: the heuristic tiles at
   realistic and odd layer shapes (GPU and interpreter heuristics), every accepted dtype and flag,
-  and every config of each kernel's legal space (what ``python -m autotune`` searches);
+  every config of each kernel's legal space (what ``python -m autotune`` searches), and the TF32
+  and bf16 precision policies (:mod:`tritonkron.ops.precision`) at a reduced set of shapes;
 - :mod:`~tritonkron.ops.aot.build`: compiles variants with ``triton.compile(ASTSource(...),
   target=GPUTarget("cuda", arch, 32))`` down to cubin, in parallel, and checks each kernel's shared
   memory against the target's limit.

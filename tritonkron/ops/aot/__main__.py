@@ -4,6 +4,7 @@ Examples::
 
     python -m tritonkron.ops.aot                        # launch tier, sm_80 + sm_90, to cubin
     python -m tritonkron.ops.aot --tiers space --until ttgir --arch 90
+    python -m tritonkron.ops.aot --tiers launch,precision --arch 90   # with the TF32/bf16 policies
     python -m tritonkron.ops.aot --json aot.json        # machine-readable outcomes
 
 Prints one row per (kernel, arch) and every failure with the launcher call that chose it; the
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 from tritonkron.ops.aot.build import STAGES, Outcome
 
-_TIERS = ("launch", "space")
+_TIERS = ("launch", "space", "precision")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

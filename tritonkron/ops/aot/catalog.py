@@ -1,6 +1,6 @@
 """Which launcher calls to record: everything a launcher can choose on a GPU.
 
-Two tiers, each a list of ``(label, call)`` pairs; :func:`collect` records them into unique
+Three tiers, each a list of ``(label, call)`` pairs; :func:`collect` records them into unique
 :class:`~tritonkron.ops.aot.record.Variant` objects.
 
 - :func:`launch_calls`, the heuristic tier: every public launcher with ``config=None`` over
@@ -13,6 +13,15 @@ Two tiers, each a list of ``(label, call)`` pairs; :func:`collect` records them 
   stages change neither the kernel's types nor its constexpr branches, so tiles × dtypes × flags
   and configs × one dtype together cover the space at a fraction of the full product's compile
   time.
+- :func:`precision_calls`, the precision tier: the TF32 and bf16 policies
+  (:mod:`tritonkron.ops.precision`) through the launchers of the step's dense GEMMs (factor
+  update, rotated statistics, rotations, eigenbasis and spike-and-flat preconditioning: every
+  weight form, side, epilogue and flag), with float32 operands, at :data:`PRECISION_SHAPES`:
+  the smallest heuristic tiles and the largest (where shared memory is tightest). The launch
+  tier covers the IEEE policy at every shape; the policies change the dot and its operand
+  conversion, not the tiles, so this reduced set covers every kernel code path of the two other
+  policies (the sketch launchers only chain the same bmm paths at other tiles) at a fraction of
+  the launch tier's compile time.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from torch import Tensor
 
 from tritonkron.ops.aot.record import Variant, recording
 
-__all__ = ["SHAPES", "collect", "launch_calls", "space_calls"]
+__all__ = ["PRECISION_SHAPES", "SHAPES", "collect", "launch_calls", "precision_calls", "space_calls"]
 
 Call = tuple[str, Callable[[], object]]
 
@@ -38,6 +47,12 @@ _LOW = (torch.float16, torch.bfloat16)
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _SPACE_SHAPE = (256, 256)  # every legal tile (≤ 128) fits with room for the masks
 
+PRECISION_SHAPES = ((1, 7), (1024, 1024))
+"""(m, n) of the precision tier: the smallest heuristic tiles (16 everywhere, the smallest MMA
+operands) and the largest of every launcher (128 × 128 × 32 GEMM tiles over 3 stages, 128-row
+symmetric tiles: the largest shared-memory footprints)."""
+_POLICIES = ("tf32", "bf16")
+
 
 def _t(*shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """An uninitialised CPU tensor (recorded launches never read it)."""
@@ -49,7 +64,9 @@ def _rand(*shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.randn(shape).to(dtype)
 
 
-def _factor_calls(m: int, n: int, x_dtype: torch.dtype, g_dtype: torch.dtype, config=None) -> list[Call]:
+def _factor_calls(
+    m: int, n: int, x_dtype: torch.dtype, g_dtype: torch.dtype, config=None, precision: str = "ieee"
+) -> list[Call]:
     """factor_update_triton: both sides × the three weight forms × float and tensor scales."""
     from tritonkron.ops.factor_update.triton import factor_update_triton
 
@@ -61,26 +78,30 @@ def _factor_calls(m: int, n: int, x_dtype: torch.dtype, g_dtype: torch.dtype, co
                    "eigen": (_t(1, k, k, dtype=x_dtype), _t(1, k, dtype=x_dtype))}  # fmt: skip
         for form, weight in weights.items():
             for scale in (0.5, _t(1, dtype=x_dtype)):
-                label = f"factor_update {side} {form} X={x_dtype} G={g_dtype} {m}x{n} cfg={config}"
+                label = (
+                    f"factor_update {side} {form} X={x_dtype} G={g_dtype} {m}x{n} cfg={config} {precision}"
+                )
                 calls.append((label, lambda X=X, s=scale, w=weight, side=side: factor_update_triton(
-                    X, G, 0.9, s, side, w, config=config)))  # fmt: skip
+                    X, G, 0.9, s, side, w, config=config, precision=precision)))  # fmt: skip
     return calls
 
 
-def _gemm_calls(m: int, n: int, dtype: torch.dtype, basis: torch.dtype, config=None) -> list[Call]:
+def _gemm_calls(
+    m: int, n: int, dtype: torch.dtype, basis: torch.dtype, config=None, precision: str = "ieee"
+) -> list[Call]:
     """The bmm-chain launchers: precondition, spike-and-flat, rotate (both ways)."""
     from tritonkron.ops.precondition.triton import eigenbasis_precondition_triton, spike_and_flat_triton
     from tritonkron.ops.rotation.triton import rotate_triton
 
     M, Q_A, Q_B = _t(1, m, n, dtype=dtype), _t(1, m, m, dtype=basis), _t(1, n, n, dtype=basis)
     s_A, s_B, k = _t(1, m, dtype=basis), _t(1, n, dtype=basis), max(1, m // 2)
-    tag = f"{dtype}/{basis} {m}x{n} cfg={config}"
+    tag, kw = f"{dtype}/{basis} {m}x{n} cfg={config} {precision}", {"config": config, "precision": precision}
     return [
-        (f"precondition {tag}", lambda: eigenbasis_precondition_triton(M, Q_A, Q_B, s_A, s_B, 1e-8, config=config)),
+        (f"precondition {tag}", lambda: eigenbasis_precondition_triton(M, Q_A, Q_B, s_A, s_B, 1e-8, **kw)),
         (f"spike_and_flat {tag}", lambda: spike_and_flat_triton(
-            _t(1, m, k, dtype=basis), _t(1, k, dtype=basis), _t(1, dtype=basis), M, config=config)),
-        (f"rotate {tag}", lambda: rotate_triton(M, Q_A, Q_B, config=config)),
-        (f"rotate back {tag}", lambda: rotate_triton(M, Q_A, Q_B, back=True, config=config)),
+            _t(1, m, k, dtype=basis), _t(1, k, dtype=basis), _t(1, dtype=basis), M, **kw)),
+        (f"rotate {tag}", lambda: rotate_triton(M, Q_A, Q_B, **kw)),
+        (f"rotate back {tag}", lambda: rotate_triton(M, Q_A, Q_B, back=True, **kw)),
     ]  # fmt: skip
 
 
@@ -98,7 +119,7 @@ def _track_calls(m: int, n: int, dtype: torch.dtype, config=None) -> list[Call]:
     return calls
 
 
-def _rotated_statistics_calls(m: int, n: int, dtype: torch.dtype) -> list[Call]:
+def _rotated_statistics_calls(m: int, n: int, dtype: torch.dtype, precision: str = "ieee") -> list[Call]:
     """rotated_statistics_triton with both weights absent or present."""
     from tritonkron.ops.rotated_statistics.triton import rotated_statistics_triton
 
@@ -107,18 +128,19 @@ def _rotated_statistics_calls(m: int, n: int, dtype: torch.dtype) -> list[Call]:
     calls = []
     for weighted in (False, True):
         w_A, w_B = (_t(1, m, dtype=dtype), _t(1, n, dtype=dtype)) if weighted else (None, None)
-        label = f"rotated_statistics {dtype} {m}x{n} weighted={weighted}"
+        label = f"rotated_statistics {dtype} {m}x{n} weighted={weighted} {precision}"
         calls.append((label, lambda w_A=w_A, w_B=w_B: rotated_statistics_triton(
-            A, B, G, Q_A, Q_B, w_A, s, w_B, s, 0.9)))  # fmt: skip
+            A, B, G, Q_A, Q_B, w_A, s, w_B, s, 0.9, precision=precision)))  # fmt: skip
     return calls
 
 
-def _sketch_calls(m: int, n: int, dtype: torch.dtype, config=None) -> list[Call]:
+def _sketch_calls(m: int, n: int, dtype: torch.dtype, config=None, precision: str = "ieee") -> list[Call]:
     """sketch_update_triton (both sides) and sketch_precondition_triton, rank ℓ = min(m, n, 8)."""
     from tritonkron.ops.sketch.triton import sketch_precondition_triton, sketch_update_triton
 
     ell = max(1, min(m, n, 8))
-    G, tag = _rand(1, m, n, dtype=dtype), f"{dtype} {m}x{n} cfg={config}"
+    G, tag = _rand(1, m, n, dtype=dtype), f"{dtype} {m}x{n} cfg={config} {precision}"
+    kw = {"config": config, "precision": precision}
     calls = []
     for side, d, e in (("left", m, n), ("right", n, m)):
         U = torch.linalg.qr(torch.randn(1, d, ell)).Q.to(dtype)
@@ -129,11 +151,11 @@ def _sketch_calls(m: int, n: int, dtype: torch.dtype, config=None) -> list[Call]
             torch.ones(1, ell, dtype=dtype),
         )
         calls.append((f"sketch_update {side} {tag}", lambda U=U, V=V, lam=lam, w=w, one=one, side=side: (
-            sketch_update_triton(U, lam, one, G, V, w, one, one, 0.9, side, config=config))))  # fmt: skip
+            sketch_update_triton(U, lam, one, G, V, w, one, one, 0.9, side, **kw))))  # fmt: skip
     U_A, U_B = _rand(1, m, ell, dtype=dtype), _rand(1, n, ell, dtype=dtype)
     s_A, s_B, c = _rand(1, ell, dtype=dtype), _rand(1, ell, dtype=dtype), torch.ones(1, dtype=dtype)
     calls.append((f"sketch_precondition {tag}", lambda: sketch_precondition_triton(
-        G, U_A, s_A, c, U_B, s_B, c, 1e-8, config=config)))  # fmt: skip
+        G, U_A, s_A, c, U_B, s_B, c, 1e-8, **kw)))  # fmt: skip
     return calls
 
 
@@ -167,6 +189,18 @@ def launch_calls() -> list[Call]:
         calls += _sketch_calls(m, n, torch.float32) + _root_calls(m, torch.float32)
         for dtype in _LOW:
             calls += _root_calls(m, dtype)
+    return calls
+
+
+def precision_calls() -> list[Call]:
+    """The precision tier (module docstring): the TF32 and bf16 policies, float32 operands."""
+    f32 = torch.float32
+    calls: list[Call] = []
+    for precision in _POLICIES:
+        for m, n in PRECISION_SHAPES:
+            calls += _factor_calls(m, n, f32, f32, precision=precision)
+            calls += _gemm_calls(m, n, f32, f32, precision=precision)
+            calls += _rotated_statistics_calls(m, n, f32, precision)
     return calls
 
 
@@ -215,13 +249,14 @@ def space_calls() -> list[Call]:
     return calls
 
 
-def collect(tiers: tuple[str, ...] = ("launch", "space")) -> list[Variant]:
+def collect(tiers: tuple[str, ...] = ("launch", "space", "precision")) -> list[Variant]:
     """Record the calls of ``tiers`` and return the unique variants, in first-seen order.
 
     Raises:
         RuntimeError: when a launcher call fails while recording (its label and the error).
     """
-    plan = (launch_calls() if "launch" in tiers else []) + (space_calls() if "space" in tiers else [])
+    tier_calls = {"launch": launch_calls, "space": space_calls, "precision": precision_calls}
+    plan = [call for tier, make in tier_calls.items() if tier in tiers for call in make()]
     origin = [""]
     with recording(origin) as log:
         for label, call in plan:

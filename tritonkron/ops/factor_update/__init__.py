@@ -15,6 +15,7 @@ from torch import Tensor
 from tritonkron.math.divergences import Coupling
 from tritonkron.ops.backend import resolve_backend, scale_tensor
 from tritonkron.ops.factor_update import reference
+from tritonkron.ops.precision import check_precision
 
 Weight = Tensor | tuple[Tensor, Tensor] | None
 
@@ -30,19 +31,31 @@ def factor_update(
     weight: Weight = None,
     *,
     backend: str | None = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """X ← β·X + s·G W Gᵀ (left, ``[B, m, m]``) or β·X + s·Gᵀ W G (right, ``[B, n, n]``), out of place.
 
-    See :func:`tritonkron.ops.factor_update.reference.factor_update_ref` for the arguments.
+    See :func:`tritonkron.ops.factor_update.reference.factor_update_ref` for the arguments;
+    ``precision`` is the products' policy (:mod:`tritonkron.ops.precision`).
     """
+    precision = check_precision(precision)
     if resolve_backend(backend, X, G, op="factor_update") == "reference":
-        return reference.factor_update_ref(X, G, beta, scale, side, weight)
+        return reference.factor_update_ref(X, G, beta, scale, side, weight, precision)
     W, Q, w = (weight, None, None) if isinstance(weight, Tensor) or weight is None else (None, *weight)
-    return torch.ops.tritonkron.factor_update(X, G, float(beta), scale_tensor(scale, X), side, W, Q, w)
+    scale = scale_tensor(scale, X)
+    return torch.ops.tritonkron.factor_update(X, G, float(beta), scale, side, W, Q, w, precision)
 
 
 def update_factors(
-    A: Tensor, B: Tensor, G: Tensor, Q_A: Tensor, Q_B: Tensor, rule: Coupling, beta: float
+    A: Tensor,
+    B: Tensor,
+    G: Tensor,
+    Q_A: Tensor,
+    Q_B: Tensor,
+    rule: Coupling,
+    beta: float,
+    *,
+    precision: str = "ieee",
 ) -> tuple[Tensor, Tensor]:
     """Simultaneous EMA update of both factors (both use the old opposite factor).
 
@@ -51,10 +64,11 @@ def update_factors(
         Q_A, Q_B: the stale eigenbases the coupling weights refer to.
         rule: the divergence's :class:`Coupling`.
         beta: retention β₂.
+        precision: the products' policy ("ieee", "tf32", "bf16"; :mod:`tritonkron.ops.precision`).
     """
     w = 1 - beta
     left = None if rule.left_weight is None else (Q_B, rule.left_weight)
     right = None if rule.right_weight is None else (Q_A, rule.right_weight)
-    A_new = factor_update(A, G, beta, w * rule.left_scale, "left", left)
-    B_new = factor_update(B, G, beta, w * rule.right_scale, "right", right)
+    A_new = factor_update(A, G, beta, w * rule.left_scale, "left", left, precision=precision)
+    B_new = factor_update(B, G, beta, w * rule.right_scale, "right", right, precision=precision)
     return A_new, B_new

@@ -43,7 +43,9 @@ Differences from the reference (only these):
 
 - fp32 accumulation (fp64 when X is float64) whatever G's dtype; fp16/bf16 G with W = I uses the
   tensor-core ``tl.dot`` (exact products, fp32 sums), every other dot converts its operands to
-  the accumulator dtype and uses ``input_precision="ieee"`` (no TF32 on the GPU).
+  the accumulator dtype and multiplies them under the precision policy (``precision``: IEEE
+  products by default, TF32 or bf16 operands; always IEEE for float64 X,
+  :mod:`tritonkron.ops.precision`).
 - Only the upper triangle is computed and it is mirrored, instead of averaging with the
   transpose; the β·X term uses X's upper triangle only (identical for a symmetric X).
 - The eigen-form and dense weights are converted to the accumulator dtype.
@@ -82,6 +84,7 @@ from tritonkron.ops._triton.common import (
     tile_size,
 )
 from tritonkron.ops._triton.sym_gemm import launch_sym_gemm
+from tritonkron.ops.precision import check_precision
 
 __all__ = ["factor_update_config", "factor_update_configs", "factor_update_triton"]
 
@@ -223,8 +226,10 @@ def _launch_update(
     dense: bool,
     out: Tensor,
     cfg: dict[str, int],
+    precision: str,
 ) -> None:
-    """The thin GEMM P (weighted forms only), then the symmetric GEMM into ``out``."""
+    """The thin GEMM P (weighted forms only), then the symmetric GEMM into ``out``, both under
+    the precision policy."""
     Bsz, d, _ = out.shape
     k = G.shape[2] if side == "left" else G.shape[1]
     # Operands: 𝒢 = G or Gᵀ ([B, d, k], a strided view), then A, C as in the module docstring.
@@ -233,9 +238,11 @@ def _launch_update(
         a_op = c_op = g_op
     else:
         a_op = torch.empty((Bsz, d, k), dtype=X.dtype, device=X.device)  # P = 𝒢 Q or 𝒢 ½(W + Wᵀ)
-        launch_bmm(g_op, Q, a_op, _thin_gemm_config(cfg), sym_b=dense)
+        launch_bmm(g_op, Q, a_op, _thin_gemm_config(cfg), sym_b=dense, precision=precision)
         c_op = g_op if dense else a_op
-    launch_sym_gemm(a_op, c_op.transpose(1, 2), out, cfg, w=w, c=X, alpha=alpha, beta=beta)
+    launch_sym_gemm(
+        a_op, c_op.transpose(1, 2), out, cfg, w=w, c=X, alpha=alpha, beta=beta, precision=precision
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +260,7 @@ def factor_update_triton(
     *,
     out: Tensor | None = None,
     config: Mapping[str, int] | triton.Config | None = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """Computes ``reference.factor_update.factor_update_ref`` with the blocked symmetric kernel:
 
@@ -273,14 +281,17 @@ def factor_update_triton(
         out: optional ``[B, d, d]`` output of X's dtype; may be X itself for an in-place update.
         config: ``BLOCK_M``, ``BLOCK_K``, ``num_warps``, ``num_stages`` (dict or
             ``triton.Config``, merged over the heuristic); None → :func:`_heuristic`.
+        precision: the products' policy ("ieee", "tf32", "bf16"; ignored for float64 X).
 
     Returns:
         X_out ``[B, d, d]`` (``out`` if given), exactly symmetric.
 
     Raises:
         ValueError: naming the parameter, on a bad side, type, shape, dtype or device, an ``out``
-            that partially overlaps X or shares memory with another input, or an illegal config.
+            that partially overlaps X or shares memory with another input, an illegal config or
+            an unknown precision.
     """
+    precision = check_precision(precision)
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right'; got {side!r}")
     check_tensor("G", G, 3, _G_DTYPES)
@@ -297,5 +308,5 @@ def factor_update_triton(
     cfg = factor_update_config(config, d, k, X.dtype)
     if out.numel() == 0:
         return out
-    _launch_update(X, G, beta, alpha, side, Q, w, isinstance(weight, Tensor), out, cfg)
+    _launch_update(X, G, beta, alpha, side, Q, w, isinstance(weight, Tensor), out, cfg, precision)
     return out

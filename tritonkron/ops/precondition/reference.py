@@ -18,6 +18,8 @@ The preconditioned direction of momentum M with P = P_A ⊗ P_B is
     U = Q_A ((Q_Aᵀ M Q_B) ⊙ Σ) Q_Bᵀ,   Σ_ij = σ_ij / (1 + ε σ_ij),  σ_ij = s^A_i s^B_j,
 
 where the ε form equals 1/(√(x_i y_j) + ε) on the top block (Adam-style damping, docs/maths.md §4.3).
+The rotations and the spike-and-flat products take their operands under the precision policy
+(:func:`tritonkron.ops.precision.mm`, docs/maths.md §11); the scales are computed in the factors' dtype.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tritonkron.ops.precision import mm
 from tritonkron.options import TailRule
 
 
@@ -70,7 +73,7 @@ def factor_scales(x: Tensor, rank: int | None, tail: TailRule, alpha: float) -> 
 
 
 def eigenbasis_precondition_ref(
-    M: Tensor, Q_A: Tensor, Q_B: Tensor, s_A: Tensor, s_B: Tensor, eps: float
+    M: Tensor, Q_A: Tensor, Q_B: Tensor, s_A: Tensor, s_B: Tensor, eps: float, precision: str = "ieee"
 ) -> Tensor:
     """U = Q_A ((Q_Aᵀ M Q_B) ⊙ Σ) Q_Bᵀ with Σ = σ/(1 + εσ), σ = s_A s_Bᵀ.
 
@@ -79,14 +82,17 @@ def eigenbasis_precondition_ref(
         Q_A: left bases ``[B, m, m]``; Q_B: right bases ``[B, n, n]``.
         s_A: left scales ``[B, m]``; s_B: right scales ``[B, n]``.
         eps: ε of the Adam-style damping.
+        precision: the policy of the four products ("ieee", "tf32", "bf16").
     """
     sigma = s_A.unsqueeze(-1) * s_B.unsqueeze(-2)
     sigma = sigma / (1 + eps * sigma)
-    rotated = Q_A.transpose(-1, -2) @ M @ Q_B
-    return Q_A @ (rotated * sigma) @ Q_B.transpose(-1, -2)
+    rotated = mm(mm(Q_A.transpose(-1, -2), M, precision), Q_B, precision)
+    return mm(mm(Q_A, rotated * sigma, precision), Q_B.transpose(-1, -2), precision)
 
 
-def spike_and_flat_apply(U_k: Tensor, top_scales: Tensor, c: Tensor, Y: Tensor) -> Tensor:
+def spike_and_flat_apply(
+    U_k: Tensor, top_scales: Tensor, c: Tensor, Y: Tensor, precision: str = "ieee"
+) -> Tensor:
     """Low-rank form of one factor's spike-and-flat preconditioner applied on the left:
 
         P_X Y = U_k (D_k − c I)(U_kᵀ Y) + c·Y,   P_X = U_k D_k U_kᵀ + c (I − U_k U_kᵀ),
@@ -98,6 +104,7 @@ def spike_and_flat_apply(U_k: Tensor, top_scales: Tensor, c: Tensor, Y: Tensor) 
         top_scales: D_k's diagonal ``[B, k]`` (x_i^{-1/2}).
         c: tail constants ``[B, 1]``.
         Y: right-hand sides ``[B, d, n]``.
+        precision: the policy of the two thin products ("ieee", "tf32", "bf16").
     """
-    coeff = (top_scales - c).unsqueeze(-1) * (U_k.transpose(-1, -2) @ Y)
-    return U_k @ coeff + c.unsqueeze(-1) * Y
+    coeff = (top_scales - c).unsqueeze(-1) * mm(U_k.transpose(-1, -2), Y, precision)
+    return mm(U_k, coeff, precision) + c.unsqueeze(-1) * Y

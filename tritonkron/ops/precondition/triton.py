@@ -19,8 +19,9 @@ swapped strides):
         C = (D_k − c I) (U_kᵀ Y)   # [B, k, n], row scaling d_i − c fused in the epilogue
         P Y = U_k C + c·Y          # the axpy with Y fused in the epilogue
 
-Eigenvalue tracking, the third step of the eigenbasis update, is in
-:mod:`tritonkron.ops.track_eigenvalues.triton`.
+Every GEMM runs under the precision policy (``precision``: IEEE products by default, TF32 or bf16
+operands with fp32 accumulation; :mod:`tritonkron.ops.precision`). Eigenvalue tracking, the third
+step of the eigenbasis update, is in :mod:`tritonkron.ops.track_eigenvalues.triton`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from tritonkron.ops._triton.bmm import Epilogue, bmm_config, bmm_configs, launch_bmm
 from tritonkron.ops._triton.common import check_range, check_sized, check_tensor, out_or_empty
+from tritonkron.ops.precision import check_precision
 
 __all__ = ["eigenbasis_precondition_triton", "precondition_configs", "spike_and_flat_triton"]
 
@@ -52,14 +54,15 @@ def eigenbasis_precondition_triton(
     *,
     out: Tensor | None = None,
     config: Mapping[str, int] | triton.Config | None = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """Computes ``reference.precondition.eigenbasis_precondition_ref``:
 
         U = Q_A ((Q_Aᵀ M Q_B) ⊙ Σ) Q_Bᵀ,  Σ_ij = σ_ij / (1 + ε σ_ij),  σ_ij = s_A[i] s_B[j].
 
     Differences from the reference: fp32 accumulation and fp32 intermediates whatever the input
-    dtypes (operands may differ in dtype, e.g. fp16 M with fp32 bases); fp32 operands use
-    ``input_precision="ieee"``; Σ is formed per output tile in the epilogue of the second GEMM and
+    dtypes (operands may differ in dtype, e.g. fp16 M with fp32 bases); fp32 operands are
+    multiplied under ``precision`` (IEEE by default); Σ is formed per output tile in the epilogue of the second GEMM and
     never stored; the result is cast to ``out``'s dtype (default M's dtype).
 
     Args:
@@ -69,14 +72,16 @@ def eigenbasis_precondition_triton(
         eps: ε ≥ 0 of the Adam-style damping.
         out: optional ``[B, m, n]`` output; may be M itself (M is only read by the first GEMM).
         config: tile config (keys of :func:`precondition_configs`); None → heuristic.
+        precision: the products' policy ("ieee", "tf32", "bf16").
 
     Returns:
         U ``[B, m, n]`` (``out`` if given).
 
     Raises:
-        ValueError: on a wrong type, shape, dtype or device (naming the parameter), negative eps
-            or an illegal config.
+        ValueError: on a wrong type, shape, dtype or device (naming the parameter), negative eps,
+            an illegal config or an unknown precision.
     """
+    precision = check_precision(precision)
     check_tensor("M", M, 3)
     Bsz, m, n = M.shape
     for name, t, shape in (("Q_A", Q_A, (Bsz, m, m)), ("Q_B", Q_B, (Bsz, n, n)), ("s_A", s_A, (Bsz, m)),
@@ -89,10 +94,12 @@ def eigenbasis_precondition_triton(
         return out
     buf0 = torch.empty((Bsz, m, n), dtype=torch.float32, device=M.device)
     buf1 = torch.empty_like(buf0)
-    launch_bmm(Q_A.transpose(1, 2), M, buf0, cfg)  # T = Q_Aᵀ M
-    launch_bmm(buf0, Q_B, buf1, cfg, epilogue=Epilogue.SIGMA, row=s_A, col=s_B, eps=eps)  # R = (T Q_B) ⊙ Σ
-    launch_bmm(Q_A, buf1, buf0, cfg)  # T = Q_A R
-    launch_bmm(buf0, Q_B.transpose(1, 2), out, cfg)  # U = T Q_Bᵀ
+    p = precision
+    launch_bmm(Q_A.transpose(1, 2), M, buf0, cfg, precision=p)  # T = Q_Aᵀ M
+    sigma = {"epilogue": Epilogue.SIGMA, "row": s_A, "col": s_B, "eps": eps}
+    launch_bmm(buf0, Q_B, buf1, cfg, **sigma, precision=p)  # R = (T Q_B) ⊙ Σ
+    launch_bmm(Q_A, buf1, buf0, cfg, precision=p)  # T = Q_A R
+    launch_bmm(buf0, Q_B.transpose(1, 2), out, cfg, precision=p)  # U = T Q_Bᵀ
     return out
 
 
@@ -104,13 +111,14 @@ def spike_and_flat_triton(
     *,
     out: Tensor | None = None,
     config: Mapping[str, int] | triton.Config | None = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """Computes ``reference.precondition.spike_and_flat_apply``:
 
         P Y = U_k (D_k − c I)(U_kᵀ Y) + c·Y.
 
     Differences from the reference: fp32 accumulation, an fp32 ``[B, k, n]`` intermediate,
-    ``input_precision="ieee"`` for fp32 operands; the row scaling d_i − c is the epilogue of the
+    fp32 operands multiplied under ``precision`` (IEEE by default); the row scaling d_i − c is the epilogue of the
     first GEMM and the axpy c·Y the epilogue of the second; the result is cast to ``out``'s dtype
     (default Y's dtype). k = 0 gives c·Y.
 
@@ -122,14 +130,16 @@ def spike_and_flat_triton(
         out: optional ``[B, d, n]`` output; may be Y itself (each output element reads only its
             own Y element, after Y's first GEMM has finished).
         config: tile config (keys of :func:`precondition_configs`); None → heuristic.
+        precision: the products' policy ("ieee", "tf32", "bf16").
 
     Returns:
         P Y ``[B, d, n]`` (``out`` if given).
 
     Raises:
-        ValueError: on a wrong type, shape, dtype or device (naming the parameter) or an illegal
-            config.
+        ValueError: on a wrong type, shape, dtype or device (naming the parameter), an illegal
+            config or an unknown precision.
     """
+    precision = check_precision(precision)
     check_tensor("Y", Y, 3)
     Bsz, d, n = Y.shape
     check_sized("U_k", U_k, (Bsz, d, "k"), device=Y.device)
@@ -146,6 +156,7 @@ def spike_and_flat_triton(
     if out.numel() == 0:
         return out
     coeff = torch.empty((Bsz, k, n), dtype=torch.float32, device=Y.device)
-    launch_bmm(U_k.transpose(1, 2), Y, coeff, cfg, epilogue=Epilogue.ROW_SHIFT, row=top_scales, shift=c)
-    launch_bmm(U_k, coeff, out, cfg, epilogue=Epilogue.AXPY, y=Y, shift=c)
+    launch_bmm(U_k.transpose(1, 2), Y, coeff, cfg, epilogue=Epilogue.ROW_SHIFT, row=top_scales, shift=c,
+               precision=precision)  # fmt: skip
+    launch_bmm(U_k, coeff, out, cfg, epilogue=Epilogue.AXPY, y=Y, shift=c, precision=precision)
     return out

@@ -14,7 +14,8 @@ that factor's Gram matrix reads G itself and its basis product is only formed wh
 
 The GEMMs are the shared kernels of :mod:`tritonkron.ops._triton.bmm` and
 :mod:`tritonkron.ops._triton.sym_gemm`, so the differences from the reference are theirs: fp32
-accumulation (fp64 for fp64 factors), ``input_precision="ieee"`` (no TF32), upper tiles mirrored
+accumulation (fp64 for fp64 factors), the products under the precision policy (``precision``:
+IEEE by default, TF32 or bf16 operands; :mod:`tritonkron.ops.precision`), upper tiles mirrored
 (bitwise symmetric A', B'; the β-term reads the upper triangle of A and B), and Ĝ cast to G's
 dtype at the store.
 """
@@ -28,6 +29,7 @@ from tritonkron.ops._triton.bmm import bmm_config, launch_bmm
 from tritonkron.ops._triton.common import check_per_block, check_sized, check_tensor
 from tritonkron.ops._triton.sym_gemm import launch_sym_gemm
 from tritonkron.ops.factor_update.triton import factor_update_config
+from tritonkron.ops.precision import check_precision
 
 __all__ = ["rotated_statistics_triton"]
 
@@ -45,6 +47,8 @@ def rotated_statistics_triton(
     w_B: Tensor | None,
     s_B: Tensor,
     beta: float,
+    *,
+    precision: str = "ieee",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Computes ``rotated_statistics_ref``: (A', B', Ĝ) with
 
@@ -56,13 +60,16 @@ def rotated_statistics_triton(
         Q_A: ``[B, m, m]``, Q_B: ``[B, n, n]`` orthonormal bases (the weights refer to them).
         w_A: ``[B, m]`` or None (W = I); s_A: ``[B]``; w_B: ``[B, n]`` or None; s_B: ``[B]``.
         beta: retention β (the scales include 1 − β).
+        precision: the products' policy ("ieee", "tf32", "bf16"; ignored for float64 factors).
 
     Returns:
         (A', B', Ĝ), new tensors; A', B' exactly symmetric.
 
     Raises:
-        ValueError: naming the parameter, on a wrong type, shape, dtype or device.
+        ValueError: naming the parameter, on a wrong type, shape, dtype or device, or an unknown
+            precision.
     """
+    precision = check_precision(precision)
     dev = check_tensor("G", G, 3, _FLOATS).device
     Bsz, m, n = G.shape
     for name, t, shape in (("A", A, (Bsz, m, m)), ("B", B, (Bsz, n, n)), ("Q_A", Q_A, (Bsz, m, m)),
@@ -82,18 +89,18 @@ def rotated_statistics_triton(
     P = R = None
     if need_P:
         P = torch.empty((Bsz, m, n), dtype=A.dtype, device=dev)
-        launch_bmm(G, Q_B, P, bmm_config(None, m, n, n))
+        launch_bmm(G, Q_B, P, bmm_config(None, m, n, n), precision=precision)
     if need_R:
         R = torch.empty((Bsz, m, n), dtype=A.dtype, device=dev)
-        launch_bmm(Q_At, G, R, bmm_config(None, m, n, m))
+        launch_bmm(Q_At, G, R, bmm_config(None, m, n, m), precision=precision)
     if R is not None and (m >= n or P is None):
-        launch_bmm(R, Q_B, G_hat, bmm_config(None, m, n, n))
+        launch_bmm(R, Q_B, G_hat, bmm_config(None, m, n, n), precision=precision)
     else:
-        launch_bmm(Q_At, P, G_hat, bmm_config(None, m, n, m))
+        launch_bmm(Q_At, P, G_hat, bmm_config(None, m, n, m), precision=precision)
     left = G if w_B is None else P
     launch_sym_gemm(left, left.transpose(1, 2), A_new, factor_update_config(None, m, n, A.dtype),
-                    w=w_B, c=A, alpha=alpha_A, beta=float(beta))  # fmt: skip
+                    w=w_B, c=A, alpha=alpha_A, beta=float(beta), precision=precision)  # fmt: skip
     right = G if w_A is None else R
     launch_sym_gemm(right.transpose(1, 2), right, B_new, factor_update_config(None, n, m, B.dtype),
-                    w=w_A, c=B, alpha=alpha_B, beta=float(beta))  # fmt: skip
+                    w=w_A, c=B, alpha=alpha_B, beta=float(beta), precision=precision)  # fmt: skip
     return A_new, B_new, G_hat

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from tritonkron.ops.precision import mm
+
 __all__ = ["rotate_back_ref", "rotate_ref"]
 
 
-def rotate_ref(X: Tensor, Q_A: Tensor, Q_B: Tensor) -> Tensor:
-    """X̂ = Q_Aᵀ X Q_B for blocks ``X: [B, m, n]``, bases ``Q_A: [B, m, m]``, ``Q_B: [B, n, n]``."""
-    return Q_A.transpose(-1, -2) @ X @ Q_B
+def rotate_ref(X: Tensor, Q_A: Tensor, Q_B: Tensor, precision: str = "ieee") -> Tensor:
+    """X̂ = (Q_Aᵀ X) Q_B for blocks ``X: [B, m, n]``, bases ``Q_A: [B, m, m]``, ``Q_B: [B, n, n]``;
+    both products under the precision policy (:func:`tritonkron.ops.precision.mm`)."""
+    return mm(mm(Q_A.transpose(-1, -2), X, precision), Q_B, precision)
 
 
-def rotate_back_ref(X_hat: Tensor, Q_A: Tensor, Q_B: Tensor) -> Tensor:
-    """X = Q_A X̂ Q_Bᵀ, the inverse of :func:`rotate_ref` for orthogonal bases."""
-    return Q_A @ X_hat @ Q_B.transpose(-1, -2)
+def rotate_back_ref(X_hat: Tensor, Q_A: Tensor, Q_B: Tensor, precision: str = "ieee") -> Tensor:
+    """X = (Q_A X̂) Q_Bᵀ, the inverse of :func:`rotate_ref` for orthogonal bases."""
+    return mm(mm(Q_A, X_hat, precision), Q_B.transpose(-1, -2), precision)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from tritonkron.ops.backend import resolve_backend
+from tritonkron.ops.precision import check_precision
 from tritonkron.ops.sketch import reference
 
 __all__ = ["sketch_precondition", "sketch_update"]
@@ -29,14 +30,17 @@ def sketch_update(
     side: Literal["left", "right"],
     *,
     backend: str | None = None,
+    precision: str = "ieee",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One EMA step X̃ ← proj(β X̃ + s·G_s W G_sᵀ) of a factor sketch; returns (U', λ', τ').
 
-    See :func:`tritonkron.ops.sketch.reference.sketch_update_ref` for the arguments.
+    See :func:`tritonkron.ops.sketch.reference.sketch_update_ref` for the arguments; ``precision``
+    is the thin products' policy (:mod:`tritonkron.ops.precision`; the QR and eigh stay IEEE).
     """
+    precision = check_precision(precision)
     if resolve_backend(backend, U, G, op="sketch_update") == "reference":
-        return reference.sketch_update_ref(U, lam, tau, G, V, w, w_tau, scale, beta, side)
-    out = torch.ops.tritonkron.sketch_update(U, lam, tau, G, V, w, w_tau, scale, float(beta), side)
+        return reference.sketch_update_ref(U, lam, tau, G, V, w, w_tau, scale, beta, side, precision)
+    out = torch.ops.tritonkron.sketch_update(U, lam, tau, G, V, w, w_tau, scale, float(beta), side, precision)
     return out[0], out[1], out[2]
 
 
@@ -51,11 +55,14 @@ def sketch_precondition(
     eps: float,
     *,
     backend: str | None = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """The damped spike-and-flat direction from top-k bases and tail constants (``[B, m, n]``).
 
-    See :func:`tritonkron.ops.sketch.reference.sketch_precondition_ref`.
+    See :func:`tritonkron.ops.sketch.reference.sketch_precondition_ref`; ``precision`` is the
+    products' policy (:mod:`tritonkron.ops.precision`).
     """
+    precision = check_precision(precision)
     if resolve_backend(backend, M, U_A, U_B, op="sketch_precondition") == "reference":
-        return reference.sketch_precondition_ref(M, U_A, s_A, c_A, U_B, s_B, c_B, eps)
-    return torch.ops.tritonkron.sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, float(eps))
+        return reference.sketch_precondition_ref(M, U_A, s_A, c_A, U_B, s_B, c_B, eps, precision)
+    return torch.ops.tritonkron.sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, float(eps), precision)

@@ -64,6 +64,11 @@ blocks (top/tail × top/tail), and equals
 which needs only thin products (for ε = 0 it is P_A M P_B with P_X Y = U_k (D − c)(U_kᵀ Y) + c Y).
 
 Shapes: G ``[B, m, n]``, sketches ``[B, d, ℓ]``; everything is batched over the B stacked blocks.
+
+**Precision.** The thin products with G and M (K X, Qᵀ K Q, G_s V and the direction's products)
+take their operands under the precision policy (:func:`tritonkron.ops.precision.mm`,
+docs/maths.md §11); the QR, the Rayleigh–Ritz step (:func:`rayleigh_ritz`) and the SVD always run
+in IEEE arithmetic.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ from torch import Tensor
 
 from tritonkron.math.checks import symmetrize
 from tritonkron.math.safe_linalg import SITE_SKETCH, SITE_SKETCH_INIT, safe_eigh, safe_svd
+from tritonkron.ops.precision import mm
+from tritonkron.ops.precondition.reference import spike_and_flat_apply
 
 Side = Literal["left", "right"]
 
@@ -121,15 +128,22 @@ def _oriented(G: Tensor, side: Side) -> Tensor:
     return G if side == "left" else G.transpose(-1, -2)
 
 
-def _weighted(P: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor) -> Tensor:
-    """s·W P = s (w_τ P + V ((w − w_τ) ⊙ Vᵀ P)) for P ``[B, e, p]``, V ``[B, e, ℓ']``."""
-    s = scale.reshape(-1, 1, 1)
-    coeff = (w - w_tau.unsqueeze(-1)).unsqueeze(-1) * (V.transpose(-1, -2) @ P)
-    return s * (w_tau.reshape(-1, 1, 1) * P + V @ coeff)
+def _weighted(P: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor, precision: str) -> Tensor:
+    """s·W P = V ((s w − s w_τ) ⊙ Vᵀ P) + s w_τ P for P ``[B, e, p]``, V ``[B, e, ℓ']`` (the
+    spike-and-flat apply with top scales s·w and constant s·w_τ, as the Triton launcher forms it)."""
+    s = scale.reshape(-1, 1)
+    return spike_and_flat_apply(V, w * s, w_tau.reshape(-1, 1) * s, P, precision)
 
 
 def increment_apply_ref(
-    G: Tensor, X: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor, side: Side
+    G: Tensor,
+    X: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    side: Side,
+    precision: str = "ieee",
 ) -> Tensor:
     """K X = s·G_s W (G_sᵀ X) ``[B, d, p]`` for the increment K = s·G_s W G_sᵀ.
 
@@ -139,25 +153,35 @@ def increment_apply_ref(
         V: the other factor's basis ``[B, e, ℓ']`` (e = n for "left", m for "right"; ℓ' may be 0).
         w: weights ``[B, ℓ']``; w_tau: isotropic weight ``[B]``; scale: s ``[B]``.
         side: which factor the increment feeds.
+        precision: the products' policy ("ieee", "tf32", "bf16").
     """
     Gs = _oriented(G, side)
-    return Gs @ _weighted(Gs.transpose(-1, -2) @ X, V, w, w_tau, scale)
+    return mm(Gs, _weighted(mm(Gs.transpose(-1, -2), X, precision), V, w, w_tau, scale, precision), precision)
 
 
 def increment_rayleigh_ref(
-    G: Tensor, X: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor, side: Side
+    G: Tensor,
+    X: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    side: Side,
+    precision: str = "ieee",
 ) -> Tensor:
     """Xᵀ K X = s·(G_sᵀ X)ᵀ W (G_sᵀ X) ``[B, p, p]`` (exactly symmetric). Arguments as
     :func:`increment_apply_ref`."""
-    P = _oriented(G, side).transpose(-1, -2) @ X
-    H = P.transpose(-1, -2) @ _weighted(P, V, w, w_tau, scale)
+    P = mm(_oriented(G, side).transpose(-1, -2), X, precision)
+    H = mm(P.transpose(-1, -2), _weighted(P, V, w, w_tau, scale, precision), precision)
     return 0.5 * (H + H.transpose(-1, -2))
 
 
-def increment_trace_ref(G: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor, side: Side) -> Tensor:
+def increment_trace_ref(
+    G: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor, side: Side, precision: str = "ieee"
+) -> Tensor:
     """tr K = s (w_τ ‖G‖²_F + Σ_j (w_j − w_τ) ‖G_s v_j‖²) ``[B]``. Arguments as
     :func:`increment_apply_ref`."""
-    col_sq = (_oriented(G, side) @ V).square().sum(-2)  # ‖G_s v_j‖², [B, ℓ']
+    col_sq = mm(_oriented(G, side), V, precision).square().sum(-2)  # ‖G_s v_j‖², [B, ℓ']
     sq_norm = torch.linalg.vector_norm(G, dim=(-2, -1)).square()  # on G itself: contiguous, no temporary
     return scale * (w_tau * sq_norm + ((w - w_tau.unsqueeze(-1)) * col_sq).sum(-1))
 
@@ -207,6 +231,7 @@ def sketch_update_ref(
     scale: Tensor,
     beta: float,
     side: Side,
+    precision: str = "ieee",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One EMA step X̃ ← proj(β X̃ + s·G_s W G_sᵀ) of a low-rank-plus-isotropic sketch (module doc).
 
@@ -219,23 +244,32 @@ def sketch_update_ref(
         scale: s ``[B]``, including the (1 − β) of the EMA.
         beta: retention β ∈ [0, 1].
         side: "left" (d = m) or "right" (d = n).
+        precision: the policy of the thin products with G (module doc, "Precision").
 
     Returns:
         ``(U', λ', τ')`` with the shapes of the inputs; λ' descending.
     """
     d, ell = U.shape[-2:]
     if ell < d:
-        KU = increment_apply_ref(G, U, V, w, w_tau, scale, side)
+        KU = increment_apply_ref(G, U, V, w, w_tau, scale, side, precision)
         Q = torch.linalg.qr(torch.cat([U, KU], dim=-1)).Q
     else:
         Q = U
-    H_K = increment_rayleigh_ref(G, Q, V, w, w_tau, scale, side)
-    tr_K = increment_trace_ref(G, V, w, w_tau, scale, side)
+    H_K = increment_rayleigh_ref(G, Q, V, w, w_tau, scale, side, precision)
+    tr_K = increment_trace_ref(G, V, w, w_tau, scale, side, precision)
     return rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
 
 
 def sketch_precondition_ref(
-    M: Tensor, U_A: Tensor, s_A: Tensor, c_A: Tensor, U_B: Tensor, s_B: Tensor, c_B: Tensor, eps: float
+    M: Tensor,
+    U_A: Tensor,
+    s_A: Tensor,
+    c_A: Tensor,
+    U_B: Tensor,
+    s_B: Tensor,
+    c_B: Tensor,
+    eps: float,
+    precision: str = "ieee",
 ) -> Tensor:
     """The damped spike-and-flat direction in low-rank form (module doc, "Direction").
 
@@ -248,6 +282,7 @@ def sketch_precondition_ref(
             constant ``[B]`` (or ``[B, 1]``).
         U_B, s_B, c_B: the same for the right factor (``[B, n, k_B]``, ``[B, k_B]``, ``[B]``).
         eps: ε of σ/(1 + εσ).
+        precision: the products' policy ("ieee", "tf32", "bf16").
 
     Returns:
         U ``[B, m, n]``.
@@ -257,19 +292,19 @@ def sketch_precondition_ref(
         return sigma / (1 + eps * sigma)
 
     c_A, c_B = c_A.reshape(-1, 1), c_B.reshape(-1, 1)
-    R = U_A.transpose(-1, -2) @ M  # [B, k_A, n]
-    L = M @ U_B  # [B, m, k_B]
-    C = R @ U_B  # [B, k_A, k_B]
+    R = mm(U_A.transpose(-1, -2), M, precision)  # [B, k_A, n]
+    L = mm(M, U_B, precision)  # [B, m, k_B]
+    C = mm(R, U_B, precision)  # [B, k_A, k_B]
     h = f(c_A * c_B)  # [B, 1]
     g_A, g_B = f(s_A * c_B), f(c_A * s_B)
     K_c = C * (
         f(s_A.unsqueeze(-1) * s_B.unsqueeze(-2)) - g_A.unsqueeze(-1) - g_B.unsqueeze(-2) + h.unsqueeze(-1)
     )
-    top = (g_A - h).unsqueeze(-1) * R + K_c @ U_B.transpose(-1, -2)  # [B, k_A, n]
-    # U_A·top + L'·U_Bᵀ as one GEMM over the concatenated inner dim, accumulated onto h·M in place.
+    top = (g_A - h).unsqueeze(-1) * R + mm(K_c, U_B.transpose(-1, -2), precision)  # [B, k_A, n]
+    # U_A·top + L'·U_Bᵀ as one GEMM over the concatenated inner dim, accumulated onto h·M.
     left = torch.cat([U_A, L * (g_B - h).unsqueeze(-2)], dim=-1)  # [B, m, k_A + k_B]
     right = torch.cat([top, U_B.transpose(-1, -2)], dim=-2)  # [B, k_A + k_B, n]
-    return (h.unsqueeze(-1) * M).baddbmm_(left, right)
+    return mm(left, right, precision, add=h.unsqueeze(-1) * M)
 
 
 def _complete(P: Tensor, ell: int) -> Tensor:

@@ -2,8 +2,8 @@
 
 Triton twins of :mod:`tritonkron.ops.sketch.reference`. Every heavy product is thin — one side is the
 sketch rank ℓ (or 2ℓ), never d × d — and runs on the batched GEMM of
-:mod:`tritonkron.ops._triton.bmm` (fp32 accumulation, ``input_precision="ieee"`` for fp32 operands,
-fused epilogues). Launchers:
+:mod:`tritonkron.ops._triton.bmm` (fp32 accumulation, fp32 operands multiplied under the precision
+policy ``precision`` — IEEE by default, :mod:`tritonkron.ops.precision` —, fused epilogues). Launchers:
 
 ``increment_apply_triton``      K X = s·G_s W (G_sᵀ X):   P = G_sᵀ X; P ← s W P (spike-and-flat
                                  kernel: two thin GEMMs); out = G_s P.
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from tritonkron.ops._triton.bmm import Epilogue, bmm_config, launch_bmm
 from tritonkron.ops._triton.common import check_range, check_sized, check_tensor, out_or_empty
+from tritonkron.ops.precision import check_precision
 from tritonkron.ops.precondition.triton import spike_and_flat_triton
 from tritonkron.ops.sketch.reference import rayleigh_ritz
 
@@ -81,14 +82,14 @@ def _check_increment(
 
 
 def _weighted_projection(Gs: Tensor, X: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor,
-                         config: Config) -> tuple[Tensor, Tensor]:  # fmt: skip
+                         config: Config, precision: str) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(P, s W P) in fp32 for P = G_sᵀ X ``[B, e, p]``."""
     Bsz, d, e = Gs.shape
     p = X.shape[-1]
     P = torch.empty((Bsz, e, p), dtype=torch.float32, device=Gs.device)
-    launch_bmm(Gs.transpose(1, 2), X, P, bmm_config(config, e, p, d))
+    launch_bmm(Gs.transpose(1, 2), X, P, bmm_config(config, e, p, d), precision=precision)
     s = scale.to(torch.float32)
-    WP = spike_and_flat_triton(V, w * s.unsqueeze(-1), w_tau * s, P, config=config)
+    WP = spike_and_flat_triton(V, w * s.unsqueeze(-1), w_tau * s, P, config=config, precision=precision)
     return P, WP
 
 
@@ -103,6 +104,7 @@ def increment_apply_triton(
     *,
     out: Tensor | None = None,
     config: Config = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """Computes ``reference.sketch.increment_apply_ref``: K X = s·G_s W (G_sᵀ X) ``[B, d, p]``.
 
@@ -114,15 +116,18 @@ def increment_apply_triton(
         side: "left" (d = m, e = n) or "right" (d = n, e = m).
         out: optional ``[B, d, p]`` output (must not alias X or G).
         config: GEMM tile config (keys of ``bmm.BMM_KEYS``); None → heuristic.
+        precision: the products' policy ("ieee", "tf32", "bf16").
 
     Raises:
-        ValueError: on a wrong type, shape, dtype or device (naming the parameter).
+        ValueError: on a wrong type, shape, dtype or device (naming the parameter), or an
+            unknown precision.
     """
+    precision = check_precision(precision)
     Gs = _check_increment(G, X, V, w, w_tau, scale, side)
     _, d, e = Gs.shape
     out = out_or_empty(out, tuple(X.shape), X)
-    _, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config)
-    launch_bmm(Gs, WP, out, bmm_config(config, d, X.shape[-1], e))
+    _, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config, precision)
+    launch_bmm(Gs, WP, out, bmm_config(config, d, X.shape[-1], e), precision=precision)
     return out
 
 
@@ -137,36 +142,47 @@ def increment_rayleigh_triton(
     *,
     out: Tensor | None = None,
     config: Config = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """Computes ``reference.sketch.increment_rayleigh_ref``: Xᵀ K X ``[B, p, p]``.
 
     Differences from the reference: fp32 accumulation; the result is symmetrised in torch and
     written to ``out`` (default X's dtype). Arguments as :func:`increment_apply_triton`.
     """
+    precision = check_precision(precision)
     Gs = _check_increment(G, X, V, w, w_tau, scale, side)
     Bsz, _, e = Gs.shape
     p = X.shape[-1]
     out = out_or_empty(out, (Bsz, p, p), X)
-    P, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config)
+    P, WP = _weighted_projection(Gs, X, V, w, w_tau, scale, config, precision)
     H = torch.empty((Bsz, p, p), dtype=torch.float32, device=G.device)
-    launch_bmm(P.transpose(1, 2), WP, H, bmm_config(config, p, p, e))
+    launch_bmm(P.transpose(1, 2), WP, H, bmm_config(config, p, p, e), precision=precision)
     out.copy_(0.5 * (H + H.transpose(1, 2)))
     return out
 
 
 def increment_trace_triton(
-    G: Tensor, V: Tensor, w: Tensor, w_tau: Tensor, scale: Tensor, side: str, *, config: Config = None
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    side: str,
+    *,
+    config: Config = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """Computes ``reference.sketch.increment_trace_ref``: tr K ``[B]`` (fp32).
 
-    Differences from the reference: G_s V is one Triton GEMM with fp32 accumulation; the
-    reductions run in torch in fp32.
+    Differences from the reference: G_s V is one Triton GEMM with fp32 accumulation (under
+    ``precision``); the reductions run in torch in fp32.
     """
+    precision = check_precision(precision)
     Gs = _oriented(G, side)
     _check_weight(Gs, V, w, w_tau, scale)
     Bsz, d, e = Gs.shape
     GV = torch.empty((Bsz, d, V.shape[-1]), dtype=torch.float32, device=G.device)
-    launch_bmm(Gs, V, GV, bmm_config(config, d, V.shape[-1], e))
+    launch_bmm(Gs, V, GV, bmm_config(config, d, V.shape[-1], e), precision=precision)
     sq_g = torch.linalg.vector_norm(G, dim=(1, 2), dtype=torch.float32).square()
     w32, wt32 = w.to(torch.float32), w_tau.to(torch.float32)
     total = wt32 * sq_g + ((w32 - wt32.unsqueeze(-1)) * GV.square().sum(1)).sum(-1)
@@ -186,6 +202,7 @@ def sketch_update_triton(
     side: str,
     *,
     config: Config = None,
+    precision: str = "ieee",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Computes ``reference.sketch.sketch_update_ref`` (one EMA step of a factor sketch).
 
@@ -198,10 +215,12 @@ def sketch_update_triton(
         V, w, w_tau: the other factor's coupling weight; scale: s ``[B]``; beta: β ∈ [0, 1].
         side: "left" or "right".
         config: GEMM tile config for every launch; None → heuristic.
+        precision: the policy of the thin products (the QR and the eigh stay IEEE).
 
     Returns:
         ``(U', λ', τ')``.
     """
+    precision = check_precision(precision)
     Gs = _oriented(G, side)
     Bsz, d, _ = Gs.shape
     check_sized("U", U, (Bsz, d, "l"), device=G.device)
@@ -212,12 +231,12 @@ def sketch_update_triton(
     check_sized("tau", tau, (Bsz,), device=G.device)
     beta = check_range("beta", beta, 0.0, 1.0)
     if ell < d:
-        KU = increment_apply_triton(G, U, V, w, w_tau, scale, side, config=config)
+        KU = increment_apply_triton(G, U, V, w, w_tau, scale, side, config=config, precision=precision)
         Q = torch.linalg.qr(torch.cat([U, KU], dim=-1)).Q
     else:
         Q = U
-    H_K = increment_rayleigh_triton(G, Q, V, w, w_tau, scale, side, config=config)
-    tr_K = increment_trace_triton(G, V, w, w_tau, scale, side, config=config).to(U.dtype)
+    H_K = increment_rayleigh_triton(G, Q, V, w, w_tau, scale, side, config=config, precision=precision)
+    tr_K = increment_trace_triton(G, V, w, w_tau, scale, side, config=config, precision=precision).to(U.dtype)
     # The small dense part (QR'd basis, ℓ-sized eigh) is the reference's own.
     return rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
 
@@ -264,8 +283,10 @@ def _precondition_chain(
     eps: float,
     out: Tensor,
     config: Config,
+    precision: str,
 ) -> None:
-    """The launch chain of the module docstring (R, L', C and K_c, T, then U into ``out``)."""
+    """The launch chain of the module docstring (R, L', C and K_c, T, then U into ``out``), every
+    GEMM under ``precision``."""
     Bsz, m, n = M.shape
     dev = M.device
     k_A, k_B = U_A.shape[-1], U_B.shape[-1]
@@ -276,15 +297,16 @@ def _precondition_chain(
     g_A, g_B = _damped(sA * cB, eps), _damped(cA * sB, eps)
     k = k_A + k_B
     R = torch.empty((Bsz, k_A, n), dtype=f32, device=dev)
-    launch_bmm(U_A.transpose(1, 2), M, R, bmm_config(config, k_A, n, m))
+    p = precision
+    launch_bmm(U_A.transpose(1, 2), M, R, bmm_config(config, k_A, n, m), precision=p)
     L = torch.empty((Bsz, m, k), dtype=f32, device=dev)
     L[..., :k_A] = U_A
     L_top = L[..., k_A:].transpose(1, 2)  # [B, k_B, m] view: (g_B − h) ⊙ U_Bᵀ Mᵀ
     cfg_top = bmm_config(config, k_B, m, n)
     launch_bmm(U_B.transpose(1, 2), M.transpose(1, 2), L_top, cfg_top, epilogue=Epilogue.ROW_SHIFT, row=g_B,
-               shift=h.reshape(Bsz))  # fmt: skip
+               shift=h.reshape(Bsz), precision=p)  # fmt: skip
     C = torch.empty((Bsz, k_A, k_B), dtype=f32, device=dev)
-    launch_bmm(R, U_B, C, bmm_config(config, k_A, k_B, n))
+    launch_bmm(R, U_B, C, bmm_config(config, k_A, k_B, n), precision=p)
     K_c = C * (
         _damped(sA.unsqueeze(-1) * sB.unsqueeze(-2), eps)
         - g_A.unsqueeze(-1)
@@ -296,8 +318,10 @@ def _precondition_chain(
     T[:, k_A:] = U_B.transpose(1, 2)
     ones = torch.ones(Bsz, dtype=f32, device=dev)
     cfg_core = bmm_config(config, k_A, n, k_B)
-    launch_bmm(K_c, U_B.transpose(1, 2), T[:, :k_A], cfg_core, epilogue=Epilogue.AXPY, y=R, shift=ones)
-    launch_bmm(L, T, out, bmm_config(config, m, n, k), epilogue=Epilogue.AXPY, y=M, shift=h.reshape(Bsz))
+    launch_bmm(K_c, U_B.transpose(1, 2), T[:, :k_A], cfg_core, epilogue=Epilogue.AXPY, y=R, shift=ones,
+               precision=p)  # fmt: skip
+    launch_bmm(L, T, out, bmm_config(config, m, n, k), epilogue=Epilogue.AXPY, y=M, shift=h.reshape(Bsz),
+               precision=p)  # fmt: skip
 
 
 def sketch_precondition_triton(
@@ -312,6 +336,7 @@ def sketch_precondition_triton(
     *,
     out: Tensor | None = None,
     config: Config = None,
+    precision: str = "ieee",
 ) -> Tensor:
     """Computes ``reference.sketch.sketch_precondition_ref`` (module doc for the launch chain).
 
@@ -324,10 +349,13 @@ def sketch_precondition_triton(
         U_B: ``[B, n, k_B]``; s_B: ``[B, k_B]``; c_B: ``[B]`` or ``[B, 1]``; eps: ε ≥ 0.
         out: optional ``[B, m, n]`` output (must not alias M).
         config: GEMM tile config; None → heuristic.
+        precision: the products' policy ("ieee", "tf32", "bf16").
 
     Raises:
-        ValueError: on a wrong type, shape, dtype or device (naming the parameter) or eps < 0.
+        ValueError: on a wrong type, shape, dtype or device (naming the parameter), eps < 0 or
+            an unknown precision.
     """
+    precision = check_precision(precision)
     eps, out = _check_precondition_args(M, U_A, s_A, c_A, U_B, s_B, c_B, eps, out)
-    _precondition_chain(M, U_A, s_A, c_A, U_B, s_B, c_B, eps, out, config)
+    _precondition_chain(M, U_A, s_A, c_A, U_B, s_B, c_B, eps, out, config, precision)
     return out
