@@ -64,9 +64,11 @@ class _FailingRefresh:
         self.original = preconditioner.subspace_iteration
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, X: torch.Tensor, Q: torch.Tensor, steps: int = 1) -> Eigenpairs:
+    def __call__(
+        self, X: torch.Tensor, Q: torch.Tensor, steps: int = 1, method: str = "householder"
+    ) -> Eigenpairs:
         self.calls += 1
-        result = self.original(X, Q, steps)
+        result = self.original(X, Q, steps, method)
         if self.every and torch.randint(self.every, (), generator=self.generator) == 0:
             self.failed += 1
             nan = torch.full_like(result.vectors, float("nan"))

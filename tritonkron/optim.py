@@ -43,6 +43,7 @@ class KronUnit(NamedTuple):
     param: Tensor
     group: dict[str, Any]
     settings: KronSettings
+    first: int = 0  # ordinal of its first block among all blocks (the refresh schedule's phase)
 
 
 class Kron(Optimizer):
@@ -191,7 +192,6 @@ class Kron(Optimizer):
         super().__init__(params, defaults)
         self._stack = stack
         self._stacks = BlockStacks()
-        self._firsts: dict[int, int] = {}
         self._failures = FailureWatch()
         self._plan = (
             DistributedPlan.from_process_group(comm_dtype) if resolve_distributed(distributed) else None
@@ -219,7 +219,6 @@ class Kron(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_stack", True)
         self.__dict__.setdefault("_stacks", BlockStacks())
-        self.__dict__.setdefault("_firsts", {})
         self.__dict__.setdefault("_failures", FailureWatch())
         for group in self.param_groups:
             for key, value in DEFAULTS.items():
@@ -266,13 +265,14 @@ class Kron(Optimizer):
         check_gradients(self.param_groups)
         units: list[KronUnit] = []
         elementwise: list[tuple[Tensor, dict[str, Any]]] = []
+        firsts = self._block_ordinals()
         for group in self.param_groups:
             settings = kron_settings(group) if group["kron"] else None
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if settings is not None and self.uses_kron(p, group):
-                    units.append(KronUnit(p, group, settings))
+                    units.append(KronUnit(p, group, settings, firsts[id(p)]))
                 else:
                     elementwise.append((p, group))
         run_adamw(elementwise, self.state)
@@ -296,7 +296,6 @@ class Kron(Optimizer):
         def apply(unit: KronUnit, update: Tensor, ok: Tensor) -> None:
             apply_update(unit.param, update, unit.group["lr"], unit.group["weight_decay"], ok)
 
-        self._firsts = self._block_ordinals()
         if self._plan is None:
             if not self._stack or torch.compiler.is_compiling():
                 for unit in units:
@@ -347,20 +346,19 @@ class Kron(Optimizer):
 
     def _prepare(self, unit: KronUnit) -> PreparedUnit:
         """``unit``'s step up to its block groups (:func:`tritonkron.step.unit.prepare_unit`)."""
-        p, group, settings = unit
+        p, group, settings, first = unit
         settings, layout = self._resolve(p, group, settings)
         chunks = (
             None if self._plan is None else self._plan.block_chunks(p, layout)
         )  # split: this rank's blocks
-        first = self._firsts.get(id(p), 0)
         return prepare_unit(p, group, settings, layout, self.state[p], chunks, first)
 
     def _prepare_all(self, units: list[KronUnit]) -> list[PreparedUnit]:
         """:meth:`_prepare` of every unit of a one-process step, their skip flags and counters at once."""
         items = []
-        for p, group, settings in units:
+        for p, group, settings, first in units:
             settings, layout = self._resolve(p, group, settings)
-            items.append((p, group, settings, layout, self.state[p], self._firsts.get(id(p), 0)))
+            items.append((p, group, settings, layout, self.state[p], first))
         return prepare_units(items)
 
     def _finish(self, prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tensor, Tensor]:

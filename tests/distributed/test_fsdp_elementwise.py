@@ -135,7 +135,7 @@ def test_sharded_biases_equal_single_process(world: int, tmp_path: Path) -> None
         assert float(skipped_bias) == 1.0
 
 
-def _poisoned(X: torch.Tensor, Q: torch.Tensor, steps: int = 1) -> Eigenpairs:
+def _poisoned(X: torch.Tensor, Q: torch.Tensor, steps: int = 1, method: str = "householder") -> Eigenpairs:
     """A refresh whose QR 'failed': NaN bases and eigenvalues."""
     nan = torch.full_like(Q, math.nan)
     return Eigenpairs(nan[..., 0, :], nan)

@@ -59,8 +59,9 @@ def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         {"divergence": "von_neumann"},
         {"divergence": "frobenius", "betas": (0.8, 0.9)},
         {"divergence": "logdet", "rank": 6},  # rotated (k near d) where 2k > m + n, low-rank elsewhere
+        {"divergence": "logdet", "rank": 2, "sketch": True},
     ],
-    ids=["logdet", "von_neumann", "frobenius", "rank6"],
+    ids=["logdet", "von_neumann", "frobenius", "rank6", "sketch"],
 )
 def test_stacked_steps_equal_per_parameter_steps_bitwise(options: dict) -> None:
     alone, stacked = _params(0), _params(0)

@@ -10,7 +10,7 @@ import tritonkron.step.dense as preconditioner
 from tritonkron.math.basis import Eigenpairs
 
 
-def _poisoned(X: torch.Tensor, Q: torch.Tensor, steps: int = 1) -> Eigenpairs:
+def _poisoned(X: torch.Tensor, Q: torch.Tensor, steps: int = 1, method: str = "householder") -> Eigenpairs:
     """A refresh whose QR 'failed': NaN bases and eigenvalues."""
     nan = torch.full_like(Q, float("nan"))
     return Eigenpairs(nan[..., 0, :], nan)

@@ -4,9 +4,9 @@ Every Kronecker parameter is split into block groups ``[B, m, n]`` (:mod:`triton
 and a transformer has many parameters whose groups share a shape (every 128 × 128 block of every
 layer with ``block_size=128``). Stepping them one parameter at a time launches each op once per
 parameter; stepping them together launches it once per shape. :class:`BlockStacks` does the latter
-for the dense groups, in eigenbasis form (:func:`tritonkron.step.rotated.rotated_group_step`) or in
-the low-rank form of ``rank=k`` (:func:`tritonkron.step.dense.block_group_step`, whose momentum
-blocks are concatenated too); sketched groups step alone:
+for every form: eigenbasis (:func:`tritonkron.step.rotated.rotated_group_step`), the low-rank form
+of ``rank=k`` (:func:`tritonkron.step.dense.block_group_step`) and sketched
+(:func:`tritonkron.step.sketched.sketch_group_step`), whose momentum blocks are concatenated too:
 
 * the jobs of one step are bucketed by (settings, form, block shape, dtype, device, state keys), so
   a bucket's groups follow the same mathematics;
@@ -50,7 +50,6 @@ from torch import Tensor
 
 from tritonkron.options import KronSettings
 from tritonkron.state import FAILURES, READY
-from tritonkron.step.dense import block_group_step
 from tritonkron.step.rotated import rotated_group_step
 from tritonkron.step.schedule import block_ordinals
 from tritonkron.step.traceable import Refresh
@@ -118,8 +117,7 @@ ALIGNMENT = 4
 
 
 def stackable(job: GroupJob) -> bool:
-    """Whether ``job`` may join a bucket: a dense group (eigenbasis form, or the low-rank form of
-    ``rank=k``; not sketched) whose block dims are multiples of 4.
+    """Whether ``job`` may join a bucket: a group whose block dims are multiples of 4.
 
     LAPACK's QR on CPU rounds a matrix differently depending on its memory alignment, and in a
     stacked tensor a block's address moves by a multiple of its size: with both dims multiples of
@@ -127,8 +125,7 @@ def stackable(job: GroupJob) -> bool:
     block keeps the alignment it has in its own parameter's tensor and the bits do not change.
     """
     m, n = job.G.shape[-2:]
-    dense = job.rotated or job.step_fn is block_group_step
-    return dense and m % ALIGNMENT == 0 and n % ALIGNMENT == 0
+    return m % ALIGNMENT == 0 and n % ALIGNMENT == 0
 
 
 def _bucket_key(job: GroupJob) -> tuple:
