@@ -210,7 +210,9 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     cap = None if settings.bound is None else adam_bound(settings.beta1, settings.beta2)
     if not low_rank_is_cheaper(m, n, k_A, k_B):
         if cap is None:
-            return precondition(M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps)
+            return precondition(
+                M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps, precision=settings.precision
+            )
         Q_A, Q_B = state[BASIS_A], state[BASIS_B]
         M_hat = Q_A.transpose(-1, -2) @ M @ Q_B
         sigma = bounded_scales(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), M_hat, None, settings.beta2, cap)
@@ -229,6 +231,7 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
         s_B[..., :k_B],
         c_B,
         settings.eps,
+        precision=settings.precision,
     )
 
 
@@ -258,7 +261,9 @@ def update_statistics(
     Q_A, Q_B = state[BASIS_A], state[BASIS_B]
     rule = statistics_coupling(state, settings)
     beta = settings.beta2
-    A, B = update_factors(state[FACTOR_A], state[FACTOR_B], G, Q_A, Q_B, rule, beta)
+    A, B = update_factors(
+        state[FACTOR_A], state[FACTOR_B], G, Q_A, Q_B, rule, beta, precision=settings.precision
+    )
     G_hat = Q_A.transpose(-1, -2) @ G @ Q_B
     updates = {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta)}
     for key, value in updates.items():

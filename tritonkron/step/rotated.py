@@ -98,6 +98,7 @@ def _statistics(state: dict[str, Tensor], G: Tensor, settings: KronSettings) -> 
         rule.left_weight,
         (1 - beta) * rule.right_scale,
         beta,
+        precision=settings.precision,
     )
     return {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta), "G_hat": G_hat}
 
@@ -154,7 +155,8 @@ def rotated_group_step(
     moved = M_hat.lerp(G_hat, 1 - settings.beta1)
     M_hat = moved if ok is None else masked_where(ok, moved, M_hat)
     state[MOMENTUM_HAT] = M_hat
-    U = rotate_back(M_hat * _damped_sigma(state, settings, M_hat, G_hat), state[BASIS_A], state[BASIS_B])
+    sigma = _damped_sigma(state, settings, M_hat, G_hat)
+    U = rotate_back(M_hat * sigma, state[BASIS_A], state[BASIS_B], precision=settings.precision)
     if active is not None:
         U = masked_where(active, U, torch.zeros_like(U))
     for key, value in new.items():

@@ -204,7 +204,7 @@ def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings
     if settings.bound is not None:
         cap = adam_bound(settings.beta1, settings.beta2)
         return bounded_low_rank(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps, cap)
-    return sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps)
+    return sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps, precision=settings.precision)
 
 
 def _coupling_weight(
@@ -249,10 +249,30 @@ def update_sketch_statistics(
     scale_a = (1 - beta) * rule.left_scale
     scale_b = (1 - beta) * rule.right_scale
     U_a, lam_a, tau_a = sketch_update(
-        state[BASIS_A], state[EIG_A], state[TAIL_A], G, V_B, w_B, wt_B, scale_a, beta, "left"
+        state[BASIS_A],
+        state[EIG_A],
+        state[TAIL_A],
+        G,
+        V_B,
+        w_B,
+        wt_B,
+        scale_a,
+        beta,
+        "left",
+        precision=settings.precision,
     )
     U_b, lam_b, tau_b = sketch_update(
-        state[BASIS_B], state[EIG_B], state[TAIL_B], G, V_A, w_A, wt_A, scale_b, beta, "right"
+        state[BASIS_B],
+        state[EIG_B],
+        state[TAIL_B],
+        G,
+        V_A,
+        w_A,
+        wt_A,
+        scale_b,
+        beta,
+        "right",
+        precision=settings.precision,
     )
     trace = beta * state[TRACE] + (1 - beta) * torch.linalg.vector_norm(G, dim=(-2, -1)).square()
     accepted = mask & finite_blocks(U_a, lam_a, tau_a, U_b, lam_b, tau_b, trace)
