@@ -5,10 +5,11 @@
 GPT of the training benchmark (:mod:`perf.train_workloads`, ``char_lm``, Shakespeare):
 
 (a) the factors A, B after N EMA steps, (b) the top-k tracked eigenvalues and the top-k
-eigenbases (largest principal angle) after the refresh of step N, (c) the preconditioned
-direction U of step N, each as a relative error against a float64 run of the same optimizer on
-the same gradients, and (d) the final validation loss of the quick char-LM training run per policy
-at the same seeds.
+eigenbases (largest principal angle) at step N, each block's basis refreshed within the last T
+steps, (c) the preconditioned direction U of step N, each as a relative error against a float64
+run of the same optimizer on the same gradients, and (d) the final validation loss of the quick
+char-LM training run per policy at the same seeds, with the mean ``opt.step()`` time (on the CPU
+the TF32 and bf16 roundings are extra work: the tensor cores that make them cheaper are a GPU's).
 
 Protocol. One float32 IEEE run records the gradients of every matrix parameter for N steps;
 the same gradients are then replayed into ``tk.Kron`` (lr = 1, ``stack=False``) on shadow
@@ -35,6 +36,7 @@ import importlib
 import math
 import platform
 import statistics
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -57,10 +59,10 @@ RESULTS = ROOT / "perf" / "results"
 POLICY_SITES = {
     "tritonkron.step.rotated": ("rotated_statistics", "rotate", "rotate_back"),
     "tritonkron.step.dense": ("update_factors", "precondition", "sketch_precondition"),
-    "tritonkron.step.momentum": ("rotate", "rotate_back"),
     "tritonkron.step.sketched": ("sketch_precondition", "sketch_update"),
 }
-"""The step's calls of the ops that run the GEMMs under the policy: module → imported op names."""
+"""The step's calls of the ops that run the GEMMs under the policy: module → imported op names
+(the momentum-form conversion of :mod:`tritonkron.step.momentum` is not a step GEMM and stays IEEE)."""
 
 
 @dataclass(frozen=True)
@@ -234,31 +236,38 @@ def layer_table(names: list[str], grads: list[list[Tensor]], errors: dict[str, l
     return pd.DataFrame(rows)
 
 
-def final_loss(work: Workload, precision: str, seed: int, cfg: Settings) -> float:
-    """Final validation loss of one training run (quick char-LM budget) under ``precision``."""
+def final_loss(work: Workload, precision: str, seed: int, cfg: Settings) -> tuple[float, float]:
+    """Final validation loss of one training run (quick char-LM budget) under ``precision``, and
+    the mean ``opt.step()`` time in ms (the first step, which initialises the blocks, left out)."""
     torch.manual_seed(seed)
     model = work.make_model()
     opt = _kron(list(model.parameters()), precision, cfg.lr, cfg.period)
+    times = []
     with policy_installed(precision):
         for x, y in work.batches(seed)[: cfg.train_steps]:
             opt.zero_grad(set_to_none=True)
             work.loss(model, x, y).backward()
+            start = time.perf_counter()
             opt.step()
-    return work.evaluate(model)[0]
+            times.append(time.perf_counter() - start)
+    return work.evaluate(model)[0], 1e3 * statistics.fmean(times[1:] or times)
 
 
 def training_table(work: Workload, cfg: Settings) -> pd.DataFrame:
-    """(d): final validation loss per policy and seed, their mean and the difference to ieee."""
-    losses = {p: [final_loss(work, p, seed, cfg) for seed in range(cfg.seeds)] for p in POLICIES}
-    base = statistics.fmean(losses["ieee"])
+    """(d): final validation loss per policy and seed, their mean, the difference to ieee and the
+    mean CPU step time."""
+    runs = {p: [final_loss(work, p, seed, cfg) for seed in range(cfg.seeds)] for p in POLICIES}
+    base = statistics.fmean(loss for loss, _ in runs["ieee"])
     rows = []
-    for precision, values in losses.items():
+    for precision, results in runs.items():
+        values = [loss for loss, _ in results]
         spread = statistics.stdev(values) if len(values) > 1 else math.nan
         row = {"policy": precision, **{f"seed {s}": v for s, v in enumerate(values)}}
         row |= {
             "mean": statistics.fmean(values),
             "std": spread,
             "mean − ieee": statistics.fmean(values) - base,
+            "CPU step ms": statistics.fmean(ms for _, ms in results),
         }
         rows.append(row)
     return pd.DataFrame(rows)
