@@ -75,21 +75,20 @@ def check_gradients(groups: Sequence[dict[str, Any]]) -> None:
         )
 
 
-def _failure_flags(
+def _failure_counts(
     groups: Sequence[dict[str, Any]], state: dict[Tensor, dict[str, Any]]
-) -> tuple[list[Tensor], list[int], list[tuple[int, int]]]:
-    """(flag per block group: some block reached ``max_refresh_failures``; the parameter index of
-    each flag; (group, param) of every parameter index)."""
-    counts, where = [], []
+) -> tuple[list[tuple[Tensor, int, int]], list[tuple[int, int]]]:
+    """((consecutive-failure counts of a block group, its group's limit, the parameter index) for
+    every group with counts; (group, param) of every parameter index)."""
+    counts: list[tuple[Tensor, int, int]] = []
     position: list[tuple[int, int]] = []
     for gi, group in enumerate(groups):
         for pi, p in enumerate(group["params"]):
             position.append((gi, pi))
             for blocks in state.get(p, {}).get(BLOCKS, []):
                 if FAILURES in blocks:
-                    counts.append((blocks[FAILURES] >= group["max_refresh_failures"]).any())
-                    where.append(len(position) - 1)
-    return counts, where, position
+                    counts.append((blocks[FAILURES], group["max_refresh_failures"], len(position) - 1))
+    return counts, position
 
 
 def _raise_failure(groups: Sequence[dict[str, Any]], gi: int, pi: int) -> None:
@@ -116,9 +115,9 @@ def check_refresh_failures(
     takes this rank's first failing parameter index (over all groups, None for none) and the number
     of parameters, and returns the first over every rank, so that every rank raises together.
     """
-    counts, where, position = _failure_flags(groups, state)
-    bad = first_true(counts) if counts else None
-    index = None if bad is None else where[bad]
+    counts, position = _failure_counts(groups, state)
+    bad = first_true([(c >= limit).any() for c, limit, _ in counts]) if counts else None
+    index = None if bad is None else counts[bad][2]
     if agree is not None:
         index = agree(index, len(position))
     if index is not None:
@@ -141,17 +140,12 @@ class FailureWatch:
     def check(self, groups: Sequence[dict[str, Any]], state: dict[Tensor, dict[str, Any]]) -> None:
         """Queue this step's flags, then raise for the oldest arrived step that has a failure."""
         by_device: dict[torch.device, tuple[list[Tensor], list[tuple[int, int]], list[int]]] = {}
-        position: list[tuple[int, int]] = []
-        for gi, group in enumerate(groups):
-            for pi, p in enumerate(group["params"]):
-                position.append((gi, pi))
-                for blocks in state.get(p, {}).get(BLOCKS, []):
-                    if FAILURES in blocks:
-                        counts = blocks[FAILURES]
-                        entry = by_device.setdefault(counts.device, ([], [], []))
-                        entry[0].append(counts)
-                        entry[1].append((counts.numel(), group["max_refresh_failures"]))
-                        entry[2].extend([len(position) - 1] * counts.numel())
+        counted, position = _failure_counts(groups, state)
+        for counts, limit, index in counted:
+            entry = by_device.setdefault(counts.device, ([], [], []))
+            entry[0].append(counts)
+            entry[1].append((counts.numel(), limit))
+            entry[2].extend([index] * counts.numel())
         copies = [
             (HostCopy(torch.cat(counts) >= _limits(tuple(limits), device)), owners)
             for device, (counts, limits, owners) in by_device.items()
