@@ -12,8 +12,9 @@ at the oldest (what the GPU machines run) and at least through the GPU layout pa
 the legal-space tier (every autotuner config) for sm_90 at the oldest release; the precision tier
 (the TF32 and bf16 policies of ``tritonkron.ops.precision``, which lower to tensor-core MMAs
 instead of the IEEE path's FMAs) at a reduced set of shapes, at both releases for sm_90 (to
-cubin at the oldest) and through LLVM for sm_80 (shared memory of the Ampere MMA path), so that
-it adds about a minute to the suite rather than a launch tier's worth per run.
+cubin at the oldest) and through LLVM for sm_80 (shared memory of the Ampere MMA path): about
+40 s of compilation on 2 cores, rather than a launch tier's worth per run
+(perf/results/precision_2026-12-07.md).
 """
 
 from __future__ import annotations

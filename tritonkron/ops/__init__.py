@@ -5,7 +5,8 @@ Each ``tritonkron.ops.<op>`` package holds the op's dispatching function(s) in i
 :mod:`~tritonkron.ops.factor_update`, :mod:`~tritonkron.ops.precondition`,
 :mod:`~tritonkron.ops.track_eigenvalues`, :mod:`~tritonkron.ops.rotation`,
 :mod:`~tritonkron.ops.rotated_statistics`, :mod:`~tritonkron.ops.inverse_root` and
-:mod:`~tritonkron.ops.sketch`. The backend rule is :mod:`tritonkron.ops.backend`; kernel
+:mod:`~tritonkron.ops.sketch`. The backend rule is :mod:`tritonkron.ops.backend`; the precision
+policy of the GEMMs (``precision="ieee" | "tf32" | "bf16"``) is :mod:`tritonkron.ops.precision`; kernel
 failures are contained by :mod:`tritonkron.ops.kernel_guard`; shared Triton building blocks live
 in :mod:`tritonkron.ops._triton`; :mod:`tritonkron.ops.aot` compiles every kernel variant ahead of
 time. Importing this package registers the Triton launchers as ``tritonkron::<op>`` custom ops
