@@ -22,8 +22,8 @@ bases) and over one step (the direction).
 On the CPU the step runs the ops' references: bf16 operands are real bfloat16 roundings (the
 products are exact in float32 and summed in float32, as on the tensor cores); TF32 is emulated
 by rounding the operands to TF32 (round to nearest even; a GPU may truncate, doubling the error).
-Until the step passes ``settings.precision`` to its ops itself, :func:`policy_installed` supplies
-the policy at the step's op call sites (:data:`POLICY_SITES`) and checks that it reached the ops.
+The policy reaches the ops through the param group (``settings.precision``, passed by the step
+to its GEMM ops); :func:`counting_roundings` checks that it did.
 Writes ``perf/results/precision_<date>.md``.
 """
 
@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import importlib
 import math
 import platform
 import statistics
@@ -55,14 +53,6 @@ from tritonkron.state import BASIS_A, BASIS_B, BLOCKS, EIG_A, EIG_B, FACTOR_A, F
 POLICIES = ("ieee", "tf32", "bf16")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "perf" / "results"
-
-POLICY_SITES = {
-    "tritonkron.step.rotated": ("rotated_statistics", "rotate", "rotate_back"),
-    "tritonkron.step.dense": ("update_factors", "precondition", "sketch_precondition"),
-    "tritonkron.step.sketched": ("sketch_precondition", "sketch_update"),
-}
-"""The step's calls of the ops that run the GEMMs under the policy: module → imported op names
-(the momentum-form conversion of :mod:`tritonkron.step.momentum` is not a step GEMM and stays IEEE)."""
 
 
 @dataclass(frozen=True)
@@ -89,21 +79,9 @@ class Snapshot:
 
 
 @contextlib.contextmanager
-def policy_installed(precision: str) -> Iterator[list[int]]:
-    """Within the block the step's op calls (:data:`POLICY_SITES`) run under ``precision``.
-
-    Each op is wrapped with ``precision=`` as a default keyword (a call that passes its own keeps
-    it). Yields a one-element counter of the policy's operand roundings (``round_operands`` calls),
-    so the caller can check that the policy reached the ops.
-    """
-    saved = []
-    for module_name, names in POLICY_SITES.items():
-        module = importlib.import_module(module_name)
-        for name in names:
-            if hasattr(module, name):
-                op = getattr(module, name)
-                saved.append((module, name, op))
-                setattr(module, name, functools.partial(op, precision=precision))
+def counting_roundings() -> Iterator[list[int]]:
+    """Counts the policy's operand roundings (``round_operands`` calls of the references) in the
+    block, in a one-element list: zero means no op ran under a TF32 or bf16 policy."""
     counter = [0]
     rounding = precision_ops.round_operands
 
@@ -116,13 +94,10 @@ def policy_installed(precision: str) -> Iterator[list[int]]:
         yield counter
     finally:
         precision_ops.round_operands = rounding
-        for module, name, op in saved:
-            setattr(module, name, op)
 
 
 def _kron(params: list[Tensor], precision: str, lr: float, period: int) -> tk.Kron:
-    group = {"params": params, "precision": precision}
-    return tk.Kron([group], lr=lr, precondition_every=period, stack=False)
+    return tk.Kron(params, lr=lr, precondition_every=period, stack=False, precision=precision)
 
 
 def record_gradients(work: Workload, cfg: Settings) -> tuple[list[str], list[list[Tensor]]]:
@@ -156,7 +131,7 @@ def replay(grads: list[list[Tensor]], precision: str, dtype: torch.dtype, cfg: S
     params = [torch.zeros(g.shape, dtype=dtype, requires_grad=True) for g in grads[0]]
     opt = _kron(params, precision, 1.0, cfg.period)
     out: dict[int, list[Snapshot]] = {}
-    with policy_installed(precision) as rounded:
+    with counting_roundings() as rounded:
         for step, step_grads in enumerate(grads, start=1):
             if step in keep:
                 with torch.no_grad():
@@ -168,7 +143,7 @@ def replay(grads: list[list[Tensor]], precision: str, dtype: torch.dtype, cfg: S
             if step in keep:
                 out[step] = [_snapshot(opt, p, -p.detach().to(torch.float64)) for p in params]
     if precision != "ieee" and dtype != torch.float64 and rounded[0] == 0:
-        raise RuntimeError(f"the {precision} policy never reached the ops: check POLICY_SITES")
+        raise RuntimeError(f"the {precision} policy never reached the ops")
     return out
 
 
@@ -243,13 +218,15 @@ def final_loss(work: Workload, precision: str, seed: int, cfg: Settings) -> tupl
     model = work.make_model()
     opt = _kron(list(model.parameters()), precision, cfg.lr, cfg.period)
     times = []
-    with policy_installed(precision):
+    with counting_roundings() as rounded:
         for x, y in work.batches(seed)[: cfg.train_steps]:
             opt.zero_grad(set_to_none=True)
             work.loss(model, x, y).backward()
             start = time.perf_counter()
             opt.step()
             times.append(time.perf_counter() - start)
+    if precision != "ieee" and rounded[0] == 0:
+        raise RuntimeError(f"the {precision} policy never reached the ops")
     return work.evaluate(model)[0], 1e3 * statistics.fmean(times[1:] or times)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from perf.precision_study import POLICIES, Settings, policy_installed, principal_angle, run
-from tritonkron.ops.rotation.reference import rotate_back_ref
+import tritonkron as tk
+from perf.precision_study import POLICIES, Settings, counting_roundings, principal_angle, run
 
 TINY = Settings(steps=6, period=3, top_k=2, train_steps=3, seeds=2, tiny=True)
 
@@ -21,16 +22,16 @@ def test_study_writes_every_table(tmp_path) -> None:  # noqa: ANN001
     assert "drift over T=3 (float64)" in text and "TF32 is emulated" in text
 
 
-def test_policy_reaches_the_ops_and_is_removed_afterwards() -> None:
-    import tritonkron.step.rotated as rotated
-
-    before = rotated.rotate_back
-    with policy_installed("bf16") as rounded:
-        X = torch.randn(1, 4, 3)
-        Q_A, Q_B = torch.eye(4).expand(1, 4, 4), torch.eye(3).expand(1, 3, 3)
-        out = rotated.rotate_back(X, Q_A, Q_B)
-        assert rounded[0] > 0 and torch.equal(out, rotate_back_ref(X, Q_A, Q_B, "bf16"))
-    assert rotated.rotate_back is before
+@pytest.mark.parametrize("precision", POLICIES)
+def test_the_policy_reaches_the_ops(precision: str) -> None:
+    """A Kron step rounds operands under TF32 and bf16 and never under IEEE (the study's check)."""
+    p = torch.zeros(6, 4, requires_grad=True)
+    opt = tk.Kron([p], lr=0.1, precision=precision)
+    with counting_roundings() as rounded:
+        for seed in range(3):
+            p.grad = torch.randn(6, 4, generator=torch.Generator().manual_seed(seed))
+            opt.step()
+    assert (rounded[0] > 0) == (precision != "ieee"), rounded
 
 
 def test_principal_angle() -> None:
