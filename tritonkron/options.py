@@ -29,7 +29,7 @@ and the Newton–Schulz inverse roots always run in IEEE arithmetic.
 The default is ``"ieee"``: measured on the char-LM's gradients (``python -m perf.precision_study``,
 docs/maths.md §11.4), TF32 keeps the factors within 4e-5 and bf16 within 4e-4 (median relative
 error against float64, against 1.9e-5 for float32) and both leave the final loss unchanged (within
-4e-4 over five seeds), so both are accurate enough; but the speed they buy is a GPU's and was not
+0.003 over five seeds), so both are accurate enough; but the speed they buy is a GPU's and was not
 measured (on the CPU they are emulated), so ``precision="tf32"`` is the recommended setting on CUDA
 GPUs rather than the default.
 """
