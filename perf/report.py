@@ -5,7 +5,9 @@ Inputs (written by ``python -m perf train`` and ``python -m perf step``):
 * ``train_sessions.jsonl``: one JSON line per training session (environment, workloads, optimizer
   entries with skip reasons, protocol);
 * ``train_runs.csv``: one row per run; ``train_curves.csv``: the validation curve of every run;
-* ``step.csv``: step time against layer size.
+* ``step.csv``: step time against layer size;
+* ``lr_sensitivity_<date>.csv`` (``python -m perf.bench_lr``, optional): final loss against the
+  learning rate; the newest one is shown with its figure.
 
 The report covers one session (the latest unless named). Its numbers are derived by
 :mod:`perf.report_summary` (the meaning of each column is there) and its plots drawn by
@@ -19,14 +21,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from perf.bench_lr import fmt, sensitivity_table
 from perf.bench_step import step_section
-from perf.report_plots import DPI, plot_curves
+from perf.report_plots import DPI, plot_curves, plot_lr_sensitivity
 from perf.report_summary import load_session, mean_curves, step_costs, summarize
 
 __all__ = [
     "DPI",
     "goal_lines",
     "load_session",
+    "lr_section",
     "mean_curves",
     "plot_curves",
     "render",
@@ -252,6 +256,31 @@ def _workload_lines(
     return lines + [f"![{name} validation loss]({(rel / plot.name).as_posix()})", ""]
 
 
+def lr_section(results: Path, rel: Path) -> list[str]:
+    """The newest ``lr_sensitivity_*.csv`` under ``results`` as a section (summary table and the figure,
+    drawn next to the CSV), or nothing when there is none."""
+    found = sorted(results.glob("lr_sensitivity_*.csv"))
+    if not found:
+        return []
+    runs = pd.read_csv(found[-1])
+    plot = plot_lr_sensitivity(runs, found[-1].with_suffix(".png"))
+    return [
+        "## Learning-rate sensitivity: character-level language model",
+        "",
+        f"`python -m perf.bench_lr` (`{found[-1].name}`): the quick char-LM workload for "
+        f"{int(runs['steps'].max())} steps, {runs['seed'].nunique()} seed(s) per lr, the same initial "
+        "weights and batches per seed for every optimizer. Best lr = lowest seed-mean final validation "
+        "loss; ≈3× / ≈÷3 = the next value of the ladder 1e-3, 3e-3, 1e-2, … above / below it; ratio = "
+        "the loss there over the loss at the best (div: a seed diverged, – not run, `*` best at an edge "
+        f"of the lrs run). Per-lr table: `{found[-1].with_suffix('.md').name}`.",
+        "",
+        fmt(sensitivity_table(runs)),
+        "",
+        f"![final loss against lr]({(rel / plot.name).as_posix()})",
+        "",
+    ]
+
+
 def _reading_lines(rel: Path) -> list[str]:
     """The closing notes on reading the tables, with the paths of the raw CSVs."""
     return [
@@ -290,6 +319,7 @@ def render(results: Path = RESULTS, out: Path | None = None, session: str | None
         wruns, wcurves = runs[runs["workload"] == name], curves[curves["workload"] == name]
         lines += _workload_lines(name, meta, tables[name], wruns, wcurves, results, rel)
     lines += step_section(results, rel)
+    lines += lr_section(results, rel)
     lines += _reading_lines(rel)
     out.write_text("\n".join(lines), encoding="utf-8")
     return out

@@ -1,4 +1,5 @@
-"""The report's PNG plots: validation loss against steps and against training seconds."""
+"""The report's PNG plots: validation loss against steps and against training seconds, and final
+loss against the learning rate."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from perf.report_summary import best_runs, estimated_seconds, mean_curves, step_costs  # noqa: E402
 
-__all__ = ["DPI", "plot_curves"]
+__all__ = ["DPI", "plot_curves", "plot_lr_sensitivity"]
 
 DPI = 90
 
@@ -50,5 +51,48 @@ def plot_curves(
     path = out / f"report_{name}.png"
     plotted = [label for label in labels if label in mcurves]
     fig.savefig(path, metadata={"Title": f"{name} validation loss", "Description": json.dumps(plotted)})
+    plt.close(fig)
+    return path
+
+
+def plot_lr_sensitivity(runs: pd.DataFrame, path: Path) -> Path:
+    """Final validation loss against the learning rate (log x), one line per optimizer.
+
+    ``runs`` has one row per run (columns ``optimizer``, ``lr``, ``final_val_loss``, ``diverged``,
+    ``initial_val_loss``, as :mod:`perf.bench_lr` writes them). Points are seed means with bars over
+    the seed range; a lr where a seed diverged (non-finite, or above the initial loss) is an ``x`` at the
+    top edge. The PNG's ``Description`` text chunk lists the plotted optimizers as JSON.
+    """
+    finite = runs[~runs["diverged"].astype(bool)]
+    low = float(finite["final_val_loss"].min()) if len(finite) else 0.0
+    high = float(finite["final_val_loss"].max()) if len(finite) else 1.0
+    top = min(float(runs["initial_val_loss"].max()), high + 0.1 * (high - low) + 0.02)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=DPI)
+    labels = list(dict.fromkeys(runs["optimizer"]))
+    for label in labels:
+        g = runs[runs["optimizer"] == label]
+        stats = g.groupby("lr").agg(
+            mean=("final_val_loss", "mean"), lo=("final_val_loss", "min"), hi=("final_val_loss", "max")
+        )
+        bad = g.groupby("lr")["diverged"].any()
+        ok = stats[~bad].clip(upper=top)
+        style = "-" if label.startswith("Kron") else "--"
+        line = ax.errorbar(
+            ok.index, ok["mean"], yerr=[ok["mean"] - ok["lo"], ok["hi"] - ok["mean"]],
+            fmt="o" + style, ms=4, lw=1.4, capsize=2, label=label,
+        )  # fmt: skip
+        if bad.any():
+            ax.plot(bad[bad].index, [top] * int(bad.sum()), "x", ms=8, color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final validation loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title(
+        "char-LM: final validation loss against lr (seed mean, bars: seed range; x: diverged)", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Title": "lr sensitivity", "Description": json.dumps(labels)})
     plt.close(fig)
     return path
