@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,12 @@ def _run(name: str, tmp: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every run's outcome; the runs are independent subprocesses (mostly single-threaded
+    compilation), so they go two at a time on a machine with at least two cores."""
     tmp = tmp_path_factory.mktemp("aot")
-    return {name: _run(name, tmp) for name in RUNS}
+    with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+        futures = {name: pool.submit(_run, name, tmp) for name in RUNS}
+        return {name: future.result() for name, future in futures.items()}
 
 
 @pytest.mark.parametrize("name", list(RUNS))
