@@ -265,9 +265,9 @@ class Kron(Optimizer):
         check_gradients(self.param_groups)
         units: list[KronUnit] = []
         elementwise: list[tuple[Tensor, dict[str, Any]]] = []
-        firsts = self._block_ordinals()
-        for group in self.param_groups:
-            settings = kron_settings(group) if group["kron"] else None
+        parsed = [kron_settings(group) if group["kron"] else None for group in self.param_groups]
+        firsts = self._block_ordinals(parsed)
+        for group, settings in zip(self.param_groups, parsed, strict=True):
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -310,15 +310,14 @@ class Kron(Optimizer):
         self._plan.assign_optimizer(self)
         self._plan.run(units, self._kron_update, apply, self.state)
 
-    def _block_ordinals(self) -> dict[int, int]:
+    def _block_ordinals(self, parsed: list[KronSettings | None]) -> dict[int, int]:
         """The ordinal of each Kronecker parameter's first block among all blocks of the optimizer,
         in parameter order, with or without a gradient this step (the refresh schedule's phases,
-        :mod:`tritonkron.step.schedule`)."""
+        :mod:`tritonkron.step.schedule`); ``parsed``: each group's settings (None: not Kronecker)."""
         params, counts = [], []
-        for group in self.param_groups:
-            if not group["kron"]:
+        for group, settings in zip(self.param_groups, parsed, strict=True):
+            if settings is None:
                 continue
-            settings = kron_settings(group)
             for p in group["params"]:
                 if self.uses_kron(p, group):
                     params.append(id(p))

@@ -88,12 +88,14 @@ class BlockLayout:
             _grid_view(matrix, group).permute(0, 2, 1, 3).reshape(-1, *group.shape) for group in self.groups
         ]
 
-    def scatter(self, stacks: list[Tensor], out: Tensor) -> Tensor:
-        """Write stacked blocks back into ``out`` ``[m, n]`` and return it (the inverse of
-        :meth:`gather`, one copy per group); when one block covers the matrix, that block itself is
-        returned instead."""
+    def scatter(self, stacks: list[Tensor], out: Tensor | None = None) -> Tensor:
+        """Write stacked blocks back into ``out`` ``[m, n]`` (a new tensor when None) and return it
+        (the inverse of :meth:`gather`, one copy per group); when one block covers the matrix, that
+        block itself is returned and nothing is allocated."""
         if self.whole:
             return stacks[0][0]
+        if out is None:
+            out = stacks[0].new_empty(self.matrix)
         for group, stack in zip(self.groups, stacks, strict=True):
             grid = _grid_view(out, group)
             grid.copy_(stack.reshape(grid.shape[0], grid.shape[2], *group.shape).permute(0, 2, 1, 3))

@@ -32,6 +32,7 @@ from tritonkron.math.safe_linalg import SITE_INIT, safe_eigh
 from tritonkron.ops.factor_update import update_factors
 from tritonkron.ops.precondition import precondition
 from tritonkron.ops.precondition.reference import factor_scales, floor_eigenvalues
+from tritonkron.ops.rotation import rotate, rotate_back
 from tritonkron.ops.sketch import sketch_precondition
 from tritonkron.ops.track_eigenvalues import track_eigenvalues
 from tritonkron.options import Divergence, KronSettings
@@ -214,9 +215,9 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
                 M, state[BASIS_A], state[BASIS_B], s_A, s_B, settings.eps, precision=settings.precision
             )
         Q_A, Q_B = state[BASIS_A], state[BASIS_B]
-        M_hat = Q_A.transpose(-1, -2) @ M @ Q_B
+        M_hat = rotate(M, Q_A, Q_B, precision=settings.precision)
         sigma = bounded_scales(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), M_hat, None, settings.beta2, cap)
-        return Q_A @ (M_hat * damp(sigma, settings.eps)) @ Q_B.transpose(-1, -2)
+        return rotate_back(M_hat * damp(sigma, settings.eps), Q_A, Q_B, precision=settings.precision)
     # With k = d the constant multiplies I − U Uᵀ = 0, so any of the scales serves.
     c_A, c_B = s_A[..., min(k_A, m - 1)], s_B[..., min(k_B, n - 1)]
     if cap is not None:
@@ -264,7 +265,7 @@ def update_statistics(
     A, B = update_factors(
         state[FACTOR_A], state[FACTOR_B], G, Q_A, Q_B, rule, beta, precision=settings.precision
     )
-    G_hat = Q_A.transpose(-1, -2) @ G @ Q_B
+    G_hat = rotate(G, Q_A, Q_B, precision=settings.precision)
     updates = {FACTOR_A: A, FACTOR_B: B, **tracked_updates(state, G, G_hat, rule, beta)}
     for key, value in updates.items():
         state[key] = value if mask is None else masked_where(mask, value, state[key])

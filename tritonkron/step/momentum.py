@@ -55,7 +55,7 @@ def convert_momentum(
             else torch.zeros(len(g.offsets), *g.shape, dtype=like.dtype, device=like.device)
             for b, g in zip(blocks, layout.groups, strict=True)
         ]
-        M = layout.scatter(parts, like.new_empty(layout.matrix))
+        M = layout.scatter(parts)
     moments = layout.gather(M)
     if chunks is not None:
         moments = [M_block[c] for M_block, c in zip(moments, chunks, strict=True)]

@@ -194,8 +194,8 @@ def finish_unit(prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tenso
     directions already respect (docs/maths.md §5.5); last, the RMS is capped at ``max_update_rms``
     when the group sets it.
     """
-    p, layout, _, ok, grad, jobs, max_rms, step = prepared
-    update = layout.scatter(directions, torch.empty_like(grad)).reshape(p.shape)
+    p, layout, _, ok, _, jobs, max_rms, step = prepared
+    update = layout.scatter(directions).reshape(p.shape)
     settings = jobs[0].settings if jobs else None
     if settings is not None and settings.bias_correction and step is not None:
         update = update * bias_correction(step, settings.beta1).to(update.dtype)
