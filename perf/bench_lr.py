@@ -2,7 +2,7 @@
 
 Final validation loss against the learning rate for AdamW, Muon (float32 Newton–Schulz on the
 hidden matrices, AdamW on the rest; :mod:`perf.peers`), heavyball's SOAP and KLShampoo when
-heavyball is importable (otherwise listed as skipped, with the reason), and four ``tk.Kron``
+heavyball is importable (otherwise listed as skipped, with the reason), and five ``tk.Kron``
 configurations (:data:`KRON_CONFIGS`), all at ``precondition_every=10``.
 
 Workload: the quick char-LM of the training benchmark (:func:`perf.train_workloads.build_workload`,
@@ -52,6 +52,7 @@ KRON_CONFIGS: dict[str, dict[str, object]] = {
     'Kron bound="adam"': {"bound": "adam"},
     'Kron bound="adam" + bias_correction': {"bound": "adam", "bias_correction": True},
     "Kron max_update_rms=1": {"max_update_rms": 1.0},
+    "Kron rank=16 + sketch": {"rank": 16, "sketch": True},
 }
 PEERS = ("AdamW", "Muon (fp32 NS)", "heavyball SOAP", "heavyball KLShampoo")
 # Centred on the best learning rates of the README's 100-step quick run (AdamW 1e-3, Muon 1e-2,
@@ -128,9 +129,12 @@ def _step_ladder(lr: float, direction: int) -> float | None:
     return LADDER[i] if 0 <= i < len(LADDER) else None
 
 
-def lm_workload(steps: int, tiny: bool = False) -> tuple[Workload, Callable[[int], list]]:
-    """The char-LM workload and ``seed -> batches`` of ``steps`` steps (see the module docstring)."""
-    workload = build_workload("char_lm", quick=True, tiny=tiny)
+def lm_workload(
+    steps: int, tiny: bool = False, corpus: str = "auto"
+) -> tuple[Workload, Callable[[int], list]]:
+    """The char-LM workload on ``corpus`` (:func:`perf.text.load_corpus`) and ``seed -> batches`` of
+    ``steps`` steps (see the module docstring)."""
+    workload = build_workload("char_lm", quick=True, tiny=tiny, corpus=corpus)
     workload = dataclasses.replace(workload, eval_every=max(1, steps // 10), steps=steps)
 
     def batches(seed: int) -> list:
@@ -302,11 +306,12 @@ def fmt(table: pd.DataFrame) -> str:
     return text.replace(" nan ", "  –  ").replace(" inf ", " div ")
 
 
-def _markdown(runs: pd.DataFrame, skipped: list[OptimizerEntry], command: str) -> str:
+def _markdown(runs: pd.DataFrame, skipped: list[OptimizerEntry], command: str, data: str = "") -> str:
     per_lr, summary = lr_table(runs), sensitivity_table(runs)
     lines = [
         "# Learning-rate sensitivity on the char-level LM",
         "",
+        *([f"Text: {data}.", ""] if data else []),
         f"`{command}`, {time.strftime('%Y-%m-%d')}: {len(runs)} runs, {runs['wall_s'].sum():.0f} s of run time in "
         f"all, cpu ({'/'.join(map(str, sorted(runs['threads'].unique())))} torch threads per run). "
         f"Quick char-LM workload (CharGPT d128 × 2, batch 16), {int(runs['steps'].max())} steps, "
@@ -350,6 +355,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     parser.add_argument("--resume", action="store_true", help="keep the CSV's rows and skip their runs")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (at most the cores)")
+    parser.add_argument(
+        "--corpus",
+        default="auto",
+        choices=("auto", "python_stdlib"),
+        help="the text: auto (Shakespeare, the tuned workload) or python_stdlib (held out)",
+    )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     previous = pd.read_csv(path).to_dict("records") if args.resume and path.is_file() else []
     if not args.resume and path.is_file():
         path.unlink()
-    workload, batches = lm_workload(args.steps, tiny=args.tiny)
+    workload, batches = lm_workload(args.steps, tiny=args.tiny, corpus=args.corpus)
     started = time.perf_counter()
     run_grid(
         workload,
@@ -381,7 +392,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     wall = time.perf_counter() - started
     print("\n" + fmt(lr_table(runs)) + "\n\n" + fmt(sensitivity_table(runs)))
     command = "python -m perf.bench_lr " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.write_text(_markdown(runs, skipped, command.strip()), encoding="utf-8")
+    args.out.write_text(_markdown(runs, skipped, command.strip(), workload.note), encoding="utf-8")
     from perf.report_plots import plot_lr_sensitivity
 
     print(f"wrote {args.out}, {path}, {plot_lr_sensitivity(runs, path.with_suffix('.png'))} ({wall:.0f} s)")

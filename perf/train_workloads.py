@@ -141,7 +141,7 @@ def _workload(
 
 
 def build_workload(
-    name: str, quick: bool, tiny: bool = False, device: torch.device | str = "cpu"
+    name: str, quick: bool, tiny: bool = False, device: torch.device | str = "cpu", corpus: str = "auto"
 ) -> Workload:
     """Build one workload at the quick, full or test (``tiny``) size.
 
@@ -159,6 +159,8 @@ def build_workload(
         tiny: a seconds-long configuration for the test suite (overrides ``quick``).
         device: where the models, batches and validation data live (the data are loaded on the
             CPU and moved once; batches and initial weights are the same on every device).
+        corpus: the char LM's text (:func:`perf.text.load_corpus`'s ``prefer``; ``"python_stdlib"``
+            is the held-out text).
 
     Returns:
         The workload.
@@ -168,7 +170,7 @@ def build_workload(
     size = _TINY if tiny else _SIZES[name][0 if quick else 1]
     device = torch.device(device)
     if name == "char_lm":
-        return _char_lm(size, tiny, device)
+        return _char_lm(size, tiny, device, corpus)
     data = load_image_classification("digits" if tiny else "fashion_mnist", limit=20_000 if quick else None)
     data = data.to(device)
     side = int(round(data.num_features**0.5))
@@ -203,8 +205,8 @@ def build_workload(
     )
 
 
-def _char_lm(size: _Size, tiny: bool, device: torch.device) -> Workload:
-    corpus = load_corpus("fallback" if tiny else "auto")
+def _char_lm(size: _Size, tiny: bool, device: torch.device, prefer: str = "auto") -> Workload:
+    corpus = load_corpus("fallback" if tiny and prefer == "auto" else prefer)
     chars = encode_corpus(corpus, max_chars=200_000 if tiny else None)
     context, d_model, n_layer, n_head = (16, 16, 1, 2) if tiny else (64, 128, 2, 4)
     val_windows = 16 if tiny else size.val

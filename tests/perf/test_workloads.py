@@ -193,3 +193,13 @@ def test_demo_smoke_run_writes_a_table(tmp_path: Path) -> None:
     summary_rows = [line for line in text.split("## Autotune")[0].splitlines() if line.startswith("| ")]
     assert len(summary_rows) == 8  # header + 7 optimizers
     assert all("nan" not in row.lower() for row in summary_rows), summary_rows
+
+
+def test_held_out_python_sources_are_ascii_library_code_in_a_fixed_order() -> None:
+    from perf.text import load_corpus, load_python_sources
+
+    small = load_python_sources(max_chars=200_000)
+    assert small.name == "python_stdlib" and len(small.text) == 200_000
+    assert small.text.isascii() and "def " in small.text and "import " in small.text
+    assert load_python_sources(max_chars=200_000).text == small.text  # same text on every call
+    assert load_corpus("python_stdlib").text.startswith(small.text[:10_000])
