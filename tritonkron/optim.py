@@ -122,6 +122,13 @@ class Kron(Optimizer):
         orthonormalize: how a basis refresh orthonormalises: "householder" (QR), "cholesky"
             (shifted CholeskyQR3 in float64: GEMMs and batched Cholesky, no per-matrix QR) or
             "auto" (cholesky on CUDA, householder elsewhere; docs/maths.md §2.4).
+        max_precond_dim: None (off) or an int ≥ 1: a matrix dim larger than it is not split into
+            blocks and its factor is kept diagonal (a length-d vector, the diagonal-restricted
+            projection of ``divergence``), the other side staying a dense factor blocked at
+            ``block_size`` (both sides diagonal when both dims exceed it: diag(a) ⊗ diag(b)). A
+            token embedding's vocab side, say, then needs no m × m factors, bases or refreshes
+            (:mod:`tritonkron.step.diagonal`, docs/maths.md §9.4). Not used by ``sketch=True``
+            groups, whose state is O(dℓ) already.
         tuning: a tuning file (path or loaded table) for ``rank="auto"``; None reads ``TRITONKRON_TUNING``.
             A missing or corrupt file raises ``TuningFileError`` here; without any file, ``rank="auto"``
             warns once and runs full rank with ``block_size``. The table is not part of ``state_dict``:
@@ -173,6 +180,7 @@ class Kron(Optimizer):
         bias_correction: bool = False,
         precision: str = "ieee",
         orthonormalize: str = "auto",
+        max_precond_dim: int | None = None,
         tuning: str | os.PathLike[str] | TuningTable | None = None,
         distributed: bool | None = None,
         comm_dtype: torch.dtype | None = None,
@@ -331,7 +339,7 @@ class Kron(Optimizer):
         block_size = group["block_size"]
         if group["rank"] == AUTO:
             settings, block_size = auto_settings(self._tuning, self._tuned, p, settings)
-        return settings, layout_of(tuple(p.shape), block_size)
+        return settings, layout_of(tuple(p.shape), block_size, settings.max_precond_dim)
 
     def _kron_update(self, unit: KronUnit) -> tuple[Tensor, Tensor]:
         """Advance ``unit``'s statistics one step; return (update direction shaped like p, ok).

@@ -127,6 +127,9 @@ class KronSettings:
         orthonormalize: how a basis refresh orthonormalises X Q (docs/maths.md §2.4): "householder"
             (LAPACK/cuSOLVER QR), "cholesky" (shifted CholeskyQR3 in float64: GEMMs and batched
             Cholesky), or "auto" (cholesky on CUDA, where per-matrix QR dominated the step, else householder).
+        max_precond_dim: a matrix dim above it is not blocked and gets a diagonal factor
+            (:mod:`tritonkron.step.diagonal`, docs/maths.md §9.4); None: off. Always None for
+            sketched groups, which keep O(dℓ) state already.
     """
 
     divergence: Divergence
@@ -146,6 +149,7 @@ class KronSettings:
     bias_correction: bool = False
     precision: Precision = Precision.IEEE
     orthonormalize: str = "auto"
+    max_precond_dim: int | None = None
 
     @property
     def rank_a(self) -> int | None:
@@ -212,6 +216,7 @@ DEFAULTS: dict[str, Any] = {
     "bias_correction": False,
     "precision": "ieee",
     "orthonormalize": "auto",
+    "max_precond_dim": None,
 }
 NONFINITE_POLICIES = ("skip", "raise")
 BOUNDS = (None, "adam")
@@ -280,6 +285,7 @@ def validate_group(group: dict[str, Any]) -> None:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {group['nonfinite']!r}")
     _validate_bounds(group)
     group_precision(group)
+    group_max_precond_dim(group)
     if group.get("orthonormalize", DEFAULTS["orthonormalize"]) not in ORTHONORMALIZERS:
         raise ValueError(f"orthonormalize must be one of {ORTHONORMALIZERS}; got {group['orthonormalize']!r}")
 
@@ -314,6 +320,18 @@ def _validate_sketch(group: dict[str, Any]) -> None:
         raise ValueError(f"sketch_rank must be >= rank ({rank}); got {ell!r}")
 
 
+def group_max_precond_dim(group: dict[str, Any]) -> int | None:
+    """The group's ``max_precond_dim``, validated: None (off) or an int ≥ 1 (None when a group
+    predates the option)."""
+    value = group.get("max_precond_dim", DEFAULTS["max_precond_dim"])
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(
+            f"max_precond_dim must be None (every dim dense, split at block_size) or an int >= 1 "
+            f"(larger dims get a diagonal factor); got {value!r}"
+        )
+    return value
+
+
 def group_precision(group: dict[str, Any]) -> Precision:
     """The group's precision policy, validated (the default when a group predates the option)."""
     return parse_precision(group.get("precision", DEFAULTS["precision"]), "precision")
@@ -340,6 +358,7 @@ def kron_settings(group: dict[str, Any]) -> KronSettings:
         else None,
         precision=group_precision(group),
         orthonormalize=group.get("orthonormalize", DEFAULTS["orthonormalize"]),
+        max_precond_dim=None if group["sketch"] else group_max_precond_dim(group),
     )
 
 

@@ -18,6 +18,16 @@ One *block group* is a stack of equal-shape blocks ``[B, m, n]``; its state is a
     refresh_failures [B]                     consecutive failed basis computations
     momentum_hat [B, m, n]                   rotated momentum Q_Aᵀ M Q_B (eigenbasis-form groups)
 
+A block group with a diagonal side (a matrix dim above ``max_precond_dim``,
+:mod:`tritonkron.step.diagonal`) holds no ``factor``/``basis``/``eig`` keys for that side, and
+instead
+
+    diag_a   [B, m]  or  diag_b [B, n]       the diagonal factor itself (its basis is I)
+
+beside the dense side's ``factor_*``, ``basis_*``, ``eig_*`` (none when both sides are diagonal),
+``trace``, ``ready``, ``refresh_failures`` and ``momentum_hat`` [B, m, n] (M Q_B, Q_Aᵀ M or M:
+the momentum rotated by the dense side's basis only).
+
 A parameter on the AdamW path (fewer than 2 dims, or a group with ``kron=False``) holds
 ``step``, ``exp_avg``, ``exp_avg_sq`` and ``skipped_steps`` (steps skipped for a non-finite
 gradient), the names ``torch.optim.AdamW`` uses.
@@ -43,6 +53,7 @@ TAIL_A, TAIL_B = "tail_a", "tail_b"
 TRACE, READY = "trace", "ready"
 FAILURES = "refresh_failures"
 MOMENTUM_HAT = "momentum_hat"
+DIAG_A, DIAG_B = "diag_a", "diag_b"
 
 GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
 SKETCH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAILURES)

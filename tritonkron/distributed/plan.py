@@ -30,7 +30,8 @@ shapes m_b × n_b costs
 (the per-step products of direction, statistics and eigenvalue tracking, at most five m·n·(m+n)
 multiply-adds — 3mn(m+n) + mn·min(m,n) with the rotated momentum of :mod:`tritonkron.step.rotated`; a
 relative cost, so the upper bound serves — plus the power step, QR and Rayleigh quotients of each
-refresh amortised over the period T), and the heaviest unassigned parameter goes to the least-loaded rank. The assignment depends only on the
+refresh amortised over the period T; a diagonal side, ``max_precond_dim``, contributes neither its
+d in the sum nor its d³, only the O(mn) element-wise work, counted as 10 m_b n_b), and the heaviest unassigned parameter goes to the least-loaded rank. The assignment depends only on the
 parameter shapes, their order and options, and the world size, so every rank computes the same one.
 
 Every collective goes through :func:`tritonkron.distributed.collectives.collective`: waited on, its handle
@@ -82,8 +83,18 @@ def block_cost(m: int, n: int, precondition_every: int) -> float:
 
 
 def layout_cost(layout: BlockLayout, precondition_every: int) -> float:
-    """Modelled cost of one parameter: Σ over its blocks of :func:`block_cost`."""
-    return sum(block_cost(*g.shape, precondition_every) * len(g.offsets) for g in layout.groups)
+    """Modelled cost of one parameter: Σ over its blocks of :func:`block_cost`, or with a diagonal
+    side (``layout.diagonal``) 10 mn (m_dense + n_dense) + 10 (m_dense³ + n_dense³)/T + 10 mn, a
+    diagonal side's dimension counting 0."""
+    if not any(layout.diagonal):
+        return sum(block_cost(*g.shape, precondition_every) * len(g.offsets) for g in layout.groups)
+    total = 0.0
+    for g in layout.groups:
+        m, n = g.shape
+        dense = [d for d, diag in zip((m, n), layout.diagonal, strict=True) if not diag]
+        per_block = 10.0 * m * n * (sum(dense) + 1) + 10.0 * sum(d**3 for d in dense) / precondition_every
+        total += per_block * len(g.offsets)
+    return total
 
 
 def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:

@@ -38,6 +38,11 @@ def split_sizes(dim: int, block_size: int) -> list[int]:
     return [base + 1] * extra + [base] * (parts - extra)
 
 
+def is_diagonal_dim(dim: int, max_precond_dim: int | None) -> bool:
+    """Whether a matrix dimension gets a diagonal factor: ``dim > max_precond_dim`` (None: never)."""
+    return max_precond_dim is not None and dim > max_precond_dim
+
+
 @dataclass(frozen=True)
 class BlockGroup:
     """Blocks of one shape inside a matrix.
@@ -53,25 +58,37 @@ class BlockGroup:
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """How one ``m × n`` matrix is split into stacked groups of equal-shape blocks."""
+    """How one ``m × n`` matrix is split into stacked groups of equal-shape blocks.
+
+    Attributes:
+        matrix: ``(m, n)``.
+        groups: the block groups.
+        diagonal: (left, right): whether the row / column factor of every block is diagonal (the
+            dimension exceeds ``max_precond_dim`` and is one part).
+    """
 
     matrix: tuple[int, int]
     groups: tuple[BlockGroup, ...]
+    diagonal: tuple[bool, bool] = (False, False)
 
     @classmethod
-    def build(cls, shape: tuple[int, ...] | torch.Size, block_size: int) -> BlockLayout:
-        """Layout for a tensor of ``shape`` with dims split at ``block_size``."""
+    def build(
+        cls, shape: tuple[int, ...] | torch.Size, block_size: int, max_precond_dim: int | None = None
+    ) -> BlockLayout:
+        """Layout for a tensor of ``shape`` with dims split at ``block_size``; a dim larger than
+        ``max_precond_dim`` (None: no limit) is one part with a diagonal factor."""
         m, n = matrix_shape(shape)
+        diagonal = (is_diagonal_dim(m, max_precond_dim), is_diagonal_dim(n, max_precond_dim))
         by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
         row = 0
-        for bm in split_sizes(m, block_size):
+        for bm in [m] if diagonal[0] else split_sizes(m, block_size):
             col = 0
-            for bn in split_sizes(n, block_size):
+            for bn in [n] if diagonal[1] else split_sizes(n, block_size):
                 by_shape.setdefault((bm, bn), []).append((row, col))
                 col += bn
             row += bm
         groups = tuple(BlockGroup(s, tuple(offs)) for s, offs in by_shape.items())
-        return cls((m, n), groups)
+        return cls((m, n), groups, diagonal)
 
     @property
     def whole(self) -> bool:
@@ -112,12 +129,12 @@ def _grid_view(matrix: Tensor, group: BlockGroup) -> Tensor:
     return part.unflatten(0, (rows, bm)).unflatten(2, (cols, bn))
 
 
-_LAYOUTS: dict[tuple[tuple[int, ...], int], BlockLayout] = {}
+_LAYOUTS: dict[tuple[tuple[int, ...], int, int | None], BlockLayout] = {}
 
 
-def layout_of(shape: tuple[int, ...], block_size: int) -> BlockLayout:
+def layout_of(shape: tuple[int, ...], block_size: int, max_precond_dim: int | None = None) -> BlockLayout:
     """The block layout of a parameter shape, memoised (a plain dict, which ``torch.compile`` traces)."""
-    key = (shape, block_size)
+    key = (shape, block_size, max_precond_dim)
     if key not in _LAYOUTS:
-        _LAYOUTS[key] = BlockLayout.build(shape, block_size)
+        _LAYOUTS[key] = BlockLayout.build(shape, block_size, max_precond_dim)
     return _LAYOUTS[key]

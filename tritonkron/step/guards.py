@@ -15,7 +15,8 @@ from torch import Tensor
 
 from tritonkron.distributed.shards import finite_flags
 from tritonkron.math.blocking import BlockLayout
-from tritonkron.state import BASIS_A, BASIS_B, BLOCKS, FAILURES, MOMENTUM
+from tritonkron.state import BASIS_A, BASIS_B, BLOCKS, DIAG_A, DIAG_B, FAILURES, MOMENTUM
+from tritonkron.step.diagonal import diagonal_sides
 from tritonkron.step.schedule import HostCopy
 from tritonkron.step.sketched import is_sketch_state
 
@@ -176,16 +177,23 @@ def _limits(limits: tuple[tuple[int, int], ...], device: torch.device) -> Tensor
     return _LIMITS[key]
 
 
+def _block_dims(block: dict[str, Tensor]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """((B, m), (B, n)) of a block group's state, from its bases or diagonal factors."""
+    left = block[BASIS_A] if BASIS_A in block else block[DIAG_A]
+    right = block[BASIS_B] if BASIS_B in block else block[DIAG_B]
+    return tuple(left.shape[:2]), tuple(right.shape[:2])
+
+
 def check_state(
     p: Tensor, state: dict[str, Any], layout: BlockLayout, sketch: bool, counts: list[int]
 ) -> None:
-    """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout or sketch mode
+    """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout (with its diagonal
+    sides, ``max_precond_dim``) or sketch mode
     (``counts``: the blocks this rank keeps per group, fewer than the layout's for a split parameter)."""
     momentum = state.get(MOMENTUM)
     wrong_matrix = momentum is not None and tuple(momentum.shape) != layout.matrix
     wrong_blocks = len(state[BLOCKS]) != len(layout.groups) or any(
-        tuple(b[BASIS_A].shape[:2]) != (count, g.shape[0])
-        or tuple(b[BASIS_B].shape[:2]) != (count, g.shape[1])
+        _block_dims(b) != ((count, g.shape[0]), (count, g.shape[1]))
         for b, g, count in zip(state[BLOCKS], layout.groups, counts, strict=False)
     )
     if wrong_matrix or wrong_blocks:
@@ -193,6 +201,12 @@ def check_state(
             f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
             f"({len(layout.groups)} block group(s) of a {layout.matrix[0]} × {layout.matrix[1]} matrix); "
             "was the state loaded from another model or block_size?"
+        )
+    if not sketch and any(diagonal_sides(b) != layout.diagonal for b in state[BLOCKS]):
+        raise ValueError(
+            f"optimizer state of a parameter of shape {tuple(p.shape)} has diagonal factors on sides "
+            f"{diagonal_sides(state[BLOCKS][0])} (left, right), but its group's max_precond_dim gives "
+            f"{layout.diagonal}; was the state created with another max_precond_dim?"
         )
     if any(is_sketch_state(b) != sketch for b in state[BLOCKS]):
         raise ValueError(

@@ -9,7 +9,8 @@ of ``rank=k`` (:func:`tritonkron.step.dense.block_group_step`) and sketched
 (:func:`tritonkron.step.sketched.sketch_group_step`), whose momentum blocks are concatenated too:
 
 * the jobs of one step are bucketed by (settings, form, block shape, dtype, device, state keys), so
-  a bucket's groups follow the same mathematics;
+  a bucket's groups follow the same mathematics (a group with a diagonal side,
+  :mod:`tritonkron.step.diagonal`, only stacks with groups of the same diagonal sides and shape);
 * a bucket's state is the concatenation of its members' states along the block dim, and after the
   step each member's state tensors are re-pointed to slices (views) of the bucket's new tensors:
   nothing is copied back. While the membership is the same and every member still holds those
@@ -50,6 +51,7 @@ from torch import Tensor
 
 from tritonkron.options import KronSettings
 from tritonkron.state import FAILURES, READY
+from tritonkron.step.diagonal import diagonal_group_step, diagonal_sides
 from tritonkron.step.rotated import rotated_group_step
 from tritonkron.step.schedule import block_ordinals
 from tritonkron.step.traceable import Refresh
@@ -87,7 +89,9 @@ def run_group(job: GroupJob) -> Tensor:
     step (``ok`` False, where they may hold NaN/Inf) are zeroed first."""
     G = torch.where(job.ok.reshape(-1, 1, 1), job.G, 0.0)
     if job.rotated:
-        return rotated_group_step(job.state, G, job.settings, job.refresh, job.ok)
+        one_sided = any(diagonal_sides(job.state))
+        step = diagonal_group_step if one_sided else rotated_group_step
+        return step(job.state, G, job.settings, job.refresh, job.ok)
     return job.step_fn(job.state, G, job.M, job.settings, job.refresh, job.ok)
 
 
@@ -133,6 +137,7 @@ def _bucket_key(job: GroupJob) -> tuple:
     return (
         job.settings,
         job.rotated,
+        diagonal_sides(state),
         tuple(job.G.shape[1:]),
         job.G.dtype,
         job.G.device,

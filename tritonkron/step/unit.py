@@ -16,6 +16,7 @@ from tritonkron.state import BLOCKS, CLOCK, MOMENTUM, SKIPPED, STEP
 from tritonkron.step.adamw import count_nonfinite, count_nonfinite_all
 from tritonkron.step.bounds import adam_bound, bias_correction
 from tritonkron.step.dense import block_group_step, new_group_state
+from tritonkron.step.diagonal import new_diagonal_state
 from tritonkron.step.guards import check_state
 from tritonkron.step.momentum import convert_momentum
 from tritonkron.step.rotated import uses_rotated_momentum
@@ -87,8 +88,9 @@ def ensure_state(
     p: Tensor, settings: KronSettings, layout: BlockLayout, state: dict[str, Any], chunks: list[slice] | None
 ) -> list[bool]:
     """Create ``p``'s state, or check it and convert its momentum's form; returns which block groups
-    keep their momentum rotated."""
-    rotated = [uses_rotated_momentum(settings, *g.shape) for g in layout.groups]
+    keep their momentum rotated (every group with a diagonal side does, :mod:`tritonkron.step.diagonal`)."""
+    one_sided = any(layout.diagonal)
+    rotated = [one_sided or uses_rotated_momentum(settings, *g.shape) for g in layout.groups]
     counts = [len(g.offsets) for g in layout.groups] if chunks is None else [c.stop - c.start for c in chunks]
     if not state:
         _new_state(p, state, layout, settings, rotated, counts, statistics_dtype(p))
@@ -150,6 +152,8 @@ def _new_state(
     state[BLOCKS] = [
         new_sketch_state(count, *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
         if settings.sketch
+        else new_diagonal_state(count, *g.shape, layout.diagonal, dtype, p.device)
+        if any(layout.diagonal)
         else new_group_state(count, *g.shape, dtype=dtype, device=p.device, rotated=r)
         for g, r, count in zip(layout.groups, rotated, counts, strict=True)
     ]
