@@ -1,7 +1,8 @@
 """``torch.compile`` of ``Kron.step``: one graph for every step after the first, equal to eager.
 
-The step has no host-side decisions (non-finite skip is a mask, the refresh period and block
-initialisation are ``torch.cond`` under compile), so the compiled step is traced once for the
+The step has no host-side decisions (non-finite skip is a mask, the due blocks are slots computed
+from the traced clock and block initialisation is a ``torch.cond`` under compile; the slots are
+checked in ``test_compile_refresh.py``), so the compiled step is traced once for the
 first call (which creates the state) and once for the steady state, and never again: not at a
 basis refresh, not when the learning rate changes, not on a skipped (non-finite) step.
 """

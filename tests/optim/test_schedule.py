@@ -1,5 +1,5 @@
 """The host-side refresh schedule: every block refreshes once per period, a step refreshes at most
-⌈N/T⌉ blocks, the traced mask agrees with the host positions, and a steady step reads nothing."""
+⌈N/T⌉ blocks, the traced slots agree with the host positions, and a steady step reads nothing."""
 
 from __future__ import annotations
 
@@ -31,10 +31,19 @@ def test_every_block_refreshes_once_per_period_and_the_load_is_spread(period: in
         assert seen == [1] * total
 
 
-def test_traced_mask_agrees_with_host_positions() -> None:
-    for clock in range(12):
-        mask = due_mask(torch.tensor(clock), 7, 9, 4, torch.device("cpu"))
-        assert tuple(mask.nonzero().flatten().tolist()) == due_positions(clock, 7, 9, 4)
+@pytest.mark.parametrize(("count", "period"), [(9, 4), (8, 4), (3, 4), (1, 4), (5, 1), (2, 2)])
+def test_traced_slots_agree_with_host_positions(count: int, period: int) -> None:
+    """The S = ⌈B/T⌉ slots name the due blocks in order; a free slot names one block that is not due."""
+    for clock in range(-3, 12):
+        slots = due_mask(torch.tensor(clock), 7, count, period, torch.device("cpu"))
+        index, valid = slots.index.tolist(), slots.valid.tolist()
+        due = due_positions(clock, 7, count, period)
+        assert len(index) == math.ceil(count / period)
+        assert tuple(i for i, v in zip(index, valid, strict=True) if v) == due
+        assert all(0 <= i < count for i in index)
+        assert len({i for i, v in zip(index, valid, strict=True) if not v} - set(due)) <= 1
+        assert not {i for i, v in zip(index, valid, strict=True) if not v} & set(due)
+        assert slots.skip_idle == (count < period)
 
 
 def test_host_copy_and_known_ready() -> None:

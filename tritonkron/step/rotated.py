@@ -139,8 +139,8 @@ def rotated_group_step(
         settings: hyperparameters (``beta1`` is the momentum's retention).
         refresh: the blocks whose bases are refreshed now: a tuple of block positions (known on the
             host, :mod:`tritonkron.step.schedule`; only those blocks are computed), a bool for all
-            or none, or a ``[B]`` bool tensor (under ``torch.compile``: every block is computed
-            when any is due, and the mask selects).
+            or none, or under ``torch.compile`` the ⌈B/T⌉ due slots computed from the traced clock
+            (:func:`tritonkron.step.traceable.refresh_slots`).
         ok: one-element or ``[B]`` bool tensor, False where the step is skipped: statistics and
             momentum are untouched and the direction is zero. None means True.
     """

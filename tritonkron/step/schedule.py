@@ -12,6 +12,12 @@ so every block still refreshes once per T steps, and a step refreshes ⌈N/T⌉ 
 blocks instead of all of them every T-th step. A step skipped for a non-finite gradient still
 advances the clock; its due blocks then wait one period.
 
+**Under ``torch.compile``** the clock is a traced tensor, so the due blocks are not known when the
+step is traced. Within a group of B blocks with ordinals g0 … g0 + B − 1 the due ones are
+r, r + T, r + 2T, … with r = (−(c + g0)) mod T: at most S = ⌈B/T⌉ of them. :func:`due_mask` gives
+those S slots (:class:`DueSlots`, static shapes, computed on the device), and the refresh computes
+S blocks instead of B (:func:`tritonkron.step.traceable.refresh_blocks`).
+
 **Readiness known on the host.** A block is initialised by its first non-zero gradient; until
 every block of a group is ready, the step tests on the device whether any block needs
 initialising (one host read). Once a group's ``ready`` flags are all set, :data:`KNOWN_READY`
@@ -20,8 +26,10 @@ learns it from an asynchronous copy (:class:`HostCopy`, no wait) and the step sk
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +37,7 @@ from torch import Tensor
 
 __all__ = [
     "KNOWN_READY",
+    "DueSlots",
     "HostCopy",
     "KnownReady",
     "advance_clock",
@@ -36,6 +45,7 @@ __all__ = [
     "due_mask",
     "due_positions",
     "index_tensor",
+    "slot_count",
 ]
 
 
@@ -44,10 +54,43 @@ def due_positions(clock: int, first: int, count: int, period: int) -> tuple[int,
     return tuple(range((-(clock + first)) % period, count, period))
 
 
-def due_mask(clock: Tensor, first: int, count: int, period: int, device: torch.device) -> Tensor:
-    """:func:`due_positions` as a ``[count]`` bool tensor on ``device``, from a clock tensor (traceable)."""
-    ordinal = torch.arange(count, dtype=clock.dtype, device=clock.device) + first
-    return ((clock + ordinal) % period == 0).to(device)
+class DueSlots(NamedTuple):
+    """The due blocks of a group of B blocks under ``torch.compile``, in S = ⌈B/T⌉ static slots.
+
+    Attributes:
+        index: ``[S]`` int64 block positions on the device: r + jT where that is < B (a due block,
+            in the order of :func:`due_positions`), elsewhere one block that is not due this step
+            (several free slots may name it; they carry its unchanged values).
+        valid: ``[S]`` bool, True on the slots that name a due block.
+        skip_idle: B < T, so most steps have no due block in the group: the refresh then runs
+            under a device predicate (:func:`tritonkron.step.traceable.run_if`) instead of always.
+    """
+
+    index: Tensor
+    valid: Tensor
+    skip_idle: bool
+
+
+def slot_count(count: int, period: int) -> int:
+    """S = ⌈B/T⌉: the most blocks of a group of B consecutive ordinals due at one step."""
+    return math.ceil(count / period)
+
+
+def due_mask(clock: Tensor, first: int, count: int, period: int, device: torch.device) -> DueSlots:
+    """:func:`due_positions` as :class:`DueSlots` on ``device`` from the clock tensor (traceable,
+    no host read, shapes fixed by ``count`` and ``period``).
+
+    r = (−(c + first)) mod T; slot j names r + jT, valid where r + jT < B. A free slot names
+    r − 1 (r ≥ 1) or 1 (r = 0), clamped to B − 1: never due when T ≥ 2 and B ≥ 2, and when
+    S = B (T = 1 or B = 1) the slots are 0 … B − 1 in order.
+    """
+    slots = slot_count(count, period)
+    c = clock.to(device=device, dtype=torch.int64)
+    r = torch.remainder(-(c + first), period)
+    position = r + period * torch.arange(slots, dtype=torch.int64, device=device)
+    valid = position < count
+    free = torch.where(r >= 1, r - 1, torch.ones_like(r)).clamp(max=count - 1)
+    return DueSlots(torch.where(valid, position, free), valid, count < period)
 
 
 def advance_clock(clock: Tensor) -> int:
