@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import tritonkron as tk
 from tritonkron.math.blocking import layout_of
 from tritonkron.step.bounds import adam_bound
+from tritonkron.tuning.entry import TuningEntry
+from tritonkron.tuning.file import TuningTable, device_name
 
 DIVERGENCES = ("logdet", "von_neumann", "frobenius")
 
@@ -292,3 +295,17 @@ def test_sketched_groups_ignore_max_precond_dim() -> None:
     opt = tk.Kron([W], lr=1e-3, rank=4, sketch=True, max_precond_dim=64)
     _run(opt, [W], 2, seed=0)
     assert "diag_a" not in opt.state[W]["blocks"][0]
+
+
+def test_rank_auto_applies_its_ranks_to_the_dense_side(tmp_path: Path) -> None:
+    """``rank="auto"`` with a diagonal side: the same steps as the explicit rank it reads."""
+    entry = TuningEntry(shape=(96, 16), dtype="float32", block_size=1024, rank_a=4, rank_b=4)
+    path = TuningTable(device=device_name(torch.device("cpu")), entries=[entry]).save(tmp_path / "t.json")
+    results = []
+    for rank, tuning in (("auto", path), (4, None)):
+        W = torch.nn.Parameter(torch.randn(96, 16, generator=torch.Generator().manual_seed(0)))
+        opt = tk.Kron([W], lr=1e-2, rank=rank, tuning=tuning, max_precond_dim=64, precondition_every=3)
+        _run(opt, [W], 6, seed=3)
+        assert "diag_a" in opt.state[W]["blocks"][0]
+        results.append(W.detach())
+    assert torch.equal(*results)
