@@ -13,6 +13,8 @@ One *block group* is a stack of equal-shape blocks ``[B, m, n]``; its state is a
                                              [B, m, ℓ], [B, n, ℓ] in sketched groups
     eig_a    [B, m],    eig_b    [B, n]      tracked eigenvalues a, b = diag(Qᵀ X Q) ([B, ℓ] sketched)
     tail_a   [B],       tail_b   [B]         isotropic tail constants of a sketch (sketched groups)
+    compression_a [B, ℓ, ℓ], compression_b   H = Uᵀ X̃ U, a sketch in its basis (sketched groups;
+                                             diagonal after a Rayleigh–Ritz step, eig = diag(H))
     trace    [B]                             τ = EMA of ‖G‖²_F (von Neumann normaliser)
     ready    [B] bool                        block initialised from a non-zero gradient
     refresh_failures [B]                     consecutive failed basis computations
@@ -50,13 +52,26 @@ FACTOR_A, FACTOR_B = "factor_a", "factor_b"
 BASIS_A, BASIS_B = "basis_a", "basis_b"
 EIG_A, EIG_B = "eig_a", "eig_b"
 TAIL_A, TAIL_B = "tail_a", "tail_b"
+COMPRESSION_A, COMPRESSION_B = "compression_a", "compression_b"
 TRACE, READY = "trace", "ready"
 FAILURES = "refresh_failures"
 MOMENTUM_HAT = "momentum_hat"
 DIAG_A, DIAG_B = "diag_a", "diag_b"
 
 GROUP_KEYS = (FACTOR_A, FACTOR_B, BASIS_A, BASIS_B, EIG_A, EIG_B, TRACE, READY, FAILURES)
-SKETCH_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAILURES)
+SKETCH_KEYS = (
+    BASIS_A,
+    BASIS_B,
+    COMPRESSION_A,
+    COMPRESSION_B,
+    EIG_A,
+    EIG_B,
+    TAIL_A,
+    TAIL_B,
+    TRACE,
+    READY,
+    FAILURES,
+)
 
 # A parameter on the AdamW path.
 STEP, SKIPPED = "step", "skipped_steps"

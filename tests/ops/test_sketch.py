@@ -26,6 +26,7 @@ from tritonkron.ops.sketch.reference import (
     increment_trace_ref,
     reconstruct,
     sketch_precondition_ref,
+    sketch_track_ref,
     sketch_update_ref,
 )
 from tritonkron.ops.sketch.triton import (
@@ -33,6 +34,7 @@ from tritonkron.ops.sketch.triton import (
     increment_rayleigh_triton,
     increment_trace_triton,
     sketch_precondition_triton,
+    sketch_track_triton,
     sketch_update_triton,
 )
 
@@ -123,6 +125,27 @@ def test_sketch_update_matches_reference(side: str, ell: int, B: int) -> None:
     got = sketch_update_triton(U, lam, tau, G, V, w, w_tau, scale, 0.9, side)
     ref = sketch_update_ref(*_f64(U, lam, tau, G, V, w, w_tau, scale), 0.9, side)
     assert [t.dtype for t in got] == [torch.float32] * 3 and got[0].shape == U.shape
+    _assert_close(reconstruct(*_f64(*got)), reconstruct(*ref), torch.float32)
+
+
+@pytest.mark.parametrize(("side", "ell"), [("left", 5), ("right", 21)])
+def test_sketch_track_and_update_from_a_compression_match_reference(side: str, ell: int) -> None:
+    """The tracking in a fixed basis, and the Rayleigh–Ritz step from a non-diagonal compression H."""
+    g = torch.Generator().manual_seed(ell)
+    m, n, B = 37, 21, 2
+    d, e = (m, n) if side == "left" else (n, m)
+    G = torch.randn(B, m, n, generator=g).to(DEVICE)
+    U = _orthogonal(B, d, ell, g)
+    R = _orthogonal(B, ell, ell, g)
+    H = (R * _rand(B, ell, g=g, lo=1.0).unsqueeze(-2)) @ R.transpose(1, 2)
+    tau = _rand(B, g=g) * 0.5 if ell < d else torch.zeros(B, device=DEVICE)
+    V, w, w_tau, scale = _weight(B, e, 3, g)
+    H2, tau2 = sketch_track_triton(U, H, tau, G, V, w, w_tau, scale, 0.9, side)
+    H_ref, tau_ref = sketch_track_ref(*_f64(U, H, tau, G, V, w, w_tau, scale), 0.9, side)
+    assert H2.dtype == tau2.dtype == torch.float32
+    _assert_close(reconstruct(*_f64(U, H2, tau2)), reconstruct(U.double(), H_ref, tau_ref), torch.float32)
+    got = sketch_update_triton(U, H, tau, G, V, w, w_tau, scale, 0.9, side)
+    ref = sketch_update_ref(*_f64(U, H, tau, G, V, w, w_tau, scale), 0.9, side)
     _assert_close(reconstruct(*_f64(*got)), reconstruct(*ref), torch.float32)
 
 

@@ -13,6 +13,7 @@ from tritonkron.ops.sketch.reference import (
     increment_trace_ref,
     reconstruct,
     sketch_precondition_ref,
+    sketch_track_ref,
     sketch_update_ref,
     top_singular_subspaces,
     virtual_spectrum,
@@ -116,6 +117,50 @@ def test_tall_update_conserves_the_trace_and_orthonormality() -> None:
     )
     torch.testing.assert_close(U2.transpose(-1, -2) @ U2, torch.eye(ell, dtype=F64).expand(B, ell, ell))
     assert bool((lam2[:, -1] >= tau2).all())
+
+
+def _compressed(d: int, ell: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """A sketch U H Uᵀ + τ (I − U Uᵀ) whose compression H is not diagonal."""
+    U, lam, tau = _sketch(d, ell, g)
+    R = torch.linalg.qr(torch.randn(B, ell, ell, generator=g, dtype=F64)).Q
+    return U, (R * lam.unsqueeze(-2)) @ R.transpose(-1, -2), tau
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("ell", [2, None], ids=["sketched", "complete"])
+def test_tracking_is_the_projection_onto_the_fixed_basis(side: str, ell: int | None) -> None:
+    """H' = Uᵀ (β X̃ + K) U, τ' the mean of β X̃ + K outside span(U), trace conserved; no factorisation."""
+    g = torch.Generator().manual_seed(5)
+    d, e = (M, N) if side == "left" else (N, M)
+    ell = d if ell is None else ell
+    G = torch.randn(B, M, N, generator=g, dtype=F64)
+    U, H, tau = _compressed(d, ell, g)
+    V, w, w_tau = _sketch(e, 2, g)
+    scale = torch.rand(B, generator=g, dtype=F64)
+    X_new = 0.9 * reconstruct(U, H, tau) + _dense_increment(G, reconstruct(V, w, w_tau), scale, side)
+    H2, tau2 = sketch_track_ref(U, H, tau, G, V, w, w_tau, scale, 0.9, side)
+    torch.testing.assert_close(H2, U.transpose(-1, -2) @ X_new @ U, rtol=1e-12, atol=1e-12)
+    trace = torch.diagonal(X_new, dim1=-2, dim2=-1).sum(-1)
+    torch.testing.assert_close(
+        torch.diagonal(reconstruct(U, H2, tau2), dim1=-2, dim2=-1).sum(-1), trace, rtol=1e-12, atol=0
+    )
+    if ell == d:
+        torch.testing.assert_close(reconstruct(U, H2, tau2), X_new, rtol=1e-12, atol=1e-12)
+        assert bool((tau2 == 0).all())
+
+
+def test_update_from_a_compression_is_the_rayleigh_ritz_step_of_its_sketch() -> None:
+    """``sketch_update_ref`` with H = Uᵀ X̃ U (not diagonal) equals the update of the same X̃ written
+    in its own eigenbasis U R (H = R diag(λ) Rᵀ)."""
+    g = torch.Generator().manual_seed(6)
+    G = torch.randn(B, 40, N, generator=g, dtype=F64)
+    U, H, tau = _compressed(40, 3, g)
+    lam, R = torch.linalg.eigh(H)
+    V, w, w_tau = _sketch(N, 2, g)
+    scale = torch.rand(B, generator=g, dtype=F64)
+    from_h = sketch_update_ref(U, H, tau, G, V, w, w_tau, scale, 0.9, "left")
+    from_eig = sketch_update_ref(U @ R, lam, tau, G, V, w, w_tau, scale, 0.9, "left")
+    torch.testing.assert_close(reconstruct(*from_h), reconstruct(*from_eig), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(("k_A", "k_B"), [(3, 2), (M, N), (M, 1), (1, N)])

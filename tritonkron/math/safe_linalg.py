@@ -26,7 +26,7 @@ degenerate-basis canonicalisation              eigh's own basis of the degenerat
 (``basis.canonical_degenerate_basis``)         kept (valid, only not scale-canonical)
 sketch Rayleigh–Ritz step (``reference.sketch  the candidate basis's own directions with their
 .rayleigh_ritz`` and its Triton twin)          Rayleigh quotients (trace conserved); a non-finite
-                                               result is rejected by ``sketch.update_sketch_statistics``
+                                               result is rejected by ``sketch_refresh.refreshed_sketches``
 sketch initialisation, thin SVD of G           the block stays uninitialised, ``refresh_failures``
 (``reference.sketch.top_singular_subspaces``)  grows (:func:`safe_svd`: G's dtype, then float64)
 =============================================  ===============================================

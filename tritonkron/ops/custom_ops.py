@@ -18,7 +18,7 @@ from tritonkron.ops.kernel_guard import guarded
 from tritonkron.ops.precondition.triton import eigenbasis_precondition_triton, spike_and_flat_triton
 from tritonkron.ops.rotated_statistics.triton import rotated_statistics_triton
 from tritonkron.ops.rotation.triton import rotate_triton
-from tritonkron.ops.sketch.triton import sketch_precondition_triton, sketch_update_triton
+from tritonkron.ops.sketch.triton import sketch_precondition_triton, sketch_track_triton, sketch_update_triton
 from tritonkron.ops.track_eigenvalues.triton import track_eigenvalues_triton
 
 
@@ -202,7 +202,39 @@ def sketch_update_op(
 
 @sketch_update_op.register_fake
 def _(U, lam, tau, G, V, w, w_tau, scale, beta, side, precision):  # noqa: ANN001, ANN202
-    return [torch.empty_like(U), torch.empty_like(lam), torch.empty_like(tau)]
+    return [torch.empty_like(U), U.new_empty(U.shape[0], U.shape[-1]), torch.empty_like(tau)]
+
+
+@torch.library.custom_op("tritonkron::sketch_track", mutates_args=())
+def sketch_track_op(
+    U: Tensor,
+    H: Tensor,
+    tau: Tensor,
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    beta: float,
+    side: str,
+    precision: str,
+) -> list[Tensor]:
+    """Custom op around :func:`sketch_track_triton`; returns [H', τ']."""
+    from tritonkron.ops.sketch.reference import sketch_track_ref
+
+    return list(
+        guarded(
+            "sketch_track",
+            lambda: sketch_track_triton(U, H, tau, G, V, w, w_tau, scale, beta, side, precision=precision),
+            lambda: sketch_track_ref(U, H, tau, G, V, w, w_tau, scale, beta, side, precision),
+            U, G,
+        )
+    )  # fmt: skip
+
+
+@sketch_track_op.register_fake
+def _(U, H, tau, G, V, w, w_tau, scale, beta, side, precision):  # noqa: ANN001, ANN202
+    return [torch.empty_like(H), torch.empty_like(tau)]
 
 
 @torch.library.custom_op("tritonkron::sketch_precondition", mutates_args=())

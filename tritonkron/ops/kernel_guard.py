@@ -53,6 +53,7 @@ TRITON_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     "rotated_statistics": _FACTOR,
     "inverse_root": _LOW,
     "sketch_update": _LOW,
+    "sketch_track": _LOW,
     "sketch_precondition": _LOW,
 }
 """Operand dtypes each op's Triton kernels compile for (every variant is compiled ahead of time

@@ -2,39 +2,49 @@
 
 The dense path (:mod:`tritonkron.step.dense`) stores each factor as a d × d matrix plus a d × d
 eigenbasis. Here each factor is a rank-ℓ low-rank-plus-isotropic sketch (ℓ = ``sketch_rank`` ≥ k,
-capped at d), X̃ = U diag(λ) Uᵀ + τ (I − U Uᵀ) — the maths is in :mod:`tritonkron.ops.sketch.reference`.
+capped at d), X̃ = U H Uᵀ + τ (I − U Uᵀ) with H = Uᵀ X̃ U its compression (diagonal after each
+Rayleigh–Ritz step) — the maths is in :mod:`tritonkron.ops.sketch.reference` and docs/maths.md §6.
 One block group ``[B, m, n]`` holds (a dict of tensors, ``torch.load(weights_only=True)``-safe):
 
-    basis_a [B, m, ℓ_A], basis_b [B, n, ℓ_B]   orthonormal sketch bases U_A, U_B (descending)
-    eig_a   [B, ℓ_A],    eig_b   [B, ℓ_B]      sketch eigenvalues λ (exact Ritz values of X̃)
+    basis_a [B, m, ℓ_A], basis_b [B, n, ℓ_B]   sketch bases U_A, U_B (stale between refreshes)
+    compression_a [B, ℓ_A, ℓ_A], compression_b  H_A, H_B = Uᵀ X̃ U
+    eig_a   [B, ℓ_A],    eig_b   [B, ℓ_B]      tracked eigenvalues λ = diag(H) (Ritz values after
+                                               a refresh, descending)
     tail_a  [B],         tail_b  [B]           tail levels τ (0 when ℓ_X = d_X)
     trace   [B]                                τ_vN = EMA of ‖G‖²_F (von Neumann normaliser)
     ready   [B] bool                           block initialised from a non-zero gradient
-    refresh_failures [B]                       consecutive failed initialisations or updates
+    refresh_failures [B]                       consecutive failed initialisations or refreshes
 
-with ℓ_A = min(ℓ, m), ℓ_B = min(ℓ, n): O((m + n)·ℓ) floats per block instead of 2(m² + n²).
+with ℓ_A = min(ℓ, m), ℓ_B = min(ℓ, n): O((m + n)·ℓ + ℓ²) floats per block instead of 2(m² + n²).
+A sketch saved without its compressions (written before they were stored, when every update
+ended in a Rayleigh–Ritz step) gets H = diag(λ), which is what it held (:func:`ensure_compression`).
 
-The step mirrors :func:`tritonkron.step.dense.block_group_step` (docs/maths.md §4.3):
+The step mirrors :func:`tritonkron.step.dense.block_group_step` (docs/maths.md §4.3, §6.2):
 
 1. **init** from the first non-zero gradient (thin SVD G = P diag(σ) Rᵀ; the same scale-aware,
    floored initial eigenvalues as the dense path, of which the top ℓ are kept and the rest
    averaged into τ), with no update on that step;
 2. **direction** from the pre-update statistics: the sketch's virtual spectrum
-   (λ₁…λ_ℓ, τ…τ) goes through the dense path's own rules (von Neumann ÷ √τ_vN, relative floor,
-   ``factor_scales`` with the rank/tail/α of the group), and the damped spike-and-flat
-   preconditioner is applied in low-rank form, U = P_A M P_B with P_X Y = U_k (D − c)(U_kᵀ Y) + c Y
-   (plus the exact ε correction of the dense Σ = σ/(1 + εσ));
-3. **statistics update** of both sketches from the old ones (simultaneous, as the dense rule):
-   increment s·G W Gᵀ with the other factor's low-rank-plus-isotropic coupling weight W
-   (LogDet W = B̃⁻¹, Frobenius W = B̃, von Neumann W = I; docs/maths.md §2.3, §4.4).
-
-The sketch is re-diagonalised at every update (a Rayleigh–Ritz step), so there is no stale basis
-and ``refresh`` (the dense path's every-T-steps basis refresh) is accepted and ignored.
+   (λ₁…λ_ℓ, τ…τ), λ = diag(H) as the dense path's tracked eigenvalues, goes through the dense
+   path's own rules (von Neumann ÷ √τ_vN, relative floor, ``factor_scales`` with the rank/tail/α
+   of the group), and the damped spike-and-flat preconditioner is applied in low-rank form,
+   U = P_A M P_B with P_X Y = U_k (D − c)(U_kᵀ Y) + c Y (plus the exact ε correction of the dense
+   Σ = σ/(1 + εσ));
+3. **statistics update** of both sketches from the old ones (simultaneous, as the dense rule),
+   with the increment K = s·G W Gᵀ and the other factor's low-rank-plus-isotropic coupling weight
+   W (LogDet W = B̃⁻¹, Frobenius W = B̃, von Neumann W = I; docs/maths.md §2.3, §4.4): in the fixed
+   basis, H ← β₂ H + Uᵀ K U and τ from the conserved trace (:func:`track_sketch_statistics`, no
+   factorisation);
+4. **refresh** of the blocks due now (every T = ``precondition_every`` steps, the dense path's
+   staggered host schedule): instead of step 3, the Rayleigh–Ritz step with the Krylov enrichment
+   Q = qr([U, K U]) from the stored compression (:mod:`tritonkron.step.sketch_refresh`). T = 1
+   re-diagonalises every update.
 
 **Failures.** The factorisations never raise (:mod:`tritonkron.math.safe_linalg`). A block
-whose initial SVD fails in every attempt stays waiting for the next gradient; an update whose
-result is not finite (from either backend) is dropped, so the block keeps its previous sketch.
-Both count in ``refresh_failures`` (reset by the next success), which
+whose initial SVD fails in every attempt stays waiting for the next gradient; a refresh whose
+result is not finite (from either backend) keeps the block's tracked sketch, in its stale basis;
+a tracking step whose result is not finite is dropped. Each counts in ``refresh_failures``
+(reset by the next initialisation or refresh), which
 :func:`tritonkron.step.guards.check_refresh_failures` turns into an error after ``max_refresh_failures``
 in a row, as on the dense path.
 """
@@ -44,14 +54,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tritonkron.math.divergences import coupling, initial_eigenvalues, preconditioner_eigenvalues
+from tritonkron.math.divergences import initial_eigenvalues, preconditioner_eigenvalues
 from tritonkron.ops.precondition.reference import factor_scales, floor_eigenvalues
-from tritonkron.ops.sketch import sketch_precondition, sketch_update
+from tritonkron.ops.sketch import sketch_precondition, sketch_track
 from tritonkron.ops.sketch.reference import top_singular_subspaces, virtual_spectrum
 from tritonkron.options import KronSettings
 from tritonkron.state import (
     BASIS_A,
     BASIS_B,
+    COMPRESSION_A,
+    COMPRESSION_B,
     EIG_A,
     EIG_B,
     FAILURES,
@@ -61,24 +73,20 @@ from tritonkron.state import (
     TRACE,
 )
 from tritonkron.step.bounds import adam_bound, bounded_low_rank
-from tritonkron.step.dense import (
-    counted_failures,
-    ensure_failure_counts,
-    finite_blocks,
-    flatten_tail,
-    masked_where,
-)
+from tritonkron.step.dense import counted_failures, ensure_failure_counts, finite_blocks, masked_where
 from tritonkron.step.schedule import KNOWN_READY
-from tritonkron.step.traceable import run_if
+from tritonkron.step.sketch_refresh import PRIOR_KEYS, refresh_sketches, sketch_weights
+from tritonkron.step.traceable import Refresh, run_if
 
 __all__ = [
+    "ensure_compression",
     "initialize_sketch_blocks",
     "is_sketch_state",
     "new_sketch_state",
     "sketch_direction",
     "sketch_group_step",
     "sketch_state_bytes",
-    "update_sketch_statistics",
+    "track_sketch_statistics",
 ]
 
 
@@ -96,6 +104,8 @@ def new_sketch_state(
     return {
         BASIS_A: torch.eye(m, ell_a, **kw).expand(count, m, ell_a).clone(),
         BASIS_B: torch.eye(n, ell_b, **kw).expand(count, n, ell_b).clone(),
+        COMPRESSION_A: torch.eye(ell_a, **kw).expand(count, ell_a, ell_a).clone(),
+        COMPRESSION_B: torch.eye(ell_b, **kw).expand(count, ell_b, ell_b).clone(),
         EIG_A: torch.ones(count, ell_a, **kw),
         EIG_B: torch.ones(count, ell_b, **kw),
         TAIL_A: torch.zeros(count, **kw),
@@ -139,12 +149,26 @@ def initialize_sketch_blocks(
     state.update(zip(_INIT_KEYS, values, strict=True))
 
 
-_INIT_KEYS = (BASIS_A, BASIS_B, EIG_A, EIG_B, TAIL_A, TAIL_B, TRACE, READY, FAILURES)
+_INIT_KEYS = (
+    BASIS_A,
+    BASIS_B,
+    COMPRESSION_A,
+    COMPRESSION_B,
+    EIG_A,
+    EIG_B,
+    TAIL_A,
+    TAIL_B,
+    TRACE,
+    READY,
+    FAILURES,
+)
 
 
 def _initial_sketch(
     basis_a: Tensor,
     basis_b: Tensor,
+    compression_a: Tensor,
+    compression_b: Tensor,
     eig_a: Tensor,
     eig_b: Tensor,
     tail_a: Tensor,
@@ -168,8 +192,8 @@ def _initial_sketch(
     )
     lam_a, tau_a = _split(a, ell_a, m)
     lam_b, tau_b = _split(b, ell_b, n)
-    new = (P_A, P_B, lam_a, lam_b, tau_a, tau_b, sq_norm)
-    old = (basis_a, basis_b, eig_a, eig_b, tail_a, tail_b, trace)
+    new = (P_A, P_B, torch.diag_embed(lam_a), torch.diag_embed(lam_b), lam_a, lam_b, tau_a, tau_b, sq_norm)
+    old = (basis_a, basis_b, compression_a, compression_b, eig_a, eig_b, tail_a, tail_b, trace)
     accepted = mask & ok & finite_blocks(*new)
     kept = tuple(masked_where(accepted, v.to(o.dtype), o) for v, o in zip(new, old, strict=True))
     return (*kept, ready | accepted, counted_failures(failures, mask, accepted))
@@ -207,87 +231,49 @@ def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings
     return sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps, precision=settings.precision)
 
 
-def _coupling_weight(
-    basis: Tensor, weight: Tensor | None, settings: KronSettings
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(V, w, w_τ) of W = V diag(w) Vᵀ + w_τ (I − V Vᵀ) from a weight vector over the virtual spectrum.
-
-    ``weight`` ``[B, d]`` is the divergence's elementwise weight (1/x or x) of the other factor's
-    floored virtual spectrum, or None for W = I. With ``flat_tail_in_stats`` only the top k
-    directions keep their own weight (the rest share the tail-mean's weight, set by the caller).
-    """
-    ell = basis.shape[-1]
-    if weight is None:
-        ones = torch.ones(basis.shape[0], dtype=basis.dtype, device=basis.device)
-        return basis[..., :0], ones[:, None][:, :0], ones
-    d = weight.shape[-1]
-    if settings.flat_tail_in_stats and settings.rank is not None:
-        ell = min(ell, settings.rank)
-    V, w = basis[..., :ell], weight[..., :ell]
-    # A complete basis has no complement: w_τ multiplies I − V Vᵀ = 0, and 0 keeps W exact.
-    w_tau = weight[..., ell] if ell < d else torch.zeros_like(weight[..., 0])
-    return V, w, w_tau
+def ensure_compression(state: dict[str, Tensor]) -> None:
+    """Give a sketch written before the compressions were stored its H = diag(λ) (exact: until then
+    every update ended in a Rayleigh–Ritz step, which leaves X̃ diagonal in its basis)."""
+    for comp, eig in ((COMPRESSION_A, EIG_A), (COMPRESSION_B, EIG_B)):
+        if comp not in state:
+            state[comp] = torch.diag_embed(state[eig])
 
 
-def update_sketch_statistics(
+def track_sketch_statistics(
     state: dict[str, Tensor], G: Tensor, mask: Tensor, settings: KronSettings
 ) -> None:
-    """EMA update of both sketches and the trace for the blocks in ``mask`` (old factors on both sides).
+    """EMA update of both sketches in their fixed bases, and of the trace, for the blocks in ``mask``.
 
-    A block whose new sketches are not finite keeps its state and its failure count grows; an
-    updated block's count is reset.
+    H' = β₂ H + Uᵀ K U, τ' (d − ℓ) = β₂ τ (d − ℓ) + tr K − tr Uᵀ K U (trace conserved), λ' = diag(H')
+    the tracked eigenvalues, τ_vN' = β₂ τ_vN + (1 − β₂) ‖G‖²_F; K from the old factors on both sides
+    (:func:`tritonkron.ops.sketch.sketch_track`, docs/maths.md §6.2). No factorisation. A block whose
+    result is not finite keeps its state and counts one more failure (reset only by a refresh).
     """
-    m, n = G.shape[-2:]
-    a = floor_eigenvalues(virtual_spectrum(state[EIG_A], state[TAIL_A], m), settings.eig_floor)
-    b = floor_eigenvalues(virtual_spectrum(state[EIG_B], state[TAIL_B], n), settings.eig_floor)
-    if settings.flat_tail_in_stats:
-        a, b = flatten_tail(a, settings.rank_a), flatten_tail(b, settings.rank_b)
-    rule = coupling(settings.divergence, a, b)
-    beta = settings.beta2
-    V_B, w_B, wt_B = _coupling_weight(state[BASIS_B], rule.left_weight, settings)
-    V_A, w_A, wt_A = _coupling_weight(state[BASIS_A], rule.right_weight, settings)
-    scale_a = (1 - beta) * rule.left_scale
-    scale_b = (1 - beta) * rule.right_scale
-    U_a, lam_a, tau_a = sketch_update(
-        state[BASIS_A],
-        state[EIG_A],
-        state[TAIL_A],
-        G,
-        V_B,
-        w_B,
-        wt_B,
-        scale_a,
-        beta,
-        "left",
-        precision=settings.precision,
+    left, right = sketch_weights(
+        state[BASIS_A], state[BASIS_B], state[EIG_A], state[EIG_B], state[TAIL_A], state[TAIL_B], settings
     )
-    U_b, lam_b, tau_b = sketch_update(
-        state[BASIS_B],
-        state[EIG_B],
-        state[TAIL_B],
-        G,
-        V_A,
-        w_A,
-        wt_A,
-        scale_b,
-        beta,
-        "right",
-        precision=settings.precision,
+    beta, precision = settings.beta2, settings.precision
+    H_a, tau_a = sketch_track(
+        state[BASIS_A], state[COMPRESSION_A], state[TAIL_A], G, *left, beta, "left", precision=precision
+    )
+    H_b, tau_b = sketch_track(
+        state[BASIS_B], state[COMPRESSION_B], state[TAIL_B], G, *right, beta, "right", precision=precision
     )
     trace = beta * state[TRACE] + (1 - beta) * torch.linalg.vector_norm(G, dim=(-2, -1)).square()
-    accepted = mask & finite_blocks(U_a, lam_a, tau_a, U_b, lam_b, tau_b, trace)
+    accepted = mask & finite_blocks(H_a, tau_a, H_b, tau_b, trace)
     updates = {
-        BASIS_A: U_a,
-        BASIS_B: U_b,
-        EIG_A: lam_a,
-        EIG_B: lam_b,
+        COMPRESSION_A: H_a,
+        COMPRESSION_B: H_b,
+        EIG_A: torch.diagonal(H_a, dim1=-2, dim2=-1),
+        EIG_B: torch.diagonal(H_b, dim1=-2, dim2=-1),
         TAIL_A: tau_a,
         TAIL_B: tau_b,
         TRACE: trace,
     }
     for key, value in updates.items():
         state[key] = masked_where(accepted, value.to(state[key].dtype), state[key])
-    state[FAILURES] = counted_failures(state[FAILURES], mask, accepted)
+    failures = state[FAILURES]
+    state[FAILURES] = torch.where(mask & ~accepted, failures + 1, failures)
 
 
 def sketch_group_step(
@@ -295,7 +281,7 @@ def sketch_group_step(
     G: Tensor,
     M: Tensor,
     settings: KronSettings,
-    refresh: Tensor | bool = False,
+    refresh: Refresh = False,
     ok: Tensor | None = None,
 ) -> Tensor:
     """One optimizer step of a sketched block group; returns the update direction ``[B, m, n]``.
@@ -305,20 +291,24 @@ def sketch_group_step(
         G: gradient blocks ``[B, m, n]`` in the statistics dtype (finite).
         M: momentum blocks ``[B, m, n]``.
         settings: hyperparameters (``rank`` must be an int).
-        refresh: accepted for the :func:`~tritonkron.step.dense.block_group_step` contract and
-            ignored: the sketch is re-diagonalised at every update.
+        refresh: the blocks that take the Rayleigh–Ritz step now instead of the tracking in their
+            fixed bases (:mod:`tritonkron.step.sketch_refresh`; host positions, all/none, or a mask
+            under compile, :func:`tritonkron.step.traceable.refresh_blocks`). ``True`` at every step
+            re-diagonalises every update (``precondition_every=1``).
         ok: one-element bool tensor, False when the step is skipped (statistics untouched, zero
             direction); None means True.
     """
-    del refresh
     ensure_failure_counts(state)
+    ensure_compression(state)
     ready = state[READY]
     known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
     active = (ready.new_ones(ready.shape) if ok is None else ok.expand(ready.shape)) if known else ready
     if ok is not None and not known:
         active = active & ok
     U = masked_where(active, sketch_direction(state, M, settings), torch.zeros_like(M))
-    update_sketch_statistics(state, G, active, settings)
+    prior = {key: state[key] for key in PRIOR_KEYS}
+    track_sketch_statistics(state, G, active, settings)
+    refresh_sketches(state, prior, G, refresh, active, settings)
     if known:  # every block is ready: none to initialise, and no device read to find out
         return U
     fresh = ~ready & (G.flatten(1).abs().amax(1) > 0)

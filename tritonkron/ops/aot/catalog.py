@@ -135,8 +135,13 @@ def _rotated_statistics_calls(m: int, n: int, dtype: torch.dtype, precision: str
 
 
 def _sketch_calls(m: int, n: int, dtype: torch.dtype, config=None, precision: str = "ieee") -> list[Call]:
-    """sketch_update_triton (both sides) and sketch_precondition_triton, rank ℓ = min(m, n, 8)."""
-    from tritonkron.ops.sketch.triton import sketch_precondition_triton, sketch_update_triton
+    """sketch_update_triton and sketch_track_triton (both sides) and sketch_precondition_triton,
+    rank ℓ = min(m, n, 8)."""
+    from tritonkron.ops.sketch.triton import (
+        sketch_precondition_triton,
+        sketch_track_triton,
+        sketch_update_triton,
+    )
 
     ell = max(1, min(m, n, 8))
     G, tag = _rand(1, m, n, dtype=dtype), f"{dtype} {m}x{n} cfg={config} {precision}"
@@ -152,6 +157,9 @@ def _sketch_calls(m: int, n: int, dtype: torch.dtype, config=None, precision: st
         )
         calls.append((f"sketch_update {side} {tag}", lambda U=U, V=V, lam=lam, w=w, one=one, side=side: (
             sketch_update_triton(U, lam, one, G, V, w, one, one, 0.9, side, **kw))))  # fmt: skip
+        H = torch.eye(ell, dtype=dtype).expand(1, ell, ell)
+        calls.append((f"sketch_track {side} {tag}", lambda U=U, V=V, H=H, w=w, one=one, side=side: (
+            sketch_track_triton(U, H, one, G, V, w, one, one, 0.9, side, **kw))))  # fmt: skip
     U_A, U_B = _rand(1, m, ell, dtype=dtype), _rand(1, n, ell, dtype=dtype)
     s_A, s_B, c = _rand(1, ell, dtype=dtype), _rand(1, ell, dtype=dtype), torch.ones(1, dtype=dtype)
     calls.append((f"sketch_precondition {tag}", lambda: sketch_precondition_triton(

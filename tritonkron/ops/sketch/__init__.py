@@ -1,4 +1,4 @@
-"""The sketched (low-rank-plus-isotropic) factors: the sketch's EMA update and its preconditioning, dispatched.
+"""The sketched (low-rank-plus-isotropic) factors: the sketch's EMA updates and its preconditioning, dispatched.
 
 Reference: :mod:`tritonkron.ops.sketch.reference`; Triton: :mod:`tritonkron.ops.sketch.triton`.
 """
@@ -14,7 +14,7 @@ from tritonkron.ops.backend import resolve_backend
 from tritonkron.ops.precision import check_precision
 from tritonkron.ops.sketch import reference
 
-__all__ = ["sketch_precondition", "sketch_update"]
+__all__ = ["sketch_precondition", "sketch_track", "sketch_update"]
 
 
 def sketch_update(
@@ -42,6 +42,33 @@ def sketch_update(
         return reference.sketch_update_ref(U, lam, tau, G, V, w, w_tau, scale, beta, side, precision)
     out = torch.ops.tritonkron.sketch_update(U, lam, tau, G, V, w, w_tau, scale, float(beta), side, precision)
     return out[0], out[1], out[2]
+
+
+def sketch_track(
+    U: Tensor,
+    H: Tensor,
+    tau: Tensor,
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    beta: float,
+    side: Literal["left", "right"],
+    *,
+    backend: str | None = None,
+    precision: str = "ieee",
+) -> tuple[Tensor, Tensor]:
+    """One EMA step of a sketch in its fixed basis: H' = β H + Uᵀ K U and the trace-conserving τ'.
+
+    See :func:`tritonkron.ops.sketch.reference.sketch_track_ref` for the arguments (no
+    factorisation); ``precision`` is the thin products' policy (:mod:`tritonkron.ops.precision`).
+    """
+    precision = check_precision(precision)
+    if resolve_backend(backend, U, G, op="sketch_track") == "reference":
+        return reference.sketch_track_ref(U, H, tau, G, V, w, w_tau, scale, beta, side, precision)
+    out = torch.ops.tritonkron.sketch_track(U, H, tau, G, V, w, w_tau, scale, float(beta), side, precision)
+    return out[0], out[1]
 
 
 def sketch_precondition(

@@ -13,7 +13,7 @@ every dense tail rule applied to x equals the low-rank formula; e.g. the ``tail=
 
 docs/maths.md §4.4's τ_X evaluated on X̃.
 
-**Update** (EMA with retention β, one per optimizer step). The increment of every divergence is
+**Update** (EMA with retention β; every T steps, docs/maths.md §6.2). The increment of every divergence is
 K = s·G_s W G_sᵀ with G_s = G (left factor, G_s: [B, m, n]) or Gᵀ (right factor), s a per-block
 scale that includes (1 − β), and W the *other* factor's coupling weight in the same
 low-rank-plus-isotropic form (docs/maths.md §2.3, §4.4),
@@ -32,20 +32,23 @@ X̃' = β X̃ + K are projected back onto the family by a Rayleigh–Ritz step:
 3. H = Z diag(μ) Zᵀ (float64 :func:`~tritonkron.math.safe_linalg.safe_eigh`, descending),
    keep U' = Q Z[:, :ℓ], λ' = μ[:ℓ];
 4. τ' = escaped mass / (d − ℓ), escaped = Σ_{i>ℓ} μ_i + β τ (d − p) + (tr K − tr Qᵀ K Q).
+Λ may be any compression H = Uᵀ X̃ U (``[B, ℓ, ℓ]``, X̃'s form between Rayleigh–Ritz steps).
 
 If the eigendecomposition of step 3 fails in every attempt, Z = I (up to order) and μ = diag(H):
 the sketch keeps Q's own directions, the old sketch's and the Krylov step's, with the largest
 Rayleigh quotients qᵢᵀ X̃' qᵢ, and step 4 still conserves the trace.
 
+**Tracking in a fixed basis** (:func:`sketch_track_ref`, between Rayleigh–Ritz steps): with U
+fixed, β X̃ + K is projected onto {U H Uᵀ + τ (I − U Uᵀ)}: H' = β H + Uᵀ K U and
+τ' (d − ℓ) = β τ (d − ℓ) + tr K − tr Uᵀ K U, so tr X̃' = β tr X̃ + tr K and τ' is the mean of
+X̃''s spectrum outside span(U) (τ' = 0 when ℓ = d: the exact EMA in the basis U). No factorisation.
+
 **The tail level τ.** τ(d − ℓ) is exactly the trace of X̃' outside span(U'): the trace of X̃' is
 conserved (tr X̃' = β tr X̃ + tr K, with tr K = s (w_τ ‖G‖²_F + Σ_j (w_j − w_τ) ‖G_s v_j‖²)), and
 whatever does not fit into the ℓ kept directions — the Ritz values beyond ℓ, the old tail outside
 Q, and the increment's mass outside Q — is spread evenly over the d − ℓ complement directions.
-So τ is the *arithmetic mean of X̃''s spectrum outside the sketch*, the level that docs/maths.md §4.2 shows
-is Bregman-optimal for all three divergences, and the preconditioner's ``tail="mean"`` constant
-is the same tail-mean rule as the dense path. Sketchy (Feinberg et al. 2023) instead
-accumulates the frequent-directions *shrinkage* ρ ← β ρ + μ_{ℓ+1} (the cut-off eigenvalue, a
-bound on the escaped spectrum), adds ρ to every kept eigenvalue and uses ρ for the complement.
+So τ is the *arithmetic mean of X̃''s spectrum outside the sketch*, the tail-mean level of
+docs/maths.md §4.2 (Sketchy's frequent-directions shrinkage is the alternative, §6.3).
 Both levels vanish with the complement: for ℓ ≥ d the candidate basis is the whole space, the
 Rayleigh–Ritz step is the exact eigendecomposition of β X + K, and the sketch reproduces the dense
 EMA factor exactly (up to rounding). The isotropic part w_τ G_s G_sᵀ of the increment is never
@@ -62,8 +65,7 @@ blocks (top/tail × top/tail), and equals
     h = f(c_A c_B),  g_A = f(s_A c_B),  g_B = f(c_A s_B),  K_c = C ⊙ (f(s_A s_Bᵀ) − g_A 1ᵀ − 1 g_Bᵀ + h),
 
 which needs only thin products (for ε = 0 it is P_A M P_B with P_X Y = U_k (D − c)(U_kᵀ Y) + c Y).
-
-Shapes: G ``[B, m, n]``, sketches ``[B, d, ℓ]``; everything is batched over the B stacked blocks.
+Everything is batched over the B stacked blocks.
 
 **Precision.** The thin products with G and M (K X, Qᵀ K Q, G_s V and the direction's products)
 take their operands under the precision policy (:func:`tritonkron.ops.precision.mm`,
@@ -92,7 +94,9 @@ __all__ = [
     "rayleigh_ritz",
     "reconstruct",
     "sketch_precondition_ref",
+    "sketch_track_ref",
     "sketch_update_ref",
+    "tracked_tail",
     "SingularSubspaces",
     "top_singular_subspaces",
     "virtual_spectrum",
@@ -114,11 +118,19 @@ def virtual_spectrum(lam: Tensor, tau: Tensor, d: int) -> Tensor:
 
 
 def reconstruct(U: Tensor, lam: Tensor, tau: Tensor) -> Tensor:
-    """Dense X̃ = U diag(λ) Uᵀ + τ (I − U Uᵀ) ``[B, d, d]`` (for tests and small factors only)."""
-    d = U.shape[-2]
-    eye = torch.eye(d, dtype=U.dtype, device=U.device)
-    low = (U * (lam - tau.unsqueeze(-1)).unsqueeze(-2)) @ U.transpose(-1, -2)
-    return low + tau.reshape(-1, 1, 1) * eye
+    """Dense X̃ = U diag(λ) Uᵀ + τ (I − U Uᵀ) ``[B, d, d]``, or U H Uᵀ + τ (I − U Uᵀ) for a
+    compression ``lam`` = H ``[B, ℓ, ℓ]`` (for tests and small factors only)."""
+    eye = torch.eye(U.shape[-2], dtype=U.dtype, device=U.device)
+    return _sandwich(U, lam, tau) + tau.reshape(-1, 1, 1) * eye
+
+
+def _sandwich(C: Tensor, lam: Tensor, tau: Tensor) -> Tensor:
+    """C (Λ − τ I) Cᵀ ``[B, p, p]`` for C ``[B, p, ℓ]`` and eigenvalues Λ = diag(λ) ``[B, ℓ]`` or a
+    compression Λ = H ``[B, ℓ, ℓ]``."""
+    if lam.dim() == C.dim():
+        eye = torch.eye(lam.shape[-1], dtype=C.dtype, device=C.device)
+        return C @ (lam - tau.reshape(-1, 1, 1) * eye) @ C.transpose(-1, -2)
+    return (C * (lam - tau.unsqueeze(-1)).unsqueeze(-2)) @ C.transpose(-1, -2)
 
 
 def _oriented(G: Tensor, side: Side) -> Tensor:
@@ -194,7 +206,8 @@ def rayleigh_ritz(
     Shared by the reference and the Triton launcher (which computes Q, H_K and tr_K with kernels).
 
     Args:
-        U, lam, tau: the old sketch ``[B, d, ℓ]``, ``[B, ℓ]``, ``[B]``; span(U) ⊆ span(Q).
+        U, lam, tau: the old sketch ``[B, d, ℓ]``, ``[B, ℓ]`` (or its compression H ``[B, ℓ, ℓ]``),
+            ``[B]``; span(U) ⊆ span(Q).
         Q: orthonormal candidate basis ``[B, d, p]``.
         H_K: Qᵀ K Q ``[B, p, p]``.
         tr_K: tr K ``[B]``.
@@ -207,7 +220,7 @@ def rayleigh_ritz(
     p = Q.shape[-1]
     C = Q.transpose(-1, -2) @ U  # [B, p, ℓ]
     eye = torch.eye(p, dtype=U.dtype, device=U.device)
-    old = (C * (lam - tau.unsqueeze(-1)).unsqueeze(-2)) @ C.transpose(-1, -2) + tau.reshape(-1, 1, 1) * eye
+    old = _sandwich(C, lam, tau) + tau.reshape(-1, 1, 1) * eye
     H = (beta * old + H_K).to(torch.float64)
     mu, Z, _ = safe_eigh(symmetrize(H), site=SITE_SKETCH, descending=True)  # float64; failure: module doc
     mu, Z = mu.to(U.dtype), Z.to(U.dtype)
@@ -237,7 +250,8 @@ def sketch_update_ref(
 
     Args:
         U: sketch basis ``[B, d, ℓ]`` (orthonormal columns, ℓ ≤ d).
-        lam: sketch eigenvalues ``[B, ℓ]``; tau: tail levels ``[B]`` (0 when ℓ = d).
+        lam: sketch eigenvalues ``[B, ℓ]``, or the compression H = Uᵀ X̃ U ``[B, ℓ, ℓ]``;
+            tau: tail levels ``[B]`` (0 when ℓ = d).
         G: gradient blocks ``[B, m, n]``.
         V, w, w_tau: the other factor's coupling weight W = V diag(w) Vᵀ + w_τ (I − V Vᵀ)
             (``[B, e, ℓ']``, ``[B, ℓ']``, ``[B]``).
@@ -247,7 +261,7 @@ def sketch_update_ref(
         precision: the policy of the thin products with G (module doc, "Precision").
 
     Returns:
-        ``(U', λ', τ')`` with the shapes of the inputs; λ' descending.
+        ``(U', λ', τ')``: U' ``[B, d, ℓ]``, λ' ``[B, ℓ]`` descending, τ' ``[B]``.
     """
     d, ell = U.shape[-2:]
     if ell < d:
@@ -258,6 +272,39 @@ def sketch_update_ref(
     H_K = increment_rayleigh_ref(G, Q, V, w, w_tau, scale, side, precision)
     tr_K = increment_trace_ref(G, V, w, w_tau, scale, side, precision)
     return rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
+
+
+def sketch_track_ref(
+    U: Tensor,
+    H: Tensor,
+    tau: Tensor,
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    beta: float,
+    side: Side,
+    precision: str = "ieee",
+) -> tuple[Tensor, Tensor]:
+    """One EMA step of a sketch in its fixed basis U (module doc, "Tracking"); returns (H', τ').
+
+    H' = β H + Uᵀ K U and τ' (d − ℓ) = β τ (d − ℓ) + tr K − tr Uᵀ K U (τ' = 0 when ℓ = d), for
+    K = s·G_s W G_sᵀ. Arguments as :func:`sketch_update_ref`, with H ``[B, ℓ, ℓ]`` the compression.
+    """
+    d, ell = U.shape[-2:]
+    H_K = increment_rayleigh_ref(G, U, V, w, w_tau, scale, side, precision)
+    H_new = beta * H + H_K
+    if ell >= d:
+        return H_new, torch.zeros_like(tau)
+    tr_K = increment_trace_ref(G, V, w, w_tau, scale, side, precision)
+    return H_new, tracked_tail(tau, tr_K, H_K, beta, d)
+
+
+def tracked_tail(tau: Tensor, tr_K: Tensor, H_K: Tensor, beta: float, d: int) -> Tensor:
+    """τ' = β τ + (tr K − tr Uᵀ K U)/(d − ℓ) ``[B]`` (≥ 0; module doc, "Tracking"), H_K = Uᵀ K U, ℓ < d."""
+    outside = (tr_K - torch.diagonal(H_K, dim1=-2, dim2=-1).sum(-1)).clamp_min(0)
+    return (beta * tau + outside / (d - H_K.shape[-1])).clamp_min(0)
 
 
 def sketch_precondition_ref(

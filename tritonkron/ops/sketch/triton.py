@@ -14,6 +14,8 @@ policy ``precision`` — IEEE by default, :mod:`tritonkron.ops.precision` —, f
                                  ``torch.linalg.eigh`` of the 2ℓ × 2ℓ Rayleigh–Ritz matrix in
                                  float64. The QR and the small eigendecomposition stay in torch:
                                  they are O(d ℓ²) and O(ℓ³), against O(d e ℓ) for the GEMMs.
+``sketch_track_triton``         the update between Rayleigh–Ritz steps: Uᵀ K U (the launcher
+                                 above) and tr K, then H' = β H + Uᵀ K U and the tail in torch.
 ``sketch_precondition_triton``  the damped spike-and-flat direction in low-rank form::
 
     R  = U_Aᵀ M                                   [B, k_A, n]
@@ -38,13 +40,14 @@ from tritonkron.ops._triton.bmm import Epilogue, bmm_config, launch_bmm
 from tritonkron.ops._triton.common import check_range, check_sized, check_tensor, out_or_empty
 from tritonkron.ops.precision import check_precision
 from tritonkron.ops.precondition.triton import spike_and_flat_triton
-from tritonkron.ops.sketch.reference import rayleigh_ritz
+from tritonkron.ops.sketch.reference import rayleigh_ritz, tracked_tail
 
 __all__ = [
     "increment_apply_triton",
     "increment_rayleigh_triton",
     "increment_trace_triton",
     "sketch_precondition_triton",
+    "sketch_track_triton",
     "sketch_update_triton",
 ]
 
@@ -211,7 +214,7 @@ def sketch_update_triton(
     sketch's dtype. Outputs are new tensors in U's dtype.
 
     Args:
-        U: ``[B, d, ℓ]``; lam: ``[B, ℓ]``; tau: ``[B]``; G: ``[B, m, n]``.
+        U: ``[B, d, ℓ]``; lam: ``[B, ℓ]`` or a compression ``[B, ℓ, ℓ]``; tau: ``[B]``; G: ``[B, m, n]``.
         V, w, w_tau: the other factor's coupling weight; scale: s ``[B]``; beta: β ∈ [0, 1].
         side: "left" or "right".
         config: GEMM tile config for every launch; None → heuristic.
@@ -227,7 +230,7 @@ def sketch_update_triton(
     if U.shape[-1] > d:
         raise ValueError(f"U must have shape [{Bsz}, {d}, l] with l <= {d}; got {list(U.shape)}")
     ell = U.shape[-1]
-    check_sized("lam", lam, (Bsz, ell), device=G.device)
+    check_sized("lam", lam, (Bsz, ell, ell) if lam.dim() == 3 else (Bsz, ell), device=G.device)
     check_sized("tau", tau, (Bsz,), device=G.device)
     beta = check_range("beta", beta, 0.0, 1.0)
     if ell < d:
@@ -239,6 +242,42 @@ def sketch_update_triton(
     tr_K = increment_trace_triton(G, V, w, w_tau, scale, side, config=config, precision=precision).to(U.dtype)
     # The small dense part (QR'd basis, ℓ-sized eigh) is the reference's own.
     return rayleigh_ritz(U, lam, tau, Q, H_K, tr_K, beta)
+
+
+def sketch_track_triton(
+    U: Tensor,
+    H: Tensor,
+    tau: Tensor,
+    G: Tensor,
+    V: Tensor,
+    w: Tensor,
+    w_tau: Tensor,
+    scale: Tensor,
+    beta: float,
+    side: str,
+    *,
+    config: Config = None,
+    precision: str = "ieee",
+) -> tuple[Tensor, Tensor]:
+    """Computes ``reference.sketch.sketch_track_ref`` (H' = β H + Uᵀ K U and the tail level τ').
+
+    Differences from the reference: Uᵀ K U and G_s V run on Triton GEMMs with fp32 accumulation.
+    Arguments as :func:`sketch_update_triton`, with H ``[B, ℓ, ℓ]`` the compression.
+    """
+    precision = check_precision(precision)
+    Gs = _oriented(G, side)
+    Bsz, d, _ = Gs.shape
+    check_sized("U", U, (Bsz, d, "l"), device=G.device)
+    ell = U.shape[-1]
+    check_sized("H", H, (Bsz, ell, ell), device=G.device)
+    check_sized("tau", tau, (Bsz,), device=G.device)
+    beta = check_range("beta", beta, 0.0, 1.0)
+    H_K = increment_rayleigh_triton(G, U, V, w, w_tau, scale, side, config=config, precision=precision)
+    H_new = beta * H + H_K.to(H.dtype)
+    if ell >= d:
+        return H_new, torch.zeros_like(tau)
+    tr_K = increment_trace_triton(G, V, w, w_tau, scale, side, config=config, precision=precision)
+    return H_new, tracked_tail(tau, tr_K.to(tau.dtype), H_K.to(tau.dtype), beta, d)
 
 
 def _check_precondition_args(
