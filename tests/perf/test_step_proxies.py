@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -94,3 +96,32 @@ def test_steady_step_reads_nothing_and_its_kernels_do_not_grow_with_depth(name: 
     added = _kron_params(_tiny(8)) - _kron_params(_tiny(4))
     growth = (counts[8]["kernels mean"] - counts[4]["kernels mean"]) / added
     assert growth <= PER_PARAMETER[name], (growth, counts)
+
+
+def _blocks(model: torch.nn.Module, options: dict) -> int:
+    """The number of Kronecker blocks ``tk.Kron`` makes of ``model``."""
+    import tritonkron as tk
+
+    opt = tk.Kron(model.parameters(), lr=0.0, **options)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    return sum(block["ready"].numel() for state in opt.state.values() for block in state.get("blocks", []))
+
+
+def test_sketch_factorises_only_its_due_blocks() -> None:
+    """``sketch=True`` factorises (a QR and an eigh per factor) only the blocks due for their
+    Rayleigh–Ritz step: 4N/T matrices per step on average and at most 4⌈N/T⌉ (every block at every
+    step before the refresh schedule); its host reads (the eigh's error checks, per stacked shape
+    with a due block) and its kernels do not grow with depth beyond the per-parameter copies."""
+    options = {"precondition_every": 8, "block_size": 8, "rank": 2, "sketch": True, "sketch_rank": 4}
+    counts = {}
+    for depth in (4, 8):
+        counts[depth] = measure(lambda d=depth: _tiny(d), options)
+        blocks = _blocks(_tiny(depth), options)
+        assert counts[depth]["factorised mean"] == 4 * blocks / 8, (blocks, counts[depth])
+        assert counts[depth]["factorised max"] <= 4 * math.ceil(blocks / 8), (blocks, counts[depth])
+    assert counts[8]["host reads max"] == counts[4]["host reads max"], counts
+    added = _kron_params(_tiny(8)) - _kron_params(_tiny(4))
+    growth = (counts[8]["kernels mean"] - counts[4]["kernels mean"]) / added
+    assert growth <= PER_PARAMETER["rank"], (growth, counts)
