@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -42,7 +43,9 @@ from torch import nn
 
 import tritonkron as tk
 from perf.gpu_e2e import VOCAB_MULTIPLE
+from perf.models import CharGPT
 from perf.shapes import GPT2_SMALL, LLAMA_7B, ModelShapes
+from perf.train_workloads import Workload
 from tritonkron.math.blocking import layout_of
 
 __all__ = ["CANDIDATES", "cost_table", "layer_cost", "main", "run_ablation"]
@@ -126,43 +129,78 @@ def cost_table(model: ModelShapes) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, totals.reset_index()
 
 
-ABLATION: dict[str, Callable[[nn.Module], list[dict]]] = {
-    "off": lambda model: [{"params": list(model.parameters())}],
-    "emb+head diagonal (64)": lambda model: [
-        {"params": [model.tok_emb.weight, model.head.weight], "max_precond_dim": 64},
-        {
-            "params": [
-                p for name, p in model.named_parameters() if name not in ("tok_emb.weight", "head.weight")
-            ]
-        },
-    ],
-    "wide sides diagonal (128)": lambda model: [{"params": list(model.parameters()), "max_precond_dim": 128}],
-    "all diagonal (16)": lambda model: [{"params": list(model.parameters()), "max_precond_dim": 16}],
+def _groups(limit: int | None, emb_head: int | None = None) -> Callable[[nn.Module], list[dict]]:
+    """Param groups: every parameter with ``max_precond_dim=limit``, the token embedding and the
+    head in their own group with ``emb_head`` when it is given."""
+    special = ("tok_emb.weight", "head.weight")
+
+    def groups(model: nn.Module) -> list[dict]:
+        named = list(model.named_parameters())
+        if emb_head is None:
+            return [{"params": [p for _, p in named], "max_precond_dim": limit}]
+        return [
+            {"params": [p for n, p in named if n in special], "max_precond_dim": emb_head},
+            {"params": [p for n, p in named if n not in special], "max_precond_dim": limit},
+        ]
+
+    return groups
+
+
+# label: (d_model, param groups). d128 is the quick char-LM; at d64 the 84-character vocabulary is
+# the only dim above 64, so max_precond_dim=64 on the embedding and head is the one-sided case.
+ABLATION: dict[str, tuple[int, Callable[[nn.Module], list[dict]]]] = {
+    "off": (128, _groups(None)),
+    "emb+head both sides diagonal (64)": (128, _groups(None, 64)),
+    "wide sides diagonal (128)": (128, _groups(128)),
+    "all diagonal (16)": (128, _groups(16)),
+    "d64 off": (64, _groups(None)),
+    "d64 emb+head vocab side diagonal (64)": (64, _groups(None, 64)),
 }
 LRS = (3e-3, 1e-2)
 
 
+def _width(workload: Workload, d_model: int) -> Workload:
+    """The workload with its CharGPT at width ``d_model`` (same vocabulary, context, depth, heads)."""
+    if d_model == 128:
+        return workload
+    ref = workload.make_model()
+
+    def make_model() -> nn.Module:
+        return CharGPT(ref.tok_emb.num_embeddings, context=ref.context, d_model=d_model, n_layer=2, n_head=4)
+
+    return dataclasses.replace(workload, make_model=make_model)
+
+
 def run_ablation(
-    seeds: tuple[int, ...] = (0, 1), steps: int = 100, lrs: tuple[float, ...] = LRS
+    seeds: tuple[int, ...] = (0, 1),
+    steps: int = 100,
+    lrs: tuple[float, ...] = LRS,
+    configs: tuple[str, ...] = tuple(ABLATION),
+    done: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Final validation loss of every (configuration, lr, seed) of the ablation (module doc)."""
+    """Final validation loss of every (configuration, lr, seed) of the ablation (module doc);
+    the runs already in ``done`` are kept, not rerun."""
     from perf.bench_lr import lm_workload
     from perf.peers import OptimizerEntry
     from perf.train import run_one
 
     workload, batches = lm_workload(steps)
-    rows = []
+    rows = [] if done is None else done.to_dict("records")
+    have = {(r["config"], float(r["lr"]), int(r["seed"])) for r in rows}
     for seed in seeds:
         data = batches(seed)
-        for label, groups in ABLATION.items():
+        for label in configs:
+            width, groups = ABLATION[label]
             for lr in lrs:
+                if (label, lr, seed) in have:
+                    continue
 
                 def build(model: nn.Module, rate: float, groups=groups) -> torch.optim.Optimizer:
                     return tk.Kron(groups(model), lr=rate, precondition_every=PERIOD)
 
                 entry = OptimizerEntry(label, "tritonkron", "tk.Kron", build)
                 started, cpu = time.perf_counter(), time.process_time()
-                record = run_one(workload, entry, lr, seed, "max_precond_dim", data)
+                record = run_one(_width(workload, width), entry, lr, seed, "max_precond_dim", data)
                 rows.append(
                     {
                         "config": label,
@@ -179,7 +217,8 @@ def run_ablation(
 
 
 def ablation_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration: the best seed-mean lr, its loss (mean ± half range) and the gap to off."""
+    """Per configuration: the best seed-mean lr, its loss (mean ± half range) and the gap to the
+    best of ``off`` at the same width."""
     means = runs.groupby(["config", "lr"], sort=False)["final_val_loss"].agg(["mean", "min", "max"])
     rows = []
     for config in runs["config"].unique():
@@ -195,9 +234,12 @@ def ablation_summary(runs: pd.DataFrame) -> pd.DataFrame:
                 "step ms": runs[(runs["config"] == config) & (runs["lr"] == lr)]["step_ms"].mean(),
             }
         )
-    table = pd.DataFrame(rows)
-    table["− off"] = table["final loss"] - float(table.loc[table["config"] == "off", "final loss"].iloc[0])
-    return table
+    table = pd.DataFrame(rows).set_index("config")
+    baseline = ["d64 off" if ABLATION[c][0] == 64 else "off" for c in table.index]
+    table["− off (same width)"] = (
+        table["final loss"].to_numpy() - table.loc[baseline, "final loss"].to_numpy()
+    )
+    return table.reset_index()
 
 
 def fmt(table: pd.DataFrame) -> str:
@@ -212,13 +254,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lrs", default=",".join(map(str, LRS)), help="comma-separated learning rates")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--configs", default=",".join(ABLATION), help="comma-separated ablation labels")
+    parser.add_argument("--csv", type=Path, default=None, help="runs CSV: runs already there are kept")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for model in (_padded(GPT2_SMALL), LLAMA_7B):
         layers, totals = cost_table(model)
         print(f"\n## {model.name}: per layer\n\n{fmt(layers)}\n\n## {model.name}: totals\n\n{fmt(totals)}")
     if args.ablation:
-        runs = run_ablation(steps=args.steps, lrs=tuple(float(x) for x in args.lrs.split(",")))
+        done = pd.read_csv(args.csv) if args.csv is not None and args.csv.exists() else None
+        lrs = tuple(float(x) for x in args.lrs.split(","))
+        runs = run_ablation(steps=args.steps, lrs=lrs, configs=tuple(args.configs.split(",")), done=done)
+        if args.csv is not None:
+            runs.to_csv(args.csv, index=False)
         print(f"\n## char-LM runs\n\n{fmt(runs)}\n\n## char-LM summary\n\n{fmt(ablation_summary(runs))}")
         wall, cpu = runs["wall_s"].sum(), runs["cpu_s"].sum()
         print(f"\ntotal wall {wall:.0f} s, CPU {cpu:.0f} s, threads {torch.get_num_threads()}")

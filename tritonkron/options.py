@@ -129,7 +129,9 @@ class KronSettings:
             Cholesky), or "auto" (cholesky on CUDA, where per-matrix QR dominated the step, else householder).
         max_precond_dim: a matrix dim above it is not blocked and gets a diagonal factor
             (:mod:`tritonkron.step.diagonal`, docs/maths.md §9.4); None: off. Always None for
-            sketched groups, which keep O(dℓ) state already.
+            sketched groups, which keep O(dℓ) state already. Default 16384: vocabulary-sized dims
+            (GPT-2's 50304, Llama's 32000) go diagonal, hidden and MLP dims (Llama-7B's 11008) stay
+            dense (``perf/results/max_precond_dim_2026-12-08.md``).
     """
 
     divergence: Divergence
@@ -216,7 +218,7 @@ DEFAULTS: dict[str, Any] = {
     "bias_correction": False,
     "precision": "ieee",
     "orthonormalize": "auto",
-    "max_precond_dim": None,
+    "max_precond_dim": 16384,
 }
 NONFINITE_POLICIES = ("skip", "raise")
 BOUNDS = (None, "adam")
@@ -321,9 +323,9 @@ def _validate_sketch(group: dict[str, Any]) -> None:
 
 
 def group_max_precond_dim(group: dict[str, Any]) -> int | None:
-    """The group's ``max_precond_dim``, validated: None (off) or an int ≥ 1 (None when a group
-    predates the option)."""
-    value = group.get("max_precond_dim", DEFAULTS["max_precond_dim"])
+    """The group's ``max_precond_dim``, validated: None (off) or an int ≥ 1; None for a group saved
+    before the option existed, whose state has the blocked layout."""
+    value = group.get("max_precond_dim")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(
             f"max_precond_dim must be None (every dim dense, split at block_size) or an int >= 1 "

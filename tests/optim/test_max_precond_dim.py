@@ -309,3 +309,21 @@ def test_rank_auto_applies_its_ranks_to_the_dense_side(tmp_path: Path) -> None:
         assert "diag_a" in opt.state[W]["blocks"][0]
         results.append(W.detach())
     assert torch.equal(*results)
+
+
+def test_default_and_checkpoints_that_predate_the_option() -> None:
+    """The default 16384 makes a 20000-dim side diagonal; a state dict saved before the option
+    existed (its groups without the key) keeps the blocked layout it was written with."""
+    assert tk.Kron([torch.nn.Parameter(torch.zeros(2, 2))]).defaults["max_precond_dim"] == 16384
+    W = torch.nn.Parameter(torch.randn(20000, 4, generator=torch.Generator().manual_seed(0)))
+    _run(tk.Kron([W], lr=1e-3, block_size=64), [W], 1, seed=0)
+    old = tk.Kron([W], lr=1e-3, block_size=64, max_precond_dim=None)
+    _run(old, [W], 2, seed=1)
+    saved = old.state_dict()
+    for group in saved["param_groups"]:
+        del group["max_precond_dim"]
+    resumed = tk.Kron([W], lr=1e-3, block_size=64)
+    resumed.load_state_dict(saved)
+    _run(resumed, [W], 1, seed=2)
+    blocks = resumed.state[W]["blocks"]
+    assert "diag_a" not in blocks[0] and sum(b["basis_a"].shape[0] for b in blocks) == 313

@@ -200,7 +200,7 @@ def check_state(
         raise ValueError(
             f"optimizer state of a parameter of shape {tuple(p.shape)} does not match its block layout "
             f"({len(layout.groups)} block group(s) of a {layout.matrix[0]} × {layout.matrix[1]} matrix); "
-            "was the state loaded from another model or block_size?"
+            "was the state loaded from another model, block_size or max_precond_dim?"
         )
     if not sketch and any(diagonal_sides(b) != layout.diagonal for b in state[BLOCKS]):
         raise ValueError(
