@@ -75,6 +75,7 @@ CONFIGS = [
     {"divergence": "frobenius"},
     {"divergence": "logdet", "rank": 2, "tail": "kth"},
     {"divergence": "frobenius", "rank": 2, "sketch": True},
+    {"divergence": "logdet", "max_precond_dim": 4},  # 5 × 6: both sides diagonal; 3 × 5: one side
 ]
 
 
