@@ -132,8 +132,7 @@ def _step_ladder(lr: float, direction: int) -> float | None:
 def lm_workload(
     steps: int, tiny: bool = False, corpus: str = "auto"
 ) -> tuple[Workload, Callable[[int], list]]:
-    """The char-LM workload on ``corpus`` (:func:`perf.text.load_corpus`) and ``seed -> batches`` of
-    ``steps`` steps (see the module docstring)."""
+    """The char-LM workload on ``corpus`` (``perf.text.load_corpus``) and ``seed -> batches``."""
     workload = build_workload("char_lm", quick=True, tiny=tiny, corpus=corpus)
     workload = dataclasses.replace(workload, eval_every=max(1, steps // 10), steps=steps)
 
@@ -355,12 +354,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     parser.add_argument("--resume", action="store_true", help="keep the CSV's rows and skip their runs")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (at most the cores)")
-    parser.add_argument(
-        "--corpus",
-        default="auto",
-        choices=("auto", "python_stdlib"),
-        help="the text: auto (Shakespeare, the tuned workload) or python_stdlib (held out)",
-    )
+    corpora = ("auto", "python_stdlib")
+    parser.add_argument("--corpus", default="auto", choices=corpora, help="python_stdlib: held-out text")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
