@@ -51,9 +51,14 @@ from tritonkron.ops.rotated_statistics.triton import rotated_statistics_triton
 from tritonkron.ops.rotation import rotate, rotate_back
 from tritonkron.ops.rotation.reference import rotate_back_ref, rotate_ref
 from tritonkron.ops.rotation.triton import rotate_triton
-from tritonkron.ops.sketch import sketch_precondition, sketch_update
-from tritonkron.ops.sketch.reference import reconstruct, sketch_precondition_ref, sketch_update_ref
-from tritonkron.ops.sketch.triton import sketch_precondition_triton, sketch_update_triton
+from tritonkron.ops.sketch import sketch_precondition, sketch_track, sketch_update
+from tritonkron.ops.sketch.reference import (
+    reconstruct,
+    sketch_precondition_ref,
+    sketch_track_ref,
+    sketch_update_ref,
+)
+from tritonkron.ops.sketch.triton import sketch_precondition_triton, sketch_track_triton, sketch_update_triton
 
 F64 = torch.float64
 POLICIES = ("ieee", "tf32", "bf16")
@@ -111,6 +116,15 @@ def _sketch_dense(out: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     return reconstruct(*(t.to(F64) for t in out))
 
 
+def _track_args(x: dict[str, Tensor]) -> tuple:
+    H = torch.diag_embed(x["lam"]) + 0.1 * x["U"][:, :ELL].mT @ x["U"][:, :ELL]  # not diagonal
+    return (x["U"], H, x["c"], x["G"], x["V"], x["w_B"][:, :ELL], x["c"], x["s"], 0.9, "left")
+
+
+def _track_dense(x: dict[str, Tensor], out: tuple[Tensor, Tensor]) -> Tensor:
+    return reconstruct(x["U"].to(F64), *(t.to(F64) for t in out))
+
+
 # (op, chained products, reference(x, p), triton(x, p), dispatcher(x, p, backend)); each returns a
 # tuple of tensors compared one by one.
 Op = tuple[str, int, Callable, Callable, Callable]
@@ -165,6 +179,10 @@ OPS: list[Op] = [
      lambda x, p: (_sketch_dense(sketch_update_ref(*_sketch_args(x), p)),),
      lambda x, p: (_sketch_dense(sketch_update_triton(*_sketch_args(x), precision=p)),),
      lambda x, p, b: (_sketch_dense(sketch_update(*_sketch_args(x), backend=b, precision=p)),)),
+    ("sketch_track", 3,
+     lambda x, p: (_track_dense(x, sketch_track_ref(*_track_args(x), p)),),
+     lambda x, p: (_track_dense(x, sketch_track_triton(*_track_args(x), precision=p)),),
+     lambda x, p, b: (_track_dense(x, sketch_track(*_track_args(x), backend=b, precision=p)),)),
 ]  # fmt: skip
 IDS = [op[0] for op in OPS]
 
