@@ -250,3 +250,31 @@ def test_a_checkpoint_without_compressions_loads_and_continues_as_its_diagonal_s
         results.append(torch.cat([p.detach().flatten() for p in clone.parameters()]))
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[0], torch.cat([p.detach().flatten() for p in model.parameters()]))
+
+
+def test_a_non_finite_tracking_step_is_dropped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between refreshes a block whose tracked sketch is not finite keeps its state and counts a
+    failure; a good tracking step does not reset the count, the next accepted refresh does."""
+    import tritonkron.step.sketched as sketched
+
+    grads = _grads(5, 3, 12, 10, seed=5)
+    st = _settings("frobenius", rank=2, ell=4)
+    state = _initialised(grads[0], st)
+    real = sketched.sketch_track
+
+    def failing(*args: object, **kwargs: object) -> tuple[Tensor, Tensor]:
+        H, tau = real(*args, **kwargs)
+        return H, torch.where(torch.arange(H.shape[0]) == 1, torch.nan, tau)
+
+    monkeypatch.setattr(sketched, "sketch_track", failing)
+    before = {k: v.clone() for k, v in state.items()}
+    sketch_group_step(state, grads[1], grads[1], st, refresh=())
+    for key in ("compression_a", "eig_a", "tail_a", "compression_b", "tail_b", "trace"):
+        assert torch.equal(state[key][1], before[key][1]), key
+        assert not torch.equal(state[key][0], before[key][0]), key
+    assert state["refresh_failures"].tolist() == [0, 1, 0]
+    monkeypatch.setattr(sketched, "sketch_track", real)
+    sketch_group_step(state, grads[2], grads[2], st, refresh=())
+    assert state["refresh_failures"].tolist() == [0, 1, 0]
+    sketch_group_step(state, grads[3], grads[3], st, refresh=(1,))
+    assert state["refresh_failures"].tolist() == [0, 0, 0]
