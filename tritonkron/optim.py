@@ -79,7 +79,8 @@ class Kron(Optimizer):
             the block size and per-factor ranks of each shape from the tuning file (``python -m autotune``).
         tail: "mean" | "kth" | "sketchy" | "fixed", the isotropic tail constant rule (rank=k only).
         alpha: multiplier α of the tail constant (the constant itself for "fixed").
-        precondition_every: basis refresh period T; block g of the optimizer (in parameter order)
+        precondition_every: refresh period T of the eigenbases (dense factors) or of the sketches'
+            Rayleigh–Ritz step (``sketch=True``); block g of the optimizer (in parameter order)
             refreshes when (c + g) ≡ 0 (mod T), c = the steps its parameter was given a gradient.
         block_size: largest dense block dimension; larger dims (up to ``max_precond_dim``) are split
             into nearly equal blocks.
@@ -87,11 +88,14 @@ class Kron(Optimizer):
         flat_tail_in_stats: use the spike-and-flat eigenvalues inside the LogDet/Frobenius coupling.
         eig_floor: eigenvalues are floored at eig_floor · (largest eigenvalue of the factor).
         init_floor: initial eigenvalues are floored at init_floor · (their mean).
-        sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch X̃ = U diag(λ) Uᵀ + τ(I − UUᵀ)
-            instead of a dense d × d matrix and eigenbasis (requires ``rank=k``): O((m + n)·ℓ) state per
-            block instead of 2(m² + n²), so large dims (embeddings, LM heads) need no blocking: raise
-            ``block_size`` to the largest dim to sketch them whole. See :mod:`tritonkron.step.sketched`;
-            ``precondition_every`` is ignored (the sketch is re-diagonalised at every step).
+        sketch: keep each factor as a rank-ℓ low-rank-plus-isotropic sketch X̃ = U H Uᵀ + τ(I − UUᵀ)
+            instead of a dense d × d matrix and eigenbasis (requires ``rank=k``): O((m + n)·ℓ + ℓ²)
+            state per block instead of 2(m² + n²), so large dims (embeddings, LM heads) need no
+            blocking: raise ``block_size`` to the largest dim to sketch them whole. Between refreshes
+            the basis U is kept and H tracked in it (no factorisation); every ``precondition_every``
+            steps a block takes the Rayleigh–Ritz step (QR of [U, K U], eigh of the ≤ 2ℓ × 2ℓ
+            compression). See :mod:`tritonkron.step.sketched`; ``precondition_every=1``
+            re-diagonalises every update.
         sketch_rank: ℓ ≥ rank, the sketch rank (default 2·rank); only used with ``sketch=True``.
         nonfinite: "skip" (a NaN/Inf gradient leaves that parameter, its statistics and its step count
             untouched and is counted in ``state["skipped_steps"]``; a mask, no host read) or "raise"
