@@ -18,12 +18,21 @@ refreshes, so the **mean** is the amortised cost per step and the median the ref
 Model, gradients and state live on ``--device`` (default ``auto``: CUDA when available); on CUDA
 every timed step is bracketed by ``torch.cuda.synchronize()`` (:func:`perf.device.clock`).
 
+Two columns count the refresh work: ``blocks`` (Kronecker blocks of the optimizer) and
+``refreshed_per_step``, the blocks whose basis refresh (power step + QR or CholeskyQR3) is computed
+per step on average (:func:`refreshed_per_step`): N/T eagerly, where only the due blocks are
+gathered; compiled, ⌈B/T⌉ per group of B ≥ T blocks every step plus B/T for a group of B < T blocks
+(:func:`tritonkron.step.traceable.refresh_slots`). The ``Kron logdet block_size=32`` row splits
+every matrix into groups of 4 to 64 blocks, where that count matters; with the default
+``block_size`` every CharGPT matrix is one block.
+
 The table is printed (pandas + tabulate) and written as CSV to ``--out`` with machine, versions,
 device, commit and date.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from collections.abc import Callable
@@ -37,6 +46,7 @@ from perf.bench_table import timing_main
 from perf.device import clock
 from perf.models import CharGPT, count_parameters
 from perf.peers import available, heavyball_eager
+from tritonkron.state import BLOCKS, READY
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,6 +56,7 @@ OPTIMIZERS: dict[str, Factory] = {
     "AdamW": lambda ps: torch.optim.AdamW(ps, lr=1e-3),
     "Kron logdet (full)": lambda ps: tk.Kron(ps, lr=1e-3, precondition_every=10),
     "Kron logdet rank=8": lambda ps: tk.Kron(ps, lr=1e-3, precondition_every=10, rank=8),
+    "Kron logdet block_size=32": lambda ps: tk.Kron(ps, lr=1e-3, precondition_every=10, block_size=32),
 }
 
 
@@ -55,6 +66,29 @@ def _soap(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
 
 
 PEERS: dict[str, Factory] = {"heavyball SOAP": _soap}  # eager only (heavyball's own compile is off)
+
+
+def refreshed_per_step(counts: list[int], period: int, compiled: bool, slots: bool = True) -> float:
+    """Mean blocks whose refresh is computed per step, for block groups of ``counts`` blocks.
+
+    Eagerly Σ B/T (each block once per T steps, only the due ones computed). Compiled with
+    ``slots`` (this code): Σ ⌈B/T⌉ over groups with B ≥ T plus Σ B/T over groups with B < T (one
+    slot, computed on the B of T steps where it is due). Compiled without ``slots`` (the refresh
+    before the slots: every block of a group whenever one is due): Σ B over groups with B ≥ T plus
+    Σ B·B/T over the others.
+    """
+    if not compiled:
+        return sum(counts) / period
+    small = sum(b * (1 if slots else b) / period for b in counts if b < period)
+    return small + sum(math.ceil(b / period) if slots else b for b in counts if b >= period)
+
+
+def _block_counts(opt: torch.optim.Optimizer) -> tuple[list[int], int] | None:
+    """The block count of every Kronecker block group of ``opt`` and its period (None: not Kron)."""
+    if not isinstance(opt, tk.Kron):
+        return None
+    counts = [int(b[READY].numel()) for state in opt.state.values() for b in state.get(BLOCKS, [])]
+    return counts, opt.param_groups[0]["precondition_every"]
 
 
 def _time_steps(
@@ -92,10 +126,13 @@ def measure(
         _time_steps(step, warmup, prepare, device)
         warmup_s = clock(device) - start
         times = [1000 * t for t in _time_steps(step, steps, prepare, device)]
+    blocks = _block_counts(opt)
     return {
         "optimizer": name,
         "mode": "compiled (inductor)" if compiled else "eager",
         "parameters": count_parameters(model),
+        "blocks": None if blocks is None else sum(blocks[0]),
+        "refreshed_per_step": None if blocks is None else refreshed_per_step(*blocks, compiled),
         "warmup_s": warmup_s,
         "median_ms": statistics.median(times),
         "mean_ms": statistics.fmean(times),

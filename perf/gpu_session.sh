@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session of tritonkron, about 6 minutes: the environment, `python -m perf.gpu_check
 # --quick` (device peak, kernel correctness, op timing, the Kron step and the end-to-end training
-# step of a GPT-2-small-shaped model) and the CUDA run of the kernel and Triton-path tests.
+# step of a GPT-2-small-shaped model), whether a compiled Kron step is captured in CUDA graphs
+# (`python -m perf.cudagraph_check`) and the CUDA run of the kernel and Triton-path tests.
 #
 # Run it through the device tool, from the repository root, as the ONE command of the lease:
 #
@@ -23,10 +24,12 @@
 # first on PYTHONPATH) before the stages; a failed install is reported and the run goes on.
 #
 # Stages, each under its own `timeout` so that one hang cannot take the whole lease; the limits
-# come out of SESSION_BUDGET_S (default 350 s, counted from the start of this script):
+# come out of SESSION_BUDGET_S (default 360 s, counted from the start of this script):
 #   nvidia-smi, versions  the device, torch, triton and the optional packages   ≤ 20 + 30 s
 #   wheels, heavyball     pip install of .whl/*.whl, when there are any         ≤ 40 + 20 s
 #   gpu_check  --quick --budget-s 80 --e2e-budget-s 120 (about 4 minutes)      ≤ 270 s
+#   cudagraph  torch.compile(mode="reduce-overhead") of a steady Kron step on a
+#              96 × 64 weight: captured or the skip reasons, eager vs compiled ≤ 40 s
 #   pytest     tests/ops, tests/optim/test_triton_path.py and
 #              tests/optim/test_kernel_guard.py on CUDA, -x                   what is left − 10 s
 #   summary    the end-to-end table, failures and the test tally              ≤ 5 s
@@ -47,8 +50,9 @@ fi
 PY="${PYTHON:-python3}"
 OUT="${OUT:-${TMPDIR:-/tmp}/tritonkron_gpu_session}"
 LOG="$OUT/session.log"
-BUDGET="${SESSION_BUDGET_S:-350}"
+BUDGET="${SESSION_BUDGET_S:-360}"
 GC_TIMEOUT=270
+CG_TIMEOUT=40
 GC_ARGS=(--quick --budget-s 80 --e2e-budget-s 120 --out-dir "$OUT/gc")
 TESTS=(tests/ops tests/optim/test_triton_path.py tests/optim/test_kernel_guard.py)
 export PYTHONUNBUFFERED=1
@@ -135,6 +139,9 @@ fi
 limit=$(($(left) - 60))
 stage gpu_check $((limit < GC_TIMEOUT ? limit : GC_TIMEOUT)) "$PY" -m perf.gpu_check "${GC_ARGS[@]}"
 
+limit=$(($(left) - 50))
+stage cudagraph $((limit < CG_TIMEOUT ? limit : CG_TIMEOUT)) "$PY" -m perf.cudagraph_check --steps 20
+
 PYTEST_ARGS=("${TESTS[@]}" -x -q -p no:cacheprovider)
 if "$PY" -c "import xdist" 2>/dev/null; then
     PYTEST_ARGS+=(-n 8) # parallel compiles; the image has pytest-xdist
@@ -154,7 +161,7 @@ if ((!DRY_RUN)); then
 fi
 say ""
 tally=""
-for k in nvidia-smi versions wheels heavyball gpu_check pytest; do
+for k in nvidia-smi versions wheels heavyball gpu_check cudagraph pytest; do
     [[ -n "${RC[$k]:-}" ]] && tally+="$k=${RC[$k]} "
 done
 say "stages: ${tally}(${SECONDS} s)"

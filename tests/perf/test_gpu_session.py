@@ -53,9 +53,10 @@ def test_dry_run_lists_every_stage_and_runs_nothing(tmp_path: Path) -> None:
     env["OUT"] = str(tmp_path)
     done = _bash(str(SCRIPT), "--dry-run", env=env)
     assert done.returncode == 0, done.stderr
-    for stage in ("nvidia-smi", "versions", "gpu_check", "pytest"):
+    for stage in ("nvidia-smi", "versions", "gpu_check", "cudagraph", "pytest"):
         assert f"=== {stage} (limit " in done.stdout, stage
     assert "-m perf.gpu_check --quick" in done.stdout and "-x -q" in done.stdout
+    assert "(limit 40 s" in done.stdout and "-m perf.cudagraph_check" in done.stdout
     limits = [int(x) for x in re.findall(r"\(limit (\d+) s", done.stdout)]
     assert max(limits) <= 350
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["session.log"]

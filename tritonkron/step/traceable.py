@@ -21,13 +21,14 @@ Three things in it still stop inductor from capturing the graph whole:
   it stays while blocks may still meet their first non-zero gradient (unused embedding rows);
 * the ``torch.cond`` of a group with fewer blocks than the period (``DueSlots.skip_idle``): most
   steps refresh nothing there, and the branch saves the refresh of one block on T − B of T steps;
-* the parameter's clock, a CPU int64 scalar that the step increments: a CPU input, mutated,
-  which CUDA graph trees skip (with inductor's graph partition the CPU ops run outside the
-  captured partitions instead).
+* the parameter's clock, a CPU int64 scalar that the step increments and copies to the device
+  (one scalar per block group) for the slots: a mutated CPU input, which CUDA graph trees skip
+  (with inductor's graph partition the CPU ops run outside the captured partitions instead).
 
 The refresh of a group of B ≥ T blocks is capturable: gathers, batched QR or CholeskyQR3,
 ``torch.where`` and ``index_copy_`` on device tensors of fixed shape, its slots computed on the
-device from the clock.
+device from the clock's copy. ``python -m perf.cudagraph_check`` (a stage of ``perf/gpu_session.sh``)
+reports what inductor says on a GPU.
 """
 
 from __future__ import annotations
