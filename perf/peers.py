@@ -285,11 +285,11 @@ def _tritonkron_entries(ranks: Sequence[int]) -> list[OptimizerEntry]:
         (f"Kron logdet r={small} kth", _kron(rank=small, tail="kth"), "subspace, tail kth"),
         (f"Kron logdet r={small} sketchy", _kron(rank=small, tail="sketchy"), "subspace, tail sketchy"),
         (f"Kron logdet r={small} sketch", _kron(rank=small, sketch=True), "frequent-directions sketch"),
-        ("Kron logdet bound", _kron(bound="adam"), 'full rank, bound="adam"'),
+        ("Kron logdet unbounded", _kron(bound=None), "full rank, bound=None (the default before 2026-12-08)"),
         (
-            f"Kron logdet b={SMALL_BLOCK} bound",
-            _kron(block_size=SMALL_BLOCK, bound="adam"),
-            f'full rank, blocks of at most {SMALL_BLOCK}, bound="adam"',
+            f"Kron logdet b={SMALL_BLOCK} unbounded",
+            _kron(block_size=SMALL_BLOCK, bound=None),
+            f"full rank, blocks of at most {SMALL_BLOCK}, bound=None",
         ),
     ]
     entries += [

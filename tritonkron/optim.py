@@ -110,12 +110,14 @@ class Kron(Optimizer):
             min(1, c / RMS(U)) before the step, RMS(U) = ‖U‖_F/√(numel). A safeguard against the
             rare huge update when a gradient lands in directions whose tracked eigenvalues are tiny
             (the direction uses the pre-update statistics; README, "What is derived and what is reconstructed").
-        bound: None (off) or "adam": the direction is bounded like Adam's. In the rotated frame each
+        bound: "adam" (the default) or None (off): the direction is bounded like Adam's. In the rotated frame each
             entry's scale is 1/(max(√(a_i b_j), √(1 − β₂)|Ĝ_ij|, |M̂_ij|/B) + ε), Ĝ the current
             gradient in the eigenbasis and B = (1 − β₁)/√((1 − β₂)(1 − β₁²/β₂)) the worst case of
             Adam's |m|/√v (1.17 at the default betas), so every entry of the rotated direction and
             its RMS are at most B; the low-rank forms (``rank=k``, ``sketch``) cap per entry, row,
             column and tail block, with the same RMS(U) ≤ B. Needs β₁² < β₂ (docs/maths.md §5.5).
+            The default since it won the char-LM full protocol (README, "Full protocol"); a state
+            dict saved before the option existed resumes unbounded, as it was written.
         bias_correction: divide the update by 1 − β₁ᵗ (t = ``state["step"]``, no host read), as Adam
             does for its momentum (off by default: it helps short runs, but at high lr the
             uncorrected momentum's implicit warm-up was better; perf/results/bounds_2026-12-07.md);
@@ -185,7 +187,7 @@ class Kron(Optimizer):
         nonfinite: str = "skip",
         max_refresh_failures: int = 10,
         max_update_rms: float | None = None,
-        bound: str | None = None,
+        bound: str | None = "adam",
         bias_correction: bool = False,
         precision: str = "ieee",
         orthonormalize: str = "auto",
@@ -238,7 +240,9 @@ class Kron(Optimizer):
         self.__dict__.setdefault("_stacks", BlockStacks())
         self.__dict__.setdefault("_failures", FailureWatch())
         for group in self.param_groups:
-            group.setdefault("max_precond_dim", None)  # saved before the option: the blocked layout
+            # Options whose default changed, for groups saved before they existed: what they ran with.
+            group.setdefault("max_precond_dim", None)  # the blocked layout
+            group.setdefault("bound", None)  # unbounded
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
 

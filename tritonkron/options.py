@@ -214,7 +214,7 @@ DEFAULTS: dict[str, Any] = {
     "nonfinite": "skip",
     "max_refresh_failures": 10,
     "max_update_rms": None,
-    "bound": None,
+    "bound": "adam",
     "bias_correction": False,
     "precision": "ieee",
     "orthonormalize": "auto",
@@ -294,12 +294,15 @@ def validate_group(group: dict[str, Any]) -> None:
 
 def _validate_bounds(group: dict[str, Any]) -> None:
     """The ``bound`` (None or "adam", which needs β₁² < β₂) and ``bias_correction`` (bool) options."""
-    bound = group.get("bound", DEFAULTS["bound"])
+    bound = group.get("bound")  # a group saved before the option ran unbounded
     if not any(bound is b or bound == b for b in BOUNDS):
         raise ValueError(f"bound must be one of {', '.join(map(repr, BOUNDS))}; got {bound!r}")
     beta1, beta2 = group["betas"]
     if bound is not None and float(beta1) ** 2 >= float(beta2):
-        raise ValueError(f"bound='adam' needs betas[0]² < betas[1]; got betas={tuple(group['betas'])!r}")
+        raise ValueError(
+            f"bound='adam' (the default) needs betas[0]² < betas[1]; got betas={tuple(group['betas'])!r}; "
+            "pass bound=None for an unbounded direction"
+        )
     if not isinstance(group.get("bias_correction", DEFAULTS["bias_correction"]), bool):
         raise ValueError(f"bias_correction must be True or False; got {group['bias_correction']!r}")
 
@@ -349,7 +352,7 @@ def kron_settings(group: dict[str, Any]) -> KronSettings:
         beta2=float(group["betas"][1]),
         beta1=float(group["betas"][0]),
         eps=float(group["eps"]),
-        bound=group.get("bound", DEFAULTS["bound"]),
+        bound=group.get("bound"),  # absent in groups saved before the option: unbounded, as written
         bias_correction=group.get("bias_correction", DEFAULTS["bias_correction"]),
         eig_floor=float(group["eig_floor"]),
         init_floor=float(group["init_floor"]),

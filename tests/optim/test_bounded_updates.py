@@ -28,8 +28,8 @@ def _adamw(params, lr):
 @pytest.mark.parametrize("case", [subspace_switch(after=3), rare_row(after=3)], ids=lambda c: c.name)
 def test_bound_keeps_the_worst_update_near_adamw(case) -> None:
     reference = worst_update(case, _adamw)
-    free = worst_update(case, _kron())
-    bounded = worst_update(case, _kron(bound="adam"))
+    free = worst_update(case, _kron(bound=None))
+    bounded = worst_update(case, _kron())  # the default bound="adam"
     assert free > 10 * reference  # the blow-up the bound is for (fails if the case stops showing it)
     assert bounded <= 3 * reference
 
@@ -37,8 +37,8 @@ def test_bound_keeps_the_worst_update_near_adamw(case) -> None:
 @pytest.mark.parametrize("form", [{"rank": 8}, {"rank": 8, "sketch": True}], ids=["low-rank", "sketch"])
 def test_low_rank_and_sketched_forms_are_bounded(form: dict) -> None:
     case = subspace_switch(after=3)
-    assert worst_update(case, _kron(**form)) > 5.0
-    assert worst_update(case, _kron(bound="adam", **form)) <= adam_bound(0.9, 0.95) * (1 + 1e-4)
+    assert worst_update(case, _kron(bound=None, **form)) > 5.0
+    assert worst_update(case, _kron(**form)) <= adam_bound(0.9, 0.95) * (1 + 1e-4)
 
 
 def test_low_rank_bound_is_the_plain_direction_when_nothing_is_capped() -> None:
@@ -79,7 +79,7 @@ def test_eigenbasis_form_of_direction_is_bounded() -> None:
     settings = kron_settings({**DEFAULTS, "bound": "adam", "divergence": "frobenius"})
     U = direction(state, M, settings)
     assert float(U.square().mean().sqrt()) <= adam_bound(0.9, 0.95) + 1e-12
-    free = direction(state, M, kron_settings({**DEFAULTS, "divergence": "frobenius"}))
+    free = direction(state, M, kron_settings({**DEFAULTS, "bound": None, "divergence": "frobenius"}))
     assert float(free.square().mean().sqrt()) > 100
 
 
@@ -125,3 +125,49 @@ def test_bias_correction_keeps_the_bound() -> None:
 def test_bad_values_name_the_option(options: dict, name: str) -> None:
     with pytest.raises(ValueError, match=re.escape(name)):
         tk.Kron([torch.zeros(3, 3, requires_grad=True)], **options)
+
+
+def _spike_steps(
+    opt: torch.optim.Optimizer, W: torch.Tensor, seed: int, steps: int, spike: bool = True
+) -> list[torch.Tensor]:
+    """Gradients in two directions, the last one (``spike``) plus a unit gradient in new
+    directions; the W after each step."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(8, 2, generator=g, dtype=torch.float64)
+    out = []
+    for step in range(steps):
+        grad = basis @ torch.randn(2, 6, generator=g, dtype=torch.float64) * 1e-3
+        if spike and step == steps - 1:
+            grad = grad + torch.randn(8, 6, generator=g, dtype=torch.float64)
+        W.grad = grad
+        opt.step()
+        out.append(W.detach().clone())
+    return out
+
+
+def test_the_default_is_bounded_and_an_older_state_dict_resumes_unbounded() -> None:
+    """``bound="adam"`` is the default; a state dict whose groups predate the option (no ``bound``
+    key) continues exactly as the unbounded optimizer that wrote it."""
+    W0 = torch.randn(8, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    W_free, W_default = W0.clone().requires_grad_(), W0.clone().requires_grad_()
+    free = tk.Kron([W_free], lr=1.0, precondition_every=3, bound=None)
+    default = tk.Kron([W_default], lr=1.0, precondition_every=3)
+    assert default.defaults["bound"] == "adam"
+    _spike_steps(free, W_free, seed=1, steps=5, spike=False)
+    _spike_steps(default, W_default, seed=1, steps=5, spike=False)
+    saved = free.state_dict()
+    for group in saved["param_groups"]:
+        del group["bound"]
+    W_resumed = W_free.detach().clone().requires_grad_()
+    resumed = tk.Kron([W_resumed], lr=1.0, precondition_every=3)
+    resumed.load_state_dict(saved)
+    before = W_default.detach().clone()
+    expected = _spike_steps(free, W_free, seed=2, steps=4)
+    assert all(
+        torch.equal(a, b) for a, b in zip(_spike_steps(resumed, W_resumed, 2, 4), expected, strict=True)
+    )
+    bounded = _spike_steps(default, W_default, seed=2, steps=4)
+    rms = lambda d: float(d.square().mean().sqrt())  # noqa: E731
+    assert rms(expected[-1] - expected[-2]) > 10 * rms(bounded[-1] - bounded[-2])
+    assert rms(bounded[-1] - bounded[-2]) <= adam_bound(0.9, 0.95) * (1 + 1e-9)
+    assert not torch.equal(before, W_default)

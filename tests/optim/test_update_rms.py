@@ -33,7 +33,7 @@ def _run(max_update_rms: float | None, spike: float) -> tuple[list[torch.Tensor]
     """Quiet gradients in a few directions, then one large gradient in new directions."""
     torch.manual_seed(0)
     W = torch.zeros(8, 6, dtype=torch.float64, requires_grad=True)
-    opt = tk.Kron([W], lr=1.0, precondition_every=3, max_update_rms=max_update_rms)
+    opt = tk.Kron([W], lr=1.0, precondition_every=3, max_update_rms=max_update_rms, bound=None)
     g = torch.Generator().manual_seed(1)
     basis = torch.randn(8, 2, generator=g, dtype=torch.float64)
     history, rms = [], []
