@@ -48,10 +48,10 @@ __all__ = [
 RESULTS = Path(__file__).resolve().parent / "results"
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 KRON_CONFIGS: dict[str, dict[str, object]] = {
-    "Kron default": {},
-    'Kron bound="adam"': {"bound": "adam"},
+    "Kron default": {},  # bound="adam" since 2026-12-08 (results before that: "Kron default" = bound=None)
+    "Kron bound=None": {"bound": None},
     'Kron bound="adam" + bias_correction': {"bound": "adam", "bias_correction": True},
-    "Kron max_update_rms=1": {"max_update_rms": 1.0},
+    "Kron max_update_rms=1": {"max_update_rms": 1.0, "bound": None},
     "Kron rank=16 + sketch": {"rank": 16, "sketch": True},
 }
 PEERS = ("AdamW", "Muon (fp32 NS)", "heavyball SOAP", "heavyball KLShampoo")
