@@ -114,8 +114,15 @@ def calibrate(
     if others:
         groups.append({"params": others})
     beta2 = calibration_beta2(steps)
+    # β₂ follows the calibration's short horizon, often ≤ β₁², where Adam's bound does not exist;
+    # the spectra are those of the unbounded direction's trajectory.
     opt = tk.Kron(
-        groups, lr=lr, betas=(0.9, beta2), divergence=divergence, precondition_every=precondition_every
+        groups,
+        lr=lr,
+        betas=(0.9, beta2),
+        divergence=divergence,
+        precondition_every=precondition_every,
+        bound=None,
     )
     losses: list[float] = []
     model.train()
