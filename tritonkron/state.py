@@ -2,9 +2,10 @@
 
 A Kronecker parameter's state holds ``step`` (steps taken, a float32 device scalar), ``skipped_steps``,
 ``clock`` (steps it was given a gradient, skipped ones included: a CPU int64 scalar that schedules
-the basis refreshes on the host, :mod:`tritonkron.step.schedule`), ``blocks`` (the list of its block
-groups' states) and, when any of its groups steps in the low-rank direction form, ``momentum`` (M,
-the parameter's shape).
+the basis refreshes on the host, :mod:`tritonkron.step.schedule`) and ``blocks`` (the list of its block
+groups' states; each group keeps its own momentum, :mod:`tritonkron.step.momentum`). State written by
+earlier versions may hold ``momentum`` (M, the parameter's matrix shape) beside them, converted into
+the groups on the next step.
 One *block group* is a stack of equal-shape blocks ``[B, m, n]``; its state is a dict of tensors
 (checkpoint-friendly: ``torch.load(weights_only=True)`` reads it back):
 
@@ -19,6 +20,8 @@ One *block group* is a stack of equal-shape blocks ``[B, m, n]``; its state is a
     ready    [B] bool                        block initialised from a non-zero gradient
     refresh_failures [B]                     consecutive failed basis computations
     momentum_hat [B, m, n]                   rotated momentum Q_Aᵀ M Q_B (eigenbasis-form groups)
+    momentum [B, m, n]                       momentum M ← β₁ M + (1 − β₁) G, unrotated (groups in the
+                                             low-rank direction form of rank=k, and sketched groups)
 
 A block group with a diagonal side (a matrix dim above ``max_precond_dim``,
 :mod:`tritonkron.step.diagonal`) holds no ``factor``/``basis``/``eig`` keys for that side, and

@@ -18,8 +18,9 @@ DIVERGENCES = ["logdet", "von_neumann", "frobenius"]
 
 
 def _momentum(state: dict) -> torch.Tensor:
-    """The parameter's momentum M, or the first block group's rotated momentum M̂ (full-rank groups)."""
-    return state[MOMENTUM] if MOMENTUM in state else state["blocks"][0][MOMENTUM_HAT]
+    """The first block group's momentum M (low-rank form), or its rotated momentum M̂ (eigenbasis form)."""
+    block = state["blocks"][0]
+    return block[MOMENTUM] if MOMENTUM in block else block[MOMENTUM_HAT]
 
 
 def _mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

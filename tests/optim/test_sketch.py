@@ -313,9 +313,10 @@ def test_embedding_sized_parameter_steps_with_o_m_plus_n_state() -> None:
     (block,) = state[BLOCKS]
     assert bool(block["ready"].all())
     ell = 2 * rank
-    sketch_bytes = sum(t.numel() * t.element_size() for t in block.values())
+    assert MOMENTUM not in state  # the momentum M is block state, [B, m, n]
+    sketch_bytes = sum(t.numel() * t.element_size() for key, t in block.items() if key != MOMENTUM)
     assert sketch_bytes <= 4 * ((m + n) * (ell + 1) + 16), sketch_bytes
-    total = sketch_bytes + state[MOMENTUM].numel() * state[MOMENTUM].element_size()
+    total = sketch_bytes + block[MOMENTUM].numel() * block[MOMENTUM].element_size()
     assert total <= 2 * 4 * weight.numel(), f"{total / weight.numel() / 4:.3f} floats per parameter"
     assert bool(torch.isfinite(weight).all()) and float(weight.detach().abs().max()) > 0
 

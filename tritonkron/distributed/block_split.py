@@ -5,9 +5,9 @@ Whole-parameter ownership balances badly when one parameter costs more than a ra
 of, and computes the directions for, a contiguous chunk of each of its block groups, the chunks
 following ``torch.chunk``/DTensor ``Shard(0)`` (chunk size ⌈B/W⌉, the last ones shorter or empty).
 One ``all_gather_into_tensor`` per step then gives every rank all directions (each chunk padded to
-⌈B/W⌉ blocks, in ``comm_dtype``). A block's state is self-contained (factors, bases, eigenvalues and,
-in eigenbasis form, its rotated momentum), so nothing else moves; a parameter-space momentum (low-rank
-and sketched forms) and the step count are kept whole on every rank, from the replicated gradient.
+⌈B/W⌉ blocks, in ``comm_dtype``). A block's state is self-contained (factors, bases, eigenvalues and
+its momentum: rotated in eigenbasis form, M itself in the low-rank and sketched forms), so nothing
+else moves; the step count is kept on every rank, from the replicated gradient.
 
 Checkpoints: ``state_dict()`` presents each chunked block tensor as a DTensor sharded on dim 0 over
 all ranks (so ``torch.distributed.checkpoint`` writes each block once and re-shards on load), and

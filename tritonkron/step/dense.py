@@ -6,7 +6,8 @@ One *block group* is a stack of equal-shape blocks ``[B, m, n]`` of one paramete
 Groups whose direction is cheaper in eigenbasis form (full rank, or k near the dimension) keep
 their momentum rotated and step with :func:`tritonkron.step.rotated.rotated_group_step`, which computes
 every product once; :func:`block_group_step` below is the step of the low-rank direction form
-(:func:`low_rank_is_cheaper`), which reads the parameter's momentum M.
+(:func:`low_rank_is_cheaper`), which reads the group's momentum M ``[B, m, n]`` (block state,
+advanced before the step by :func:`tritonkron.step.momentum.advance_momentum`).
 
 The step for each block, in order (docs/maths.md §4.3): (1) the direction U = P_A M P_B from the
 pre-update statistics, (2) the statistics update with the current gradient, so a gradient never

@@ -188,12 +188,14 @@ def check_state(
     p: Tensor, state: dict[str, Any], layout: BlockLayout, sketch: bool, counts: list[int]
 ) -> None:
     """Raise ``ValueError`` when loaded state does not fit ``p``'s block layout (with its diagonal
-    sides, ``max_precond_dim``) or sketch mode
+    sides, ``max_precond_dim``; a group's momentum M must be ``[B, m, n]``, an older state's
+    parameter-level M ``[rows, cols]``) or sketch mode
     (``counts``: the blocks this rank keeps per group, fewer than the layout's for a split parameter)."""
     momentum = state.get(MOMENTUM)
     wrong_matrix = momentum is not None and tuple(momentum.shape) != layout.matrix
     wrong_blocks = len(state[BLOCKS]) != len(layout.groups) or any(
         _block_dims(b) != ((count, g.shape[0]), (count, g.shape[1]))
+        or (MOMENTUM in b and tuple(b[MOMENTUM].shape) != (count, *g.shape))
         for b, g, count in zip(state[BLOCKS], layout.groups, counts, strict=False)
     )
     if wrong_matrix or wrong_blocks:

@@ -12,9 +12,9 @@ the direction, organised so that each product is computed once (:mod:`tritonkron
    M̂' = Q_A'ᵀ (Q_A M̂ Q_Bᵀ) Q_B'.
 
 Per step this is 3mn(m + n) + mn·min(m, n) multiply-adds instead of 5mn(m + n). The block state is
-that of :func:`tritonkron.step.dense.new_group_state` plus ``momentum_hat [B, m, n]``; the
-parameter then keeps no momentum of its own. Used when the direction is not cheaper in low-rank
-form (:func:`uses_rotated_momentum`); the low-rank and sketched forms need M itself.
+that of :func:`tritonkron.step.dense.new_group_state` plus ``momentum_hat [B, m, n]``. Used when the
+direction is not cheaper in low-rank form (:func:`uses_rotated_momentum`); the low-rank and
+sketched forms need M itself, which they keep as ``momentum [B, m, n]`` in their block state.
 """
 
 from __future__ import annotations

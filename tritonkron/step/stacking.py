@@ -6,7 +6,8 @@ layer with ``block_size=128``). Stepping them one parameter at a time launches e
 parameter; stepping them together launches it once per shape. :class:`BlockStacks` does the latter
 for every form: eigenbasis (:func:`tritonkron.step.rotated.rotated_group_step`), the low-rank form
 of ``rank=k`` (:func:`tritonkron.step.dense.block_group_step`) and sketched
-(:func:`tritonkron.step.sketched.sketch_group_step`), whose momentum blocks are concatenated too:
+(:func:`tritonkron.step.sketched.sketch_group_step`), whose momentum M ``[B, m, n]`` is block
+state like M̂ and is stacked with it:
 
 * the jobs of one step are bucketed by (settings, form, block shape, dtype, device, state keys), so
   a bucket's groups follow the same mathematics (a group with a diagonal side,
@@ -52,6 +53,7 @@ from torch import Tensor
 from tritonkron.options import KronSettings
 from tritonkron.state import FAILURES, READY
 from tritonkron.step.diagonal import diagonal_group_step, diagonal_sides
+from tritonkron.step.momentum import advance_momentum
 from tritonkron.step.rotated import rotated_group_step
 from tritonkron.step.schedule import block_ordinals
 from tritonkron.step.traceable import Refresh
@@ -65,18 +67,17 @@ class GroupJob(NamedTuple):
     Attributes:
         state: the group's state dict (updated by the step).
         G: gradient blocks ``[B, m, n]`` in the statistics dtype.
-        M: momentum blocks ``[B, m, n]``, or None for a group with rotated momentum.
         rotated: the group keeps its momentum rotated (eigenbasis form, stackable).
         settings: the parameter's parsed settings.
         refresh: the blocks refreshed this step (host positions eagerly, a ``[B]`` bool mask under
             compile; :func:`tritonkron.step.traceable.refresh_blocks`).
         ok: one-element bool tensor, False when the parameter's gradient is not finite.
-        step_fn: the step of a group that is not rotated (dense low-rank or sketched form).
+        step_fn: the step of a group that is not rotated (dense low-rank or sketched form), which
+            reads the group's momentum M (``momentum`` in its state).
     """
 
     state: dict[str, Tensor]
     G: Tensor
-    M: Tensor | None
     rotated: bool
     settings: KronSettings
     refresh: Refresh
@@ -86,13 +87,16 @@ class GroupJob(NamedTuple):
 
 def run_group(job: GroupJob) -> Tensor:
     """One group's own step; returns its direction ``[B, m, n]``. The gradient blocks of a skipped
-    step (``ok`` False, where they may hold NaN/Inf) are zeroed first."""
+    step (``ok`` False, where they may hold NaN/Inf) are zeroed first; a group that is not rotated
+    first advances its momentum, M ← β₁ M + (1 − β₁) G where ``ok``
+    (:func:`tritonkron.step.momentum.advance_momentum`)."""
     G = torch.where(job.ok.reshape(-1, 1, 1), job.G, 0.0)
     if job.rotated:
         one_sided = any(diagonal_sides(job.state))
         step = diagonal_group_step if one_sided else rotated_group_step
         return step(job.state, G, job.settings, job.refresh, job.ok)
-    return job.step_fn(job.state, G, job.M, job.settings, job.refresh, job.ok)
+    M = advance_momentum(job.state, G, job.ok, job.settings.beta1)
+    return job.step_fn(job.state, G, M, job.settings, job.refresh, job.ok)
 
 
 @dataclass
@@ -227,8 +231,7 @@ class BlockStacks:
         ok = _per_block([j.ok for j in members], counts, device)
         refresh = _stacked_refresh([j.refresh for j in members], counts, device)
         first = members[0]
-        M = None if first.M is None else torch.cat([j.M for j in members])
-        U = run_group(GroupJob(state, G, M, first.rotated, first.settings, refresh, ok, first.step_fn))
+        U = run_group(GroupJob(state, G, first.rotated, first.settings, refresh, ok, first.step_fn))
         views: list[dict[str, Tensor]] = []
         start = 0
         for job, count in zip(members, counts, strict=True):

@@ -1,5 +1,5 @@
 """One Kronecker parameter's step around its block groups: before them (state, skip flag, step
-count, clock, momentum, the blocks due for a refresh, one job per group) and after them (the update shaped like the
+count, clock, the blocks due for a refresh, one job per group) and after them (the update shaped like the
 parameter, optionally RMS-capped). Between the two, :mod:`tritonkron.step.stacking` steps the groups,
 alone or stacked with equal-shape groups of other parameters."""
 
@@ -56,7 +56,7 @@ def prepare_unit(
     first: int = 0,
 ) -> PreparedUnit:
     """Everything of ``p``'s step before its block groups are stepped: state creation or checks,
-    the skip flag, step count and clock, the momentum of non-rotated groups, the blocks due for a
+    the skip flag, step count and clock, the blocks due for a
     basis refresh (:mod:`tritonkron.step.schedule`; ``first`` is the ordinal of ``p``'s first block),
     and one :class:`~tritonkron.step.stacking.GroupJob` per block group (``chunks``: this rank's
     blocks of a split parameter)."""
@@ -115,21 +115,16 @@ def _prepared(
     grad: Tensor,
     ok: Tensor,
 ) -> PreparedUnit:
-    """The momentum of non-rotated groups, the due blocks and the jobs of a counted parameter
-    (``grad`` may hold NaN/Inf where ``ok`` is False: each group zeroes its blocks, run_group)."""
-    momentum = state.get(MOMENTUM)
-    if momentum is not None:
-        momentum.copy_(torch.where(ok, momentum.lerp(grad, 1 - group["betas"][0]), momentum))
+    """The due blocks and the jobs of a counted parameter (``grad`` may hold NaN/Inf where ``ok``
+    is False: each group zeroes its blocks and keeps its momentum, run_group)."""
     refresh = _due_blocks(state, layout, chunks, first, group["precondition_every"], p.device)
     group_step = sketch_group_step if settings.sketch else block_group_step
     grads = layout.gather(grad)
-    moments = layout.gather(momentum) if momentum is not None else [None] * len(rotated)
     if chunks is not None:
         grads = [G[c] for G, c in zip(grads, chunks, strict=True)]
-        moments = [None if M is None else M[c] for M, c in zip(moments, chunks, strict=True)]
     jobs = [
-        GroupJob(block_state, G, M, r, settings, due, ok, group_step)
-        for block_state, G, M, r, due in zip(state[BLOCKS], grads, moments, rotated, refresh, strict=True)
+        GroupJob(block_state, G, r, settings, due, ok, group_step)
+        for block_state, G, r, due in zip(state[BLOCKS], grads, rotated, refresh, strict=True)
     ]
     return PreparedUnit(p, layout, chunks, ok, grad, jobs, group["max_update_rms"], state[STEP])
 
@@ -143,12 +138,11 @@ def _new_state(
     counts: list[int],
     dtype: torch.dtype,
 ) -> None:
-    """Fill the empty ``state`` of ``p``: counters, the momentum of non-rotated groups, block states."""
+    """Fill the empty ``state`` of ``p``: counters and block states (a non-rotated group with its
+    zero momentum M ``[B, m, n]``, :mod:`tritonkron.step.momentum`)."""
     state[STEP] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
     state[SKIPPED] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
     state[CLOCK] = torch.tensor(0, dtype=torch.int64)
-    if not all(rotated):
-        state[MOMENTUM] = torch.zeros(*layout.matrix, dtype=dtype, device=p.device)
     state[BLOCKS] = [
         new_sketch_state(count, *g.shape, settings.sketch_rank, dtype=dtype, device=p.device)
         if settings.sketch
@@ -157,6 +151,9 @@ def _new_state(
         else new_group_state(count, *g.shape, dtype=dtype, device=p.device, rotated=r)
         for g, r, count in zip(layout.groups, rotated, counts, strict=True)
     ]
+    for block_state, g, r, count in zip(state[BLOCKS], layout.groups, rotated, counts, strict=True):
+        if not r:
+            block_state[MOMENTUM] = torch.zeros(count, *g.shape, dtype=dtype, device=p.device)
 
 
 def _due_blocks(
