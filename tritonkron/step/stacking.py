@@ -69,7 +69,7 @@ class GroupJob(NamedTuple):
         G: gradient blocks ``[B, m, n]`` in the statistics dtype.
         rotated: the group keeps its momentum rotated (eigenbasis form, stackable).
         settings: the parameter's parsed settings.
-        refresh: the blocks refreshed this step (host positions eagerly, a ``[B]`` bool mask under
+        refresh: the blocks refreshed this step (host positions eagerly, the due slots under
             compile; :func:`tritonkron.step.traceable.refresh_blocks`).
         ok: one-element bool tensor, False when the parameter's gradient is not finite.
         step_fn: the step of a group that is not rotated (dense low-rank or sketched form), which

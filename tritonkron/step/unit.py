@@ -23,6 +23,7 @@ from tritonkron.step.rotated import uses_rotated_momentum
 from tritonkron.step.schedule import advance_clock, due_mask, due_positions
 from tritonkron.step.sketched import new_sketch_state, sketch_group_step
 from tritonkron.step.stacking import GroupJob, ensure_failure_counts
+from tritonkron.step.traceable import Refresh
 
 __all__ = ["PreparedUnit", "ensure_state", "finish_unit", "limit_rms", "prepare_unit", "prepare_units"]
 
@@ -163,9 +164,10 @@ def _due_blocks(
     first: int,
     period: int,
     device: torch.device,
-) -> list[tuple[int, ...] | Tensor]:
+) -> list[Refresh]:
     """Advance the clock; per block group, the blocks due for a basis refresh: host positions
-    eagerly, a ``[B]`` bool mask under ``torch.compile`` (:mod:`tritonkron.step.schedule`)."""
+    eagerly, the ⌈B/T⌉ slots computed on the device from the clock under ``torch.compile``
+    (:class:`~tritonkron.step.schedule.DueSlots`, :mod:`tritonkron.step.schedule`)."""
     if CLOCK not in state:  # state written before the clock: it starts from the step count
         state[CLOCK] = torch.tensor(int(state[STEP]), dtype=torch.int64)
     clock = state[CLOCK]
@@ -174,7 +176,7 @@ def _due_blocks(
         clock.add_(1)
     else:
         now = advance_clock(clock)
-    due: list[tuple[int, ...] | Tensor] = []
+    due: list[Refresh] = []
     start = first
     for i, g in enumerate(layout.groups):
         lo, hi = (0, len(g.offsets)) if chunks is None else (chunks[i].start, chunks[i].stop)
