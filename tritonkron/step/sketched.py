@@ -68,6 +68,7 @@ from tritonkron.state import (
     EIG_B,
     FAILURES,
     READY,
+    SKETCH_KEYS,
     TAIL_A,
     TAIL_B,
     TRACE,
@@ -149,19 +150,7 @@ def initialize_sketch_blocks(
     state.update(zip(_INIT_KEYS, values, strict=True))
 
 
-_INIT_KEYS = (
-    BASIS_A,
-    BASIS_B,
-    COMPRESSION_A,
-    COMPRESSION_B,
-    EIG_A,
-    EIG_B,
-    TAIL_A,
-    TAIL_B,
-    TRACE,
-    READY,
-    FAILURES,
-)
+_INIT_KEYS = SKETCH_KEYS  # an initialisation writes every key of the sketch state
 
 
 def _initial_sketch(
