@@ -160,31 +160,16 @@ def _per_block(flags: Sequence[Tensor | bool], counts: Sequence[int], device: to
     return torch.cat(parts)
 
 
-def _stacked_refresh(flags: Sequence[Refresh], counts: Sequence[int], device: torch.device) -> Refresh:
+def _stacked_refresh(flags: Sequence[Refresh], counts: Sequence[int]) -> Refresh:
     """The members' refresh selections as one selection of the stacked blocks: each member's host
-    positions (a bool: all or none of its blocks) shifted by its offset in the stack, or a per-block
-    mask when some member has a mask."""
-    if any(isinstance(flag, Tensor) for flag in flags):
-        masks = [
-            flag if isinstance(flag, Tensor) else _mask(flag, count)
-            for flag, count in zip(flags, counts, strict=True)
-        ]
-        return torch.cat([mask.to(device).expand(count) for mask, count in zip(masks, counts, strict=True)])
+    positions (a bool: all or none of its blocks) shifted by its offset in the stack (stacking is
+    eager only, so there are no compiled slots here)."""
     offsets = block_ordinals(counts)
     positions = [
         (tuple(range(count)) if flag else ()) if isinstance(flag, bool) else flag
         for flag, count in zip(flags, counts, strict=True)
     ]
     return tuple(start + pos for flag, start in zip(positions, offsets, strict=True) for pos in flag)
-
-
-def _mask(positions: tuple[int, ...] | bool, count: int) -> Tensor:
-    """Host positions (or all/none) as a ``[count]`` bool mask."""
-    if isinstance(positions, bool):
-        return torch.full((count,), positions, dtype=torch.bool)
-    return torch.zeros(count, dtype=torch.bool).index_fill_(
-        0, torch.tensor(positions, dtype=torch.int64), True
-    )
 
 
 class BlockStacks:
@@ -229,7 +214,7 @@ class BlockStacks:
         device = state[READY].device
         G = torch.cat([j.G for j in members])
         ok = _per_block([j.ok for j in members], counts, device)
-        refresh = _stacked_refresh([j.refresh for j in members], counts, device)
+        refresh = _stacked_refresh([j.refresh for j in members], counts)
         first = members[0]
         U = run_group(GroupJob(state, G, first.rotated, first.settings, refresh, ok, first.step_fn))
         views: list[dict[str, Tensor]] = []

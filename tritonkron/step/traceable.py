@@ -41,9 +41,9 @@ from torch import Tensor
 from tritonkron.state import FACTOR_A, FACTOR_B
 from tritonkron.step.schedule import DueSlots, index_tensor
 
-Refresh = tuple[int, ...] | bool | Tensor | DueSlots
-"""The blocks of a group refreshed this step: host positions, all/none, a ``[B]`` bool mask, or the
-due slots computed from a traced clock (:func:`tritonkron.step.schedule.due_mask`)."""
+Refresh = tuple[int, ...] | bool | DueSlots
+"""The blocks of a group refreshed this step: host positions, all/none, or the due slots computed
+from a traced clock (:func:`tritonkron.step.schedule.due_mask`)."""
 
 
 def run_if(
@@ -84,8 +84,7 @@ def refresh_blocks(
       (all blocks: computed whole); the empty tuple does nothing;
     * ``True``/``False``: every block / none;
     * :class:`~tritonkron.step.schedule.DueSlots` (under compile): the S slots are gathered,
-      computed and written back (:func:`refresh_slots`);
-    * a ``[B]`` bool tensor: every block is computed when any is due and active (:func:`run_if`).
+      computed and written back (:func:`refresh_slots`).
     """
     if isinstance(refresh, DueSlots):
         refresh_slots(state, keys, fn, refresh, active, inputs)
@@ -100,12 +99,7 @@ def refresh_blocks(
         for key, value in zip(keys, values, strict=True):
             state[key].index_copy_(0, index, value)
         return
-    updated = tuple(state[k] for k in keys)
-    if isinstance(refresh, Tensor):
-        due = active & refresh
-        values = run_if(due.any(), fn, updated, (*(state[k] for k in inputs), due))
-    else:
-        values = fn(*updated, *(state[k] for k in inputs), active)
+    values = fn(*(state[k] for k in (*keys, *inputs)), active)
     state.update(zip(keys, values, strict=True))
 
 
