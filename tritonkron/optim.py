@@ -31,6 +31,7 @@ from tritonkron.step.guards import FailureWatch, check_gradients, check_refresh_
 from tritonkron.step.schedule import block_ordinals
 from tritonkron.step.stacking import BlockStacks, run_group
 from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_unit, prepare_units
+from tritonkron.step.warm_start import warm_started
 from tritonkron.tuning.file import TuningTable, TuningWarning
 from tritonkron.tuning.lookup import auto_settings, resolve_tuning
 
@@ -123,6 +124,9 @@ class Kron(Optimizer):
             uncorrected momentum's implicit warm-up was better; perf/results/bounds_2026-12-07.md);
             with ``bound`` the corrected update's RMS is capped at B again.
             A block's first non-zero gradient still only initialises it (docs/maths.md §5.5).
+        warm_start: W ≥ 0 (0, the default: off): a parameter's first W updates take Adam's direction
+            with the Kronecker update's norm, faded out linearly (docs/maths.md §5.6); Adam's m, v
+            live only meanwhile. For short runs, with ``bias_correction=True`` (README, "Early training").
         precision: operand precision of the step's GEMMs: "ieee" (float32), "tf32" (TF32 tensor
             cores) or "bf16" (bfloat16 operands, float32 accumulation); float64 statistics are
             always IEEE (:mod:`tritonkron.options`, docs/maths.md §11).
@@ -189,6 +193,7 @@ class Kron(Optimizer):
         max_update_rms: float | None = None,
         bound: str | None = "adam",
         bias_correction: bool = False,
+        warm_start: int = 0,
         precision: str = "ieee",
         orthonormalize: str = "auto",
         max_precond_dim: int | None = 16384,
@@ -386,4 +391,5 @@ class Kron(Optimizer):
         """(update shaped like p, ok) from the directions of ``prepared``'s block groups."""
         if prepared.chunks is not None:
             directions = self._plan.gather_split(prepared.param, directions, prepared.layout)
-        return finish_unit(prepared, directions)
+        update, ok = finish_unit(prepared, directions)
+        return warm_started(update, ok, self.state[prepared.param], prepared), ok  # warm_start > 0

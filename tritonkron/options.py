@@ -123,6 +123,8 @@ class KronSettings:
         bound: None, or "adam": every entry of the rotated direction bounded by Adam's worst case
             (:mod:`tritonkron.step.bounds`, docs/maths.md §5.5).
         bias_correction: divide the update by 1 − β₁ᵗ, t the parameter's step count (docs/maths.md §5.5).
+        warm_start: W, the steps of the Adam-grafted warm start (:mod:`tritonkron.step.warm_start`,
+            docs/maths.md §5.6); 0: off.
         precision: operand precision of the step's GEMMs (module docstring, docs/maths.md §11).
         orthonormalize: how a basis refresh orthonormalises X Q (docs/maths.md §2.4): "householder"
             (LAPACK/cuSOLVER QR), "cholesky" (shifted CholeskyQR3 in float64: GEMMs and batched
@@ -149,6 +151,7 @@ class KronSettings:
     beta1: float = 0.9
     bound: str | None = None
     bias_correction: bool = False
+    warm_start: int = 0
     precision: Precision = Precision.IEEE
     orthonormalize: str = "auto"
     max_precond_dim: int | None = None
@@ -216,6 +219,7 @@ DEFAULTS: dict[str, Any] = {
     "max_update_rms": None,
     "bound": "adam",
     "bias_correction": False,
+    "warm_start": 0,
     "precision": "ieee",
     "orthonormalize": "auto",
     "max_precond_dim": 16384,
@@ -293,7 +297,8 @@ def validate_group(group: dict[str, Any]) -> None:
 
 
 def _validate_bounds(group: dict[str, Any]) -> None:
-    """The ``bound`` (None or "adam", which needs β₁² < β₂) and ``bias_correction`` (bool) options."""
+    """The ``bound`` (None or "adam", which needs β₁² < β₂), ``bias_correction`` (bool) and
+    ``warm_start`` (int ≥ 0) options."""
     bound = group.get("bound")  # a group saved before the option ran unbounded
     if not any(bound is b or bound == b for b in BOUNDS):
         raise ValueError(f"bound must be one of {', '.join(map(repr, BOUNDS))}; got {bound!r}")
@@ -305,6 +310,9 @@ def _validate_bounds(group: dict[str, Any]) -> None:
         )
     if not isinstance(group.get("bias_correction", DEFAULTS["bias_correction"]), bool):
         raise ValueError(f"bias_correction must be True or False; got {group['bias_correction']!r}")
+    warm_start = group.get("warm_start", DEFAULTS["warm_start"])
+    if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 0:
+        raise ValueError(f"warm_start must be an int ≥ 0 (steps; 0: off); got {warm_start!r}")
 
 
 def _validate_sketch(group: dict[str, Any]) -> None:
@@ -354,6 +362,7 @@ def kron_settings(group: dict[str, Any]) -> KronSettings:
         eps=float(group["eps"]),
         bound=group.get("bound"),  # absent in groups saved before the option: unbounded, as written
         bias_correction=group.get("bias_correction", DEFAULTS["bias_correction"]),
+        warm_start=group.get("warm_start", DEFAULTS["warm_start"]),
         eig_floor=float(group["eig_floor"]),
         init_floor=float(group["init_floor"]),
         flat_tail_in_stats=group["flat_tail_in_stats"],

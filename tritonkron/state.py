@@ -33,6 +33,10 @@ beside the dense side's ``factor_*``, ``basis_*``, ``eig_*`` (none when both sid
 ``trace``, ``ready``, ``refresh_failures`` and ``momentum_hat`` [B, m, n] (M Q_B, Q_Aᵀ M or M:
 the momentum rotated by the dense side's basis only).
 
+During the Adam-grafted warm start (``warm_start=W``, :mod:`tritonkron.step.warm_start`) a
+Kronecker parameter also holds ``warm_exp_avg`` and ``warm_exp_avg_sq`` (Adam's m and v, its matrix
+shape), dropped once its clock passes W.
+
 A parameter on the AdamW path (fewer than 2 dims, or a group with ``kron=False``) holds
 ``step``, ``exp_avg``, ``exp_avg_sq`` and ``skipped_steps`` (steps skipped for a non-finite
 gradient), the names ``torch.optim.AdamW`` uses.
@@ -75,6 +79,9 @@ SKETCH_KEYS = (
     READY,
     FAILURES,
 )
+
+# A Kronecker parameter during the Adam-grafted warm start (tritonkron.step.warm_start).
+WARM_EXP_AVG, WARM_EXP_AVG_SQ = "warm_exp_avg", "warm_exp_avg_sq"
 
 # A parameter on the AdamW path.
 STEP, SKIPPED = "step", "skipped_steps"
