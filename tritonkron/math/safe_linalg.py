@@ -1,8 +1,10 @@
-"""Factorisations of the optimizer step that never raise: :func:`safe_eigh` and :func:`safe_svd`.
+"""Factorisations of the optimizer step that never raise: :func:`safe_eigh`, :func:`unread_eigh`
+and :func:`safe_svd`.
 
 A failing ``torch.linalg.eigh`` (LAPACK/cuSOLVER "failed to converge", a non-finite result) must
 neither stop training nor write NaN into parameters or optimizer state. Every eigendecomposition
-reachable from ``Kron.step``, X = V diag(λ) Vᵀ, comes from :func:`safe_eigh`, which runs the ladder
+reachable from ``Kron.step``, X = V diag(λ) Vᵀ, comes from :func:`safe_eigh` (or, where the
+caller rejects a non-finite result on the device, :func:`unread_eigh`), which runs the ladder
 of :func:`tritonkron.math.eigh_root.eigh_with_fallback` (X's dtype → float64 → float64 on
 X + δ·s·I with s = tr X / d and δ = 1e-10, 1e-8, … , 1e-3; a damped rung's eigenvalues are shifted
 back by δ·s, so λ are X's own) and, when every rung fails,
@@ -24,9 +26,13 @@ dense initialisation, eigh of G Gᵀ and Gᵀ G    the block stays uninitialised
                                                and it is retried with the next gradient
 degenerate-basis canonicalisation              eigh's own basis of the degenerate eigenspace is
 (``basis.canonical_degenerate_basis``)         kept (valid, only not scale-canonical)
-sketch Rayleigh–Ritz step (``reference.sketch  the candidate basis's own directions with their
-.rayleigh_ritz`` and its Triton twin)          Rayleigh quotients (trace conserved); a non-finite
-                                               result is rejected by ``sketch_refresh.refreshed_sketches``
+sketch Rayleigh–Ritz step (``reference.sketch  an eigh that raises: the candidate basis's own
+.rayleigh_ritz`` and its Triton twin;          directions with their Rayleigh quotients (trace
+:func:`unread_eigh`)                           conserved); a non-finite result, from an eigh that
+                                               did not raise or from the rest of the step, is
+                                               rejected on the device by
+                                               ``sketch_refresh.refreshed_sketches`` (the block keeps
+                                               its tracked sketch, ``refresh_failures`` grows)
 sketch initialisation, thin SVD of G           the block stays uninitialised, ``refresh_failures``
 (``reference.sketch.top_singular_subspaces``)  grows (:func:`safe_svd`: G's dtype, then float64)
 =============================================  ===============================================
@@ -34,7 +40,9 @@ sketch initialisation, thin SVD of G           the block stays uninitialised, ``
 QR (the basis refresh's power step, the sketch's candidate basis) has no convergence failure; its
 non-finite output is caught by the callers' finiteness checks. Under ``torch.compile`` both
 functions are opaque custom ops (``tritonkron::safe_eigh``, ``tritonkron::safe_svd``): the retries
-are host-side ``try``/``except``.
+are host-side ``try``/``except``. A ``torch.linalg.eigh`` still checks its LAPACK/cuSOLVER error
+code on the host (inside ATen: there is no ``eigh_ex``); :func:`unread_eigh` adds no read to it,
+where the ladder reads every rung's finiteness.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ __all__ = [
     "safe_eigh",
     "safe_svd",
     "sort_descending",
+    "unread_eigh",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,12 +207,40 @@ def _safe_eigh(X: Tensor, descending: bool, site: str) -> tuple[Tensor, Tensor, 
     (values, vectors), ok, failed = _isolated(_eigh_attempt, _eigh_fallback, S)
     if failed:
         _warn("eigh", site, failed, S.shape[0])
+    return _eigh_output(X, values, vectors, descending) + (_laid_out(ok.reshape(X.shape[:-2])),)
+
+
+def _eigh_output(X: Tensor, values: Tensor, vectors: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
+    """(λ, V) of the flattened ``X [N, d, d]`` in X's dtype and batch shape, sorted on request and
+    laid out as every path of :func:`safe_eigh` hands them out (:func:`_laid_out`)."""
     values = values.to(X.dtype).reshape(X.shape[:-1])
     vectors = vectors.to(X.dtype).reshape(X.shape)
     if descending:  # gathered: row-major, like any sorted eigenbasis of the step
         values, vectors = sort_descending(values, vectors)
-        return _laid_out(values), _laid_out(vectors), _laid_out(ok.reshape(X.shape[:-2]))
-    return _laid_out(values), _laid_out(vectors, column_major=True), _laid_out(ok.reshape(X.shape[:-2]))
+        return _laid_out(values), _laid_out(vectors)
+    return _laid_out(values), _laid_out(vectors, column_major=True)
+
+
+def unread_eigh(X: Tensor, *, site: str, descending: bool = False) -> tuple[Tensor, Tensor]:
+    """X = V diag(λ) Vᵀ (λ, V) as :func:`safe_eigh` gives them, with no read of the result on the host.
+
+    One ``torch.linalg.eigh`` of X in its work dtype: where it succeeds, the same bits as
+    :func:`safe_eigh`. Its output is not checked: a member whose eigendecomposition is not finite
+    stays not finite, for the caller to reject on the device (``torch.where``, as the sketch's
+    refresh does, :func:`tritonkron.step.sketch_refresh.refreshed_sketches`). Only an eigh that
+    raises (its own LAPACK/cuSOLVER error check) takes :func:`safe_eigh`'s ladder and fallback.
+    Under ``torch.compile`` it is :func:`safe_eigh`'s custom op.
+    """
+    if torch.compiler.is_compiling():
+        return safe_eigh(X, site=site, descending=descending)[:2]
+    d = X.shape[-1]
+    try:
+        values, vectors = torch.linalg.eigh(X.to(work_dtype(X.dtype)).reshape(-1, d, d))
+    except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
+        if isinstance(err, _OOM):
+            raise
+        return safe_eigh(X, site=site, descending=descending)[:2]
+    return _eigh_output(X, values, vectors, descending)
 
 
 @torch.library.custom_op("tritonkron::safe_eigh", mutates_args=())

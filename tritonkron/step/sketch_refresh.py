@@ -12,7 +12,10 @@ and τ' from the conserved trace. Only the due blocks are gathered and computed
 (:func:`tritonkron.step.traceable.refresh_blocks`), so a step factorises ⌈B/T⌉ or ⌊B/T⌋ of a
 group's B blocks, and none on the steps where none is due. A due block whose Rayleigh–Ritz result
 is not finite keeps this step's tracked sketch (its stale basis) and counts one more consecutive
-failure in ``refresh_failures``; an accepted refresh resets the count.
+failure in ``refresh_failures``; an accepted refresh resets the count. Both are decided on the
+device (``torch.where``): the eigh's result is not read back
+(:func:`~tritonkron.math.safe_linalg.unread_eigh`), so the refresh adds no host read to the one
+inside each ``torch.linalg.eigh`` (its LAPACK/cuSOLVER error check).
 """
 
 from __future__ import annotations

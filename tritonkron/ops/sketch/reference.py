@@ -29,14 +29,14 @@ X̃' = β X̃ + K are projected back onto the family by a Rayleigh–Ritz step:
 1. candidate basis Q = qr([U, K U]) ([B, d, min(d, 2ℓ)]): the current sketch and one block-Krylov
    (power) step with the increment, which brings in the increment's new directions;
 2. H = Qᵀ X̃' Q = β (τ I + C (Λ − τ I) Cᵀ) + Qᵀ K Q with C = Qᵀ U  (a p × p matrix, p ≤ 2ℓ);
-3. H = Z diag(μ) Zᵀ (float64 :func:`~tritonkron.math.safe_linalg.safe_eigh`, descending),
+3. H = Z diag(μ) Zᵀ (float64 :func:`~tritonkron.math.safe_linalg.unread_eigh`, descending),
    keep U' = Q Z[:, :ℓ], λ' = μ[:ℓ];
 4. τ' = escaped mass / (d − ℓ), escaped = Σ_{i>ℓ} μ_i + β τ (d − p) + (tr K − tr Qᵀ K Q).
 Λ may be any compression H = Uᵀ X̃ U (``[B, ℓ, ℓ]``, X̃'s form between Rayleigh–Ritz steps).
 
-If the eigendecomposition of step 3 fails in every attempt, Z = I (up to order) and μ = diag(H):
-the sketch keeps Q's own directions, the old sketch's and the Krylov step's, with the largest
-Rayleigh quotients qᵢᵀ X̃' qᵢ, and step 4 still conserves the trace.
+If the eigh of step 3 raises in every attempt of its ladder, Z = I (up to order) and μ = diag(H):
+the sketch keeps Q's own directions with the largest Rayleigh quotients qᵢᵀ X̃' qᵢ, and step 4
+still conserves the trace; a non-finite result is left for the step to reject on the device.
 
 **Tracking in a fixed basis** (:func:`sketch_track_ref`, between Rayleigh–Ritz steps): with U
 fixed, β X̃ + K is projected onto {U H Uᵀ + τ (I − U Uᵀ)}: H' = β H + Uᵀ K U and
@@ -81,7 +81,7 @@ import torch
 from torch import Tensor
 
 from tritonkron.math.checks import symmetrize
-from tritonkron.math.safe_linalg import SITE_SKETCH, SITE_SKETCH_INIT, safe_eigh, safe_svd
+from tritonkron.math.safe_linalg import SITE_SKETCH, SITE_SKETCH_INIT, safe_svd, unread_eigh
 from tritonkron.ops.precision import mm
 from tritonkron.ops.precondition.reference import spike_and_flat_apply
 
@@ -222,7 +222,7 @@ def rayleigh_ritz(
     eye = torch.eye(p, dtype=U.dtype, device=U.device)
     old = _sandwich(C, lam, tau) + tau.reshape(-1, 1, 1) * eye
     H = (beta * old + H_K).to(torch.float64)
-    mu, Z, _ = safe_eigh(symmetrize(H), site=SITE_SKETCH, descending=True)  # float64; failure: module doc
+    mu, Z = unread_eigh(symmetrize(H), site=SITE_SKETCH, descending=True)  # float64; failure: module doc
     mu, Z = mu.to(U.dtype), Z.to(U.dtype)
     U_new = Q @ Z[..., :ell]
     lam_new = mu[..., :ell]
