@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["adam_bound", "bias_correction", "bounded_low_rank", "bounded_scales", "damp"]
+__all__ = ["adam_bound", "bias_correction", "bias_corrections", "bounded_low_rank", "bounded_scales", "damp"]
 
 
 def adam_bound(beta1: float, beta2: float) -> float:
@@ -109,3 +109,15 @@ def bounded_low_rank(
 def bias_correction(step: Tensor, beta1: float) -> Tensor:
     """1/(1 − β₁ᵗ) with t = ``step`` (a device tensor, read as ≥ 1: no host read)."""
     return 1 / (1 - torch.pow(beta1, step.clamp_min(1)))
+
+
+def bias_corrections(steps: list[Tensor], beta1: float) -> list[Tensor]:
+    """:func:`bias_correction` 1/(1 − β₁ᵗ) of many step counts ``steps`` (0-dim, one dtype and
+    device) in a few ops however many there are, the same bits as one by one.
+
+    β₁ᵗ is one multi-tensor pow over the 0-dim counts, each rounded as its own ``torch.pow``
+    (a pow over a stacked vector may take a vectorised path that rounds differently on CPU); the
+    rest, 1/(1 − x), is exactly rounded arithmetic, done on the stacked powers.
+    """
+    powers = torch._foreach_pow(beta1, torch._foreach_clamp_min(steps, 1))
+    return list((1 / (1 - torch.stack(powers))).unbind())
