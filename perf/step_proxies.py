@@ -87,6 +87,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "rank=8": {"rank": 8},
     "rank=8+sketch": {"rank": 8, "sketch": True},
+    "bias_correction": {"bias_correction": True},
 }
 
 
