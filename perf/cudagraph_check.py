@@ -7,8 +7,11 @@ Usage (from the repository root)::
 
 One 96 × 64 weight in blocks of 32 × 32 (six blocks, T = 4: two refresh slots, so the refresh is
 the static-shape one of :func:`tritonkron.step.traceable.refresh_slots`) with a fixed gradient.
-The first step runs eagerly (it creates the state), so only the steady step is compiled (one
-graph, which keeps the compile short). The reasons inductor gives for not capturing (logged by
+The first step runs eagerly (it creates the state and initialises every block), and so do the
+timed eager steps; then :meth:`tritonkron.Kron.prepare_capture` gives the state its device clock,
+the ready flags and static addresses, so only the steady step is compiled (one graph, without
+branches, which keeps the compile short).
+The reasons inductor gives for not capturing (logged by
 ``torch._inductor.cudagraph_utils``' ``cudagraphs`` log, counted in ``counters["inductor"]["cudagraph_skips"]``) are
 printed; :mod:`tritonkron.step.traceable` says which parts of the step are expected among them.
 Then ``--steps`` eager and ``--steps`` compiled steps are timed (median, with
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     cudagraphs_log.addHandler(reasons)
     weight, grad, opt = _setup(args.device)
     eager = _times(opt.step, weight, grad, args.steps, args.device)
+    print(f"every block initialised (prepare_capture): {opt.prepare_capture()}")
     compiled_step = torch.compile(opt.step, mode="reduce-overhead", fullgraph=True)
     counters.clear()
     with warnings.catch_warnings():

@@ -30,7 +30,7 @@ from tritonkron.step.apply import apply_update, apply_updates
 from tritonkron.step.guards import FailureWatch, check_gradients, check_refresh_failures
 from tritonkron.step.schedule import block_ordinals
 from tritonkron.step.stacking import BlockStacks, run_group
-from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_unit, prepare_units
+from tritonkron.step.unit import PreparedUnit, finish_unit, prepare_capture, prepare_unit, prepare_units
 from tritonkron.step.warm_start import warm_started
 from tritonkron.tuning.file import TuningTable, TuningWarning
 from tritonkron.tuning.lookup import auto_settings, resolve_tuning
@@ -255,6 +255,10 @@ class Kron(Optimizer):
         """The state dict; a split parameter's block state (distributed) appears as ``Shard(0)`` DTensors."""
         sd = super().state_dict()
         return sd if self._plan is None else shard_split_state(self._plan, self, sd)
+
+    def prepare_capture(self) -> bool:
+        """:func:`~tritonkron.step.unit.prepare_capture` of the state: call it eagerly between steps."""
+        return prepare_capture(self.state.values())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; statistics keep their own dtype (float32 for bf16 parameters).

@@ -2,8 +2,11 @@
 
 A Kronecker parameter's state holds ``step`` (steps taken, a float32 device scalar), ``skipped_steps``,
 ``clock`` (steps it was given a gradient, skipped ones included: a CPU int64 scalar that schedules
-the basis refreshes on the host, :mod:`tritonkron.step.schedule`) and ``blocks`` (the list of its block
-groups' states; each group keeps its own momentum, :mod:`tritonkron.step.momentum`). State written by
+the basis refreshes on the host, :mod:`tritonkron.step.schedule`), ``device_clock`` (the same count
+as an int64 scalar on the parameter's device, present after a compiled step or
+:meth:`tritonkron.Kron.prepare_capture`: it is then the count, and ``clock`` catches up on the next
+eager step) and ``blocks`` (the list of its block groups' states; each group keeps its own momentum,
+:mod:`tritonkron.step.momentum`). State written by
 earlier versions may hold ``momentum`` (M, the parameter's matrix shape) beside them, converted into
 the groups on the next step.
 One *block group* is a stack of equal-shape blocks ``[B, m, n]``; its state is a dict of tensors
@@ -53,6 +56,11 @@ from torch import Tensor
 BLOCKS = "blocks"
 MOMENTUM = "momentum"
 CLOCK = "clock"
+DEVICE_CLOCK = "device_clock"
+READY_KNOWN = "ready_known"
+"""A Python bool: every block of the parameter is known to be initialised
+(:meth:`tritonkron.Kron.prepare_capture`), so a compiled step is traced without the initialisation;
+saved with the ``ready`` flags it describes."""
 
 # A block group (dense, rotated or sketched).
 FACTOR_A, FACTOR_B = "factor_a", "factor_b"
@@ -90,13 +98,11 @@ EXP_AVG, EXP_AVG_SQ = "exp_avg", "exp_avg_sq"
 
 def loaded_to_device(value: Any, device: torch.device) -> Any:
     """Deep copy of loaded state onto ``device``, keeping every tensor's dtype; the step count
-    (``step``) and CPU integer scalars (the ``clock``) stay where they were saved."""
+    (``step``) and the host ``clock`` stay where they were saved (``device_clock`` moves)."""
     if isinstance(value, Tensor):
-        if value.dim() == 0 and not value.is_floating_point() and value.device.type == "cpu":
-            return value.clone()
         return value.detach().to(device=device, copy=True)
     if isinstance(value, dict):
-        return {k: loaded_to_device(v, device) if k != STEP else value[k].clone() for k, v in value.items()}
+        return {k: v.clone() if k in (STEP, CLOCK) else loaded_to_device(v, device) for k, v in value.items()}
     if isinstance(value, list):
         return [loaded_to_device(v, device) for v in value]
     return value

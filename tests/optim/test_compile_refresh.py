@@ -120,8 +120,8 @@ def test_steady_graph_refreshes_only_the_due_slots(runs) -> None:
     steady = recorder.summaries[-1]
     # one QR per factor (two per group) of S = ⌈B/T⌉ blocks: 4, 3 and 1 instead of 15, 10 and 2
     assert sorted(steady["qr"]) == sorted(2 * [math.ceil(b / PERIOD) for b in counts])
-    # conditionals: each group's initialisation test, and the refresh of the group with B < T
-    assert len(steady["cond"]) == len(counts) + sum(b < PERIOD for b in counts)
+    # conditionals: each group's initialisation test only (the group with B < T computes its slot)
+    assert len(steady["cond"]) == len(counts)
     assert steady["host"] == []
 
 
@@ -129,7 +129,7 @@ def test_free_slots_never_overwrite_a_refreshed_block() -> None:
     """B = 7, T = 3, r = 2: slots 2, 5 and a free slot naming block 1; ``fn`` changes every block it
     sees, due or not, yet only the due blocks change (the free slot writes back what it read)."""
     state = {"x": torch.arange(7.0), "a": torch.zeros(7), "b": torch.zeros(7)}
-    slots = DueSlots(torch.tensor([2, 5, 1]), torch.tensor([True, True, False]), False)
+    slots = DueSlots(torch.tensor([2, 5, 1]), torch.tensor([True, True, False]))
 
     def bump(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, due: torch.Tensor) -> tuple[torch.Tensor]:
         return (x + 100,)

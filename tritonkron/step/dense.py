@@ -50,7 +50,7 @@ from tritonkron.state import (
     TRACE,
 )
 from tritonkron.step.bounds import adam_bound, bounded_low_rank, bounded_scales, damp
-from tritonkron.step.schedule import KNOWN_READY
+from tritonkron.step.schedule import KNOWN_READY, known_ready
 from tritonkron.step.traceable import Refresh, refresh_blocks, run_if
 
 
@@ -308,6 +308,7 @@ def block_group_step(
     settings: KronSettings,
     refresh: Refresh,
     ok: Tensor | None = None,
+    ready_known: bool = False,
 ) -> Tensor:
     """One optimizer step of a block group; returns the update direction ``[B, m, n]``.
 
@@ -324,9 +325,11 @@ def block_group_step(
             :func:`tritonkron.step.traceable.refresh_blocks`.
         ok: one-element bool tensor, False when the step is skipped (non-finite gradient): the
             statistics are left untouched and the direction is zero. None means True.
+        ready_known: the host knows every block is initialised (:meth:`tritonkron.Kron.prepare_capture`):
+            no readiness masks, no initialisation (and no ``torch.cond`` under compile).
     """
     ready = state[READY]
-    known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
+    known = known_ready(ready, ready_known)
     active = ok if known else (ready if ok is None else ready & ok)
     U = direction(state, M, settings)
     if active is not None:

@@ -61,7 +61,7 @@ from tritonkron.step.dense import (
     masked_where,
     squared_norms,
 )
-from tritonkron.step.schedule import KNOWN_READY
+from tritonkron.step.schedule import KNOWN_READY, known_ready
 from tritonkron.step.traceable import Refresh, refresh_blocks, run_if
 
 __all__ = ["diagonal_group_step", "diagonal_sides", "new_diagonal_state"]
@@ -247,16 +247,22 @@ def _initial_values(*xs: Tensor, keys: tuple[str, ...], settings: KronSettings) 
 
 
 def diagonal_group_step(
-    state: dict[str, Tensor], G: Tensor, settings: KronSettings, refresh: Refresh, ok: Tensor | None = None
+    state: dict[str, Tensor],
+    G: Tensor,
+    settings: KronSettings,
+    refresh: Refresh,
+    ok: Tensor | None = None,
+    ready_known: bool = False,
 ) -> Tensor:
     """One step of a block group with a diagonal side; returns the direction ``[B, m, n]``.
 
-    Arguments as :func:`tritonkron.step.rotated.rotated_group_step`: the direction uses the
-    pre-update values (a gradient never enters its own preconditioner), statistics and M̂ are
-    written where the step is active, then the due dense sides refresh and fresh blocks initialise.
+    Arguments (``ready_known`` too) as :func:`tritonkron.step.rotated.rotated_group_step`: the
+    direction uses the pre-update values (a gradient never enters its own preconditioner),
+    statistics and M̂ are written where the step is active, then the due dense sides refresh and
+    fresh blocks initialise.
     """
     ready = state[READY]
-    known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
+    known = known_ready(ready, ready_known)
     active = ok if known else (ready if ok is None else ready & ok)
     new = _statistics(state, G, settings)
     G_hat = new.pop("G_hat")

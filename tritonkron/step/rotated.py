@@ -43,7 +43,7 @@ from tritonkron.step.dense import (
     statistics_coupling,
     tracked_updates,
 )
-from tritonkron.step.schedule import KNOWN_READY
+from tritonkron.step.schedule import KNOWN_READY, known_ready
 from tritonkron.step.traceable import Refresh, refresh_blocks, run_if
 
 __all__ = ["MOMENTUM_HAT", "rotated_group_step", "uses_rotated_momentum"]
@@ -130,6 +130,7 @@ def rotated_group_step(
     settings: KronSettings,
     refresh: Refresh,
     ok: Tensor | None = None,
+    ready_known: bool = False,
 ) -> Tensor:
     """One optimizer step of a block group with rotated momentum; returns the direction ``[B, m, n]``.
 
@@ -143,11 +144,13 @@ def rotated_group_step(
             (:func:`tritonkron.step.traceable.refresh_slots`).
         ok: one-element or ``[B]`` bool tensor, False where the step is skipped: statistics and
             momentum are untouched and the direction is zero. None means True.
+        ready_known: the host knows every block is initialised (:meth:`tritonkron.Kron.prepare_capture`):
+            no readiness masks, no initialisation (and no ``torch.cond`` under compile).
     """
     ready = state[READY]
     # Once the host knows that every block is ready, the readiness masks and the initialisation
     # test (a device read) are skipped; only the skip flag ``ok`` still masks.
-    known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
+    known = known_ready(ready, ready_known)
     active = ok if known else (ready if ok is None else ready & ok)
     new = _statistics(state, G, settings)
     M_hat = state[MOMENTUM_HAT]

@@ -12,8 +12,9 @@ so every block still refreshes once per T steps, and a step refreshes ⌈N/T⌉ 
 blocks instead of all of them every T-th step. A step skipped for a non-finite gradient still
 advances the clock; its due blocks then wait one period.
 
-**Under ``torch.compile``** the clock is a traced tensor, so the due blocks are not known when the
-step is traced. Within a group of B blocks with ordinals g0 … g0 + B − 1 the due ones are
+**Under ``torch.compile``** the clock is a traced tensor, a copy on the parameter's device (state
+``device_clock``, :func:`tritonkron.step.unit._due_blocks`: the graph then holds no CPU tensor),
+so the due blocks are not known when the step is traced. Within a group of B blocks with ordinals g0 … g0 + B − 1 the due ones are
 r, r + T, r + 2T, … with r = (−(c + g0)) mod T: at most S = ⌈B/T⌉ of them. :func:`due_mask` gives
 those S slots (:class:`DueSlots`, static shapes, computed on the device), and the refresh computes
 S blocks instead of B (:func:`tritonkron.step.traceable.refresh_blocks`).
@@ -45,6 +46,7 @@ __all__ = [
     "due_mask",
     "due_positions",
     "index_tensor",
+    "known_ready",
     "slot_count",
 ]
 
@@ -62,13 +64,14 @@ class DueSlots(NamedTuple):
             in the order of :func:`due_positions`), elsewhere one block that is not due this step
             (several free slots may name it; they carry its unchanged values).
         valid: ``[S]`` bool, True on the slots that name a due block.
-        skip_idle: B < T, so most steps have no due block in the group: the refresh then runs
-            under a device predicate (:func:`tritonkron.step.traceable.run_if`) instead of always.
+
+    A group of B < T blocks has no due block on most steps; its one slot is still computed (and
+    discarded): a branch on a device predicate would be a host read under inductor and keep the
+    step out of CUDA graphs (:mod:`tritonkron.step.traceable`).
     """
 
     index: Tensor
     valid: Tensor
-    skip_idle: bool
 
 
 def slot_count(count: int, period: int) -> int:
@@ -90,7 +93,7 @@ def due_mask(clock: Tensor, first: int, count: int, period: int, device: torch.d
     position = r + period * torch.arange(slots, dtype=torch.int64, device=device)
     valid = position < count
     free = torch.where(r >= 1, r - 1, torch.ones_like(r)).clamp(max=count - 1)
-    return DueSlots(torch.where(valid, position, free), valid, count < period)
+    return DueSlots(torch.where(valid, position, free), valid)
 
 
 def advance_clock(clock: Tensor) -> int:
@@ -176,3 +179,10 @@ class KnownReady:
 
 
 KNOWN_READY = KnownReady()
+
+
+def known_ready(ready: Tensor, told: bool) -> bool:
+    """Whether a group's step may take every block as initialised: the host was ``told`` so
+    (:meth:`tritonkron.Kron.prepare_capture`, which read it: a Python bool that ``torch.compile``
+    guards on), or, eagerly, :data:`KNOWN_READY` has learnt it (never under compile: no read)."""
+    return told or (not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready))

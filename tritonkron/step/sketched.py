@@ -75,7 +75,7 @@ from tritonkron.state import (
 )
 from tritonkron.step.bounds import adam_bound, bounded_low_rank
 from tritonkron.step.dense import counted_failures, ensure_failure_counts, finite_blocks, masked_where
-from tritonkron.step.schedule import KNOWN_READY
+from tritonkron.step.schedule import KNOWN_READY, known_ready
 from tritonkron.step.sketch_refresh import PRIOR_KEYS, refresh_sketches, sketch_weights
 from tritonkron.step.traceable import Refresh, run_if
 
@@ -272,6 +272,7 @@ def sketch_group_step(
     settings: KronSettings,
     refresh: Refresh = False,
     ok: Tensor | None = None,
+    ready_known: bool = False,
 ) -> Tensor:
     """One optimizer step of a sketched block group; returns the update direction ``[B, m, n]``.
 
@@ -286,11 +287,13 @@ def sketch_group_step(
             re-diagonalises every update (``precondition_every=1``).
         ok: one-element bool tensor, False when the step is skipped (statistics untouched, zero
             direction); None means True.
+        ready_known: the host knows every block is initialised (:meth:`tritonkron.Kron.prepare_capture`):
+            no readiness masks, no initialisation (and no ``torch.cond`` under compile).
     """
     ensure_failure_counts(state)
     ensure_compression(state)
     ready = state[READY]
-    known = not torch.compiler.is_compiling() and KNOWN_READY.all_ready(ready)
+    known = known_ready(ready, ready_known)
     active = (ready.new_ones(ready.shape) if ok is None else ok.expand(ready.shape)) if known else ready
     if ok is not None and not known:
         active = active & ok

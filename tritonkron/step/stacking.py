@@ -74,6 +74,7 @@ class GroupJob(NamedTuple):
         ok: one-element bool tensor, False when the parameter's gradient is not finite.
         step_fn: the step of a group that is not rotated (dense low-rank or sketched form), which
             reads the group's momentum M (``momentum`` in its state).
+        ready_known: the host knows every block is initialised (state ``ready_known``).
     """
 
     state: dict[str, Tensor]
@@ -83,6 +84,7 @@ class GroupJob(NamedTuple):
     refresh: Refresh
     ok: Tensor
     step_fn: Any = None
+    ready_known: bool = False
 
 
 def run_group(job: GroupJob) -> Tensor:
@@ -94,9 +96,9 @@ def run_group(job: GroupJob) -> Tensor:
     if job.rotated:
         one_sided = any(diagonal_sides(job.state))
         step = diagonal_group_step if one_sided else rotated_group_step
-        return step(job.state, G, job.settings, job.refresh, job.ok)
+        return step(job.state, G, job.settings, job.refresh, job.ok, job.ready_known)
     M = advance_momentum(job.state, G, job.ok, job.settings.beta1)
-    return job.step_fn(job.state, G, M, job.settings, job.refresh, job.ok)
+    return job.step_fn(job.state, G, M, job.settings, job.refresh, job.ok, job.ready_known)
 
 
 @dataclass

@@ -11,24 +11,35 @@ is the same graph whatever the clock and does ⌈B/T⌉ blocks' refresh work, no
 eigendecomposition, whose retries are host-side ``try``/``except``, is a custom op that the
 compiler treats as one opaque node.
 
-**What a CUDA graph could capture** (``torch.compile(mode="reduce-overhead")``). The compiled
+**What a CUDA graph can capture** (``torch.compile(mode="reduce-overhead")``). The compiled
 steady step reads nothing from the device in Python (no ``.item()``, no ``bool(tensor)``, no tensor
 built from a Python list: ``fullgraph=True`` and ``tests/optim/test_compile_refresh.py`` check it).
-Three things in it still stop inductor from capturing the graph whole:
+Three things used to keep inductor from capturing it whole, and are gone once
+:meth:`tritonkron.Kron.prepare_capture` has run between two steps
+(``tests/optim/test_compile_capture.py`` checks the traced graph for each):
 
-* the initialisation's ``torch.cond``: inductor runs it as a host branch on ``pred.item()`` and
-  disables CUDA graphs for a graph that holds one (``torch/_inductor/lowering.py``, ``cond``);
-  it stays while blocks may still meet their first non-zero gradient (unused embedding rows);
-* the ``torch.cond`` of a group with fewer blocks than the period (``DueSlots.skip_idle``): most
-  steps refresh nothing there, and the branch saves the refresh of one block on T − B of T steps;
-* the parameter's clock, a CPU int64 scalar that the step increments and copies to the device
-  (one scalar per block group) for the slots: a mutated CPU input, which CUDA graph trees skip
-  (with inductor's graph partition the CPU ops run outside the captured partitions instead).
+* the initialisation's ``torch.cond`` (inductor runs it as a host branch on ``pred.item()`` and
+  disables CUDA graphs for a graph that holds one, ``torch/_inductor/lowering.py``, ``cond``):
+  a parameter whose blocks are all initialised gets a Python flag (``ready_known``, one device
+  read in ``prepare_capture``) that ``torch.compile`` guards on, and its step is traced without
+  the branch (one more graph, once). A parameter with a block that has never had a non-zero
+  gradient (an unused embedding row) keeps its branch, and the step's graph stays uncaptured;
+* the ``torch.cond`` of a group with fewer blocks than the period: there the one slot is now
+  refreshed on every step and discarded when not due (``torch.where``): at most one block's power
+  step and QR per such group and step, of the order of that group's own statistics update (which
+  runs every step too), where the branch cost a host read per group and step under inductor;
+* the parameter's clock, a CPU int64 scalar that the step incremented: the compiled step advances
+  a copy on the parameter's device instead (state ``device_clock``, a new tensor each step, so no
+  input is mutated), and the host clock catches up on the next eager step
+  (:func:`tritonkron.step.unit._due_blocks`).
 
-The refresh of a group of B ≥ T blocks is capturable: gathers, batched QR or CholeskyQR3,
-``torch.where`` and ``index_copy_`` on device tensors of fixed shape, its slots computed on the
-device from the clock's copy. ``python -m perf.cudagraph_check`` (a stage of ``perf/gpu_session.sh``)
-reports what inductor says on a GPU.
+``prepare_capture`` also marks the state tensors static inputs (as ``torch.optim`` does for its
+own), since the step updates some in place (step counts, the due slots' rows): CUDA graph trees
+capture in-place updates of static inputs only. Not checked without a GPU: whether CUDA graph
+trees then record once and replay (state tensors that the step replaces by new ones come back as
+the graph's own outputs), and the cost of the copies they make of inputs that are not static.
+``python -m perf.cudagraph_check`` (a stage of ``perf/gpu_session.sh``) reports what inductor says
+on a GPU.
 """
 
 from __future__ import annotations
@@ -116,18 +127,17 @@ def refresh_slots(
 
     A free slot writes back the values it gathered, so the block it names (never a due one, and the
     same block for every free slot) is unchanged whatever ``fn`` returns there. With S = B the slots
-    are the blocks in order and nothing is gathered. Under ``skip_idle`` the computation runs only
-    when some slot is due (:func:`run_if`).
+    are the blocks in order and nothing is gathered. The slots are computed on every step, due or
+    not (no branch: see the module docstring for the cost).
     """
     index, valid = slots.index, slots.valid
     whole = index.shape[0] == active.shape[0]
     due = (active if whole else active.index_select(0, index)) & valid
     gathered = tuple(state[k] if whole else state[k].index_select(0, index) for k in (*keys, *inputs))
-    old, extra = gathered[: len(keys)], (*gathered[len(keys) :], due)
-    values = run_if(due.any(), fn, old, extra) if slots.skip_idle else fn(*old, *extra)
+    values = fn(*gathered, due)
     if whole:
         state.update(zip(keys, values, strict=True))
         return
-    for key, value, before in zip(keys, values, old, strict=True):
+    for key, value, before in zip(keys, values, gathered[: len(keys)], strict=True):
         kept = torch.where(valid.reshape(-1, *([1] * (value.dim() - 1))), value, before)
         state[key].index_copy_(0, index, kept)

@@ -5,6 +5,7 @@ alone or stacked with equal-shape groups of other parameters."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from tritonkron.math.blocking import BlockLayout
 from tritonkron.options import KronSettings, statistics_dtype
-from tritonkron.state import BLOCKS, CLOCK, MOMENTUM, SKIPPED, STEP
+from tritonkron.state import BLOCKS, CLOCK, DEVICE_CLOCK, MOMENTUM, READY, READY_KNOWN, SKIPPED, STEP
 from tritonkron.step.adamw import count_nonfinite, count_nonfinite_all
 from tritonkron.step.bounds import adam_bound, bias_correction, bias_corrections
 from tritonkron.step.dense import block_group_step, new_group_state
@@ -25,7 +26,15 @@ from tritonkron.step.sketched import new_sketch_state, sketch_group_step
 from tritonkron.step.stacking import GroupJob, ensure_failure_counts
 from tritonkron.step.traceable import Refresh
 
-__all__ = ["PreparedUnit", "ensure_state", "finish_unit", "limit_rms", "prepare_unit", "prepare_units"]
+__all__ = [
+    "PreparedUnit",
+    "ensure_state",
+    "finish_unit",
+    "limit_rms",
+    "prepare_capture",
+    "prepare_unit",
+    "prepare_units",
+]
 
 
 class PreparedUnit(NamedTuple):
@@ -145,7 +154,7 @@ def _prepared(
     if chunks is not None:
         grads = [G[c] for G, c in zip(grads, chunks, strict=True)]
     jobs = [
-        GroupJob(block_state, G, r, settings, due, ok, group_step)
+        GroupJob(block_state, G, r, settings, due, ok, group_step, state.get(READY_KNOWN, False))
         for block_state, G, r, due in zip(state[BLOCKS], grads, rotated, refresh, strict=True)
     ]
     return PreparedUnit(p, layout, chunks, ok, grad, jobs, group["max_update_rms"], state[STEP])
@@ -188,15 +197,25 @@ def _due_blocks(
 ) -> list[Refresh]:
     """Advance the clock; per block group, the blocks due for a basis refresh: host positions
     eagerly, the ⌈B/T⌉ slots computed on the device from the clock under ``torch.compile``
-    (:class:`~tritonkron.step.schedule.DueSlots`, :mod:`tritonkron.step.schedule`)."""
-    if CLOCK not in state:  # state written before the clock: it starts from the step count
-        state[CLOCK] = torch.tensor(int(state[STEP]), dtype=torch.int64)
-    clock = state[CLOCK]
+    (:class:`~tritonkron.step.schedule.DueSlots`, :mod:`tritonkron.step.schedule`).
+
+    Eagerly the host clock c advances (after taking the device clock's count, one read, where a
+    compiled step left one: it is dropped). Under compile the device clock does, c_dev ← c_dev + 1
+    as a new tensor (created from the host clock when absent): the graph neither reads nor mutates
+    a CPU tensor, and the clock, replaced rather than updated in place, need not be a static input.
+    """
     compiling = torch.compiler.is_compiling()
     if compiling:
-        clock.add_(1)
+        if DEVICE_CLOCK not in state:  # state written before the host clock starts from the step count
+            origin = state[CLOCK] if CLOCK in state else state[STEP]
+            state[DEVICE_CLOCK] = origin.to(device=device, dtype=torch.int64)
+        clock = state[DEVICE_CLOCK] = state[DEVICE_CLOCK] + 1
     else:
-        now = advance_clock(clock)
+        if DEVICE_CLOCK in state:
+            state[CLOCK] = state.pop(DEVICE_CLOCK).to("cpu", torch.int64, copy=True)
+        elif CLOCK not in state:
+            state[CLOCK] = torch.tensor(int(state[STEP]), dtype=torch.int64)
+        now = advance_clock(state[CLOCK])
     due: list[Refresh] = []
     start = first
     for i, g in enumerate(layout.groups):
@@ -231,3 +250,38 @@ def finish_unit(prepared: PreparedUnit, directions: list[Tensor]) -> tuple[Tenso
     if max_rms is not None:
         update = limit_rms(update, max_rms)
     return update, ok
+
+
+def prepare_capture(states: Iterable[dict[str, Any]]) -> bool:
+    """Ready Kronecker parameters' ``states`` for compiled steps that CUDA graphs can capture;
+    True when every block of every one is initialised.
+
+    Each state gets its device clock (a copy of the host clock, where it has none: the compiled
+    step's first graph need not read the CPU clock) and, where every block is initialised (one
+    device read per parameter), ``ready_known``: the compiled step is then traced without the
+    initialisation's ``torch.cond`` (one more graph, once). Readiness only grows, and the flag is
+    saved and loaded with the ``ready`` flags it describes, so it is never stale. A block that has
+    never had a non-zero gradient (an unused embedding row) keeps its parameter's branch.
+
+    Every state tensor, AdamW-path parameters' too, is marked a static input (unguarded
+    ``torch._dynamo.mark_static_address``), as ``torch.optim``'s optimizers have theirs marked: the
+    step updates some in place (step counts, the due slots' bases), and CUDA graph trees capture
+    in-place updates of static inputs only.
+    """
+    every = True
+    for state in states:
+        blocks = state.get(BLOCKS, [])
+        for t in (
+            *(v for v in state.values() if isinstance(v, Tensor)),
+            *(t for b in blocks for t in b.values()),
+        ):
+            torch._dynamo.mark_static_address(t, guard=False)
+        if not blocks:
+            continue
+        if DEVICE_CLOCK not in state:
+            origin = state[CLOCK] if CLOCK in state else state[STEP]
+            state[DEVICE_CLOCK] = origin.to(device=state[STEP].device, dtype=torch.int64, copy=True)
+        if bool(torch.stack([b[READY].all() for b in blocks]).all()):
+            state[READY_KNOWN] = True
+        every = every and state.get(READY_KNOWN, False)
+    return every
