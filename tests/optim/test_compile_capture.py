@@ -191,3 +191,34 @@ def test_clock_hands_over_between_eager_and_compiled_steps() -> None:
     for step, (g_params, e_params) in enumerate(zip(got, expected, strict=True)):
         for g, e in zip(g_params, e_params, strict=True):
             assert torch.equal(g, e), f"step {step}: max |Δ| {(g - e).abs().max().item():.3g}"
+
+
+def _other_forms() -> tuple[torch.nn.Sequential, tk.Kron]:
+    """A sketched weight (rank 2) and a weight with a diagonal side (12 > max_precond_dim = 8)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8, bias=False), torch.nn.Linear(8, 8, bias=False))
+    groups = [
+        {"params": [model[0].weight], "max_precond_dim": 8},
+        {"params": [model[1].weight], "rank": 2, "sketch": True, "divergence": "frobenius"},
+    ]
+    return model, tk.Kron(groups, lr=0.02, precondition_every=PERIOD, block_size=4)
+
+
+def test_sketched_and_diagonal_forms_are_prepared_too() -> None:
+    torch._dynamo.reset()
+    model, opt = _other_forms()
+    expected = _run(model, opt, [opt.step] * STEPS, PREPARE_AFTER)
+    model, opt = _other_forms()
+    recorder = _Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        compiled_step = torch.compile(opt.step, backend=recorder, fullgraph=True)
+        got = _run(model, opt, [compiled_step] * STEPS, PREPARE_AFTER)
+    torch._dynamo.reset()
+    assert recorder.frame_count == 3
+    assert len(recorder.summaries[1]["cond"]) == 2  # one initialisation per parameter's group
+    captured = recorder.summaries[2]
+    assert captured["cond"] == [] and captured["host"] == [] and captured["mutated"] == []
+    for step, (g_params, e_params) in enumerate(zip(got, expected, strict=True)):
+        for g, e in zip(g_params, e_params, strict=True):
+            assert torch.equal(g, e), f"step {step}: max |Δ| {(g - e).abs().max().item():.3g}"
