@@ -23,6 +23,8 @@ S blocks instead of B (:func:`tritonkron.step.traceable.refresh_blocks`).
 every block of a group is ready, the step tests on the device whether any block needs
 initialising (one host read). Once a group's ``ready`` flags are all set, :data:`KNOWN_READY`
 learns it from an asynchronous copy (:class:`HostCopy`, no wait) and the step skips that test.
+A compiled step reads nothing, so it learns it only from :meth:`tritonkron.Kron.prepare_capture`
+(a Python flag per parameter, :func:`known_ready`).
 """
 
 from __future__ import annotations
