@@ -7,7 +7,9 @@ a. **Worst update.** Largest RMS(ΔW)/lr after a gradient moves to an orthogonal
    (:mod:`perf.bounds_cases`), for AdamW and the Kron variants (full rank, rank 8, sketch).
 b. **Early training.** A 16 → 32 → 4 tanh MLP regressing a random teacher of the same shape:
    32 steps of batch 32 at lr 1e-2, with a constant lr and with StepLR (×0.5 every 8 steps);
-   held-out MSE, mean over ``--seeds`` seeds.
+   held-out MSE, mean over ``--seeds`` seeds; AdamW, the Kron variants, the Adam-grafted warm
+   start (``warm_start``, docs/maths.md §5.6), and the peers (Muon, SOAP and KLShampoo when
+   heavyball is installed) with their own defaults.
 c. **Learning-rate sensitivity.** The quick char-LM workload of the training benchmark
    (:func:`perf.train_workloads.build_workload`, CharGPT d128 × 2 on Shakespeare) for ``--lm-steps``
    steps at each lr of ``--lrs``, seed 0: final validation loss of AdamW, Muon (2-D matrices; AdamW
@@ -32,13 +34,26 @@ from perf.bounds_cases import Builder, rare_row, subspace_switch, worst_update
 from perf.peers import ADAMW_BETAS, OptimizerEntry, build_registry
 from perf.train import build_workload, run_one
 
-__all__ = ["KRON_VARIANTS", "early_training", "lr_sensitivity", "main", "worst_updates_table"]
+__all__ = [
+    "EARLY_VARIANTS",
+    "KRON_VARIANTS",
+    "early_training",
+    "lr_sensitivity",
+    "main",
+    "worst_updates_table",
+]
 
 KRON_VARIANTS: dict[str, dict[str, object]] = {
-    "Kron off": {"bias_correction": False},
+    "Kron off": {"bound": None, "bias_correction": False},
     "Kron bound": {"bound": "adam", "bias_correction": False},
-    "Kron bias": {"bias_correction": True},
+    "Kron bias": {"bound": None, "bias_correction": True},
     "Kron bound+bias": {"bound": "adam", "bias_correction": True},
+}
+EARLY_VARIANTS: dict[str, dict[str, object]] = {
+    "Kron warm16": {"warm_start": 16},
+    "Kron warm32": {"warm_start": 32},
+    "Kron warm16+bias": {"warm_start": 16, "bias_correction": True},
+    "Kron warm32+bias": {"warm_start": 32, "bias_correction": True},
 }
 
 
@@ -74,19 +89,28 @@ def _teacher_data(seed: int, count: int) -> tuple[Tensor, Tensor]:
     return X, torch.tanh(X @ W1) @ W2 + 0.05 * torch.randn(count, 4, generator=g)
 
 
-def _mlp_run(build: Builder, seed: int, step_lr: bool, steps: int = 32, batch: int = 32) -> float:
-    """Held-out MSE of a 16 → 32 → 4 tanh MLP after ``steps`` steps at lr 1e-2."""
+ModelBuilder = Callable[[nn.Module, float], torch.optim.Optimizer]
+
+
+def _on_params(build: Builder) -> ModelBuilder:
+    return lambda model, lr: build(list(model.parameters()), lr)
+
+
+def _mlp_run(build: ModelBuilder, seed: int, step_lr: bool, steps: int = 32, batch: int = 32) -> float:
+    """Held-out MSE of a 16 → 32 → 4 tanh MLP after ``steps`` steps at lr 1e-2 (StepLR on every
+    optimizer of a chained peer such as Muon + AdamW)."""
     X, Y = _teacher_data(seed, steps * batch + 512)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4))
-    opt = build(list(model.parameters()), 1e-2)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=8, gamma=0.5) if step_lr else None
+    opt = build(model, 1e-2)
+    parts = getattr(opt, "optimizers", [opt])
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=8, gamma=0.5) for o in parts] if step_lr else []
     for t in range(steps):
         x, y = X[t * batch : (t + 1) * batch], Y[t * batch : (t + 1) * batch]
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
-        if sched is not None:
+        for sched in scheds:
             sched.step()
     with torch.no_grad():
         return float(nn.functional.mse_loss(model(X[-512:]), Y[-512:]))
@@ -94,7 +118,12 @@ def _mlp_run(build: Builder, seed: int, step_lr: bool, steps: int = 32, batch: i
 
 def early_training(seeds: int) -> pd.DataFrame:
     """(b) held-out MSE after 32 steps, mean ± sd over seeds, constant lr and StepLR."""
-    builders = {"AdamW": _adamw, **{k: _kron(**v) for k, v in KRON_VARIANTS.items()}}
+    kron = {**KRON_VARIANTS, **EARLY_VARIANTS}
+    builders = {"AdamW": _on_params(_adamw), **{k: _on_params(_kron(**v)) for k, v in kron.items()}}
+    peers = {e.label: e for e in build_registry()}
+    for label in ("Muon (fp32 NS)", "heavyball SOAP", "heavyball KLShampoo"):
+        if label in peers and peers[label].build is not None:
+            builders[label] = peers[label].build  # type: ignore[assignment]
     rows = []
     for label, build in builders.items():
         row: dict[str, object] = {"optimizer": label}

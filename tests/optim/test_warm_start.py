@@ -45,7 +45,8 @@ def _deltas(opt: tk.Kron, p: torch.Tensor, grads: list[torch.Tensor]) -> list[to
 
 
 def test_graft_keeps_the_norm_bound_and_blends() -> None:
-    """‖U'‖ ≤ ‖U‖; w = 1 gives D's direction with U's norm; w = 0 gives U exactly."""
+    """‖U'‖ ≤ ‖U‖; w = 1 gives D's direction with U's norm; w = 0 gives U exactly; U = 0 gives
+    w · first · D."""
     gen = torch.Generator().manual_seed(3)
     for _ in range(5):
         U, D = (torch.randn(6, 9, generator=gen, dtype=torch.float64) for _ in range(2))
@@ -55,6 +56,8 @@ def test_graft_keeps_the_norm_bound_and_blends() -> None:
         full = graft(U, D, torch.tensor(1.0, dtype=torch.float64))
         torch.testing.assert_close(full, D * U.norm() / D.norm(), rtol=1e-12, atol=0)
         assert torch.equal(graft(U, D, torch.tensor(0.0, dtype=torch.float64)), U)
+        zero = torch.zeros_like(U)
+        torch.testing.assert_close(graft(zero, D, torch.tensor(0.5, dtype=torch.float64), 0.2), 0.1 * D)
 
 
 def test_warm_weight_fades_linearly() -> None:
@@ -65,7 +68,8 @@ def test_warm_weight_fades_linearly() -> None:
 
 def test_update_is_the_graft_of_the_plain_update_onto_adam() -> None:
     """Against a warm_start=0 run on the same gradients (float64): U' follows the graft formula with
-    D from torch.optim.Adam's own step, and equals U after W steps."""
+    D from torch.optim.Adam's own step (on the initialisation step, where U = 0, Adam's step of the
+    uncorrected momentum), and equals U after W steps."""
     torch.manual_seed(0)
     p_plain = nn.Parameter(torch.randn(12, 10, dtype=torch.float64))
     p_warm = nn.Parameter(p_plain.detach().clone())
@@ -79,9 +83,13 @@ def test_update_is_the_graft_of_the_plain_update_onto_adam() -> None:
             torch.testing.assert_close(u_warm, u, rtol=1e-12, atol=1e-18)
             continue
         w = max(0.0, 1 - (t - 1) / W)
-        expected = (1 - w) * u + w * (u.norm() / d.norm()) * d
-        torch.testing.assert_close(u_warm, expected, rtol=1e-10, atol=1e-14)
-    assert plain[0].abs().max() == 0  # the first step initialises the blocks and moves nothing
+        if t == 1:  # the blocks only initialise (u = 0): Adam's first step of the uncorrected momentum
+            expected = w * (1 - 0.9) * OPTIONS["lr"] * d
+        else:
+            expected = (1 - w) * u + w * (u.norm() / d.norm()) * d
+        rtol = 1e-6 if t == 1 else 1e-10  # 1 − β₁ᵗ is computed from the float32 step count
+        torch.testing.assert_close(u_warm, expected, rtol=rtol, atol=1e-14)
+    assert plain[0].abs().max() == 0 < warm[0].abs().max()
 
 
 def test_statistics_are_untouched_and_state_dropped_after_w() -> None:
@@ -95,7 +103,8 @@ def test_statistics_are_untouched_and_state_dropped_after_w() -> None:
             p.grad = g.clone()
             opt.step()
         assert (WARM_EXP_AVG in opt_warm.state[p_warm]) == (t <= W)
-        for plain_block, warm_block in zip(opt_plain.state[p_plain][BLOCKS], opt_warm.state[p_warm][BLOCKS]):
+        blocks = zip(opt_plain.state[p_plain][BLOCKS], opt_warm.state[p_warm][BLOCKS], strict=True)
+        for plain_block, warm_block in blocks:
             for key, value in plain_block.items():
                 assert torch.equal(warm_block[key], value), (t, key)
 
@@ -144,6 +153,22 @@ def test_checkpoint_during_warm_start_continues_bit_for_bit() -> None:
     run(resumed_model, resumed, 2, STEPS)
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_first_step_with_bias_correction_is_adams_and_capped() -> None:
+    """With bias correction the initialisation step is Adam's first step, D = g/(|g| + ε); with
+    ``max_update_rms`` it is capped."""
+    torch.manual_seed(5)
+    for cap in (None, 0.5):
+        p = nn.Parameter(torch.randn(8, 6, dtype=torch.float64))
+        before = p.detach().clone()
+        p.grad = torch.randn(8, 6, dtype=torch.float64)
+        tk.Kron([p], warm_start=W, bias_correction=True, max_update_rms=cap, **OPTIONS).step()
+        step = (before - p.detach()) / OPTIONS["lr"]
+        adam_first = p.grad / (p.grad.abs() + 1e-8)
+        rms = adam_first.square().mean().sqrt()
+        expected = adam_first if cap is None else adam_first * min(1.0, cap / float(rms))
+        torch.testing.assert_close(step, expected, rtol=1e-6, atol=1e-12)  # float32 step count
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "8"])
@@ -202,3 +227,26 @@ def test_compiled_step_matches_eager() -> None:
         for a, b in zip(eager_model.parameters(), compiled_model.parameters(), strict=True):
             assert torch.equal(a, b), t
     assert WARM_EXP_AVG not in eager.state[eager_model.weight]
+
+
+@pytest.mark.parametrize("divergence", ["logdet", "von_neumann", "frobenius"])
+def test_one_gradient_direction_grows_the_weakest_singular_directions(divergence: str) -> None:
+    """docs/maths.md §5.6: with statistics from one gradient G = U S Vᵀ the next direction along G
+    is ∝ U S⁻¹ Vᵀ, whose cosine with G is r/(‖S‖_F ‖S⁻¹‖_F), below Adam's sign direction's."""
+    gen = torch.Generator().manual_seed(6)
+    U, _ = torch.linalg.qr(torch.randn(8, 5, generator=gen, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=torch.float64))
+    S = torch.tensor([4.0, 2.0, 1.0, 0.5, 0.25], dtype=torch.float64)
+    G = U @ torch.diag(S) @ V.T
+    p = nn.Parameter(torch.zeros(8, 5, dtype=torch.float64))
+    opt = tk.Kron([p], lr=1.0, bound=None, eps=0.0, init_floor=1e-9, divergence=divergence)
+    for _ in range(2):
+        p.grad = G.clone()
+        opt.step()
+    step = -p.detach()  # the first step only initialises
+    expected = U @ torch.diag(1 / S) @ V.T
+    torch.testing.assert_close(step / step.norm(), expected / expected.norm(), rtol=1e-8, atol=1e-10)
+    cosine = float((step * G).sum() / (step.norm() * G.norm()))
+    assert cosine == pytest.approx(5 / float(S.norm() * (1 / S).norm()), rel=1e-8)
+    sign_cosine = float(G.abs().sum() / (G.numel() ** 0.5 * G.norm()))
+    assert cosine < sign_cosine

@@ -9,8 +9,11 @@ norm, fading out linearly:
     U' = (1 − w_t) U + w_t (‖U‖_F/‖D‖_F) D,   w_t = clamp(1 − (t − 1)/W, 0, 1)
 
 with t the parameter's step count. ‖U'‖_F ≤ ‖U‖_F (triangle inequality), so ``bound`` and
-``max_update_rms`` caps of U still hold; a skipped step (U = 0) stays zero; the statistics never
-see the graft (they depend on the gradients only), and from step W + 1 on U' = U exactly.
+``max_update_rms`` caps of U still hold. The one exception is the initialisation step, where U = 0
+(the blocks only initialise, docs/maths.md §8.1): there the step is Adam's first, (1 − β₁) D with
+the uncorrected momentum or D with ``bias_correction`` (every entry ≤ 1 ≤ B, and capped at
+``max_update_rms``). A skipped step moves nothing; the statistics never see the graft (they
+depend on the gradients only), and from step W + 1 on U' = U exactly.
 
 State: m and v (``warm_exp_avg``, ``warm_exp_avg_sq``, the parameter's matrix shape) exist only
 during the warm start. Eagerly they are created on a parameter's first step and dropped once its
@@ -28,7 +31,7 @@ from torch import Tensor
 
 from tritonkron.options import KronSettings
 from tritonkron.state import CLOCK, STEP, WARM_EXP_AVG, WARM_EXP_AVG_SQ
-from tritonkron.step.unit import PreparedUnit
+from tritonkron.step.unit import PreparedUnit, limit_rms
 
 __all__ = ["adam_direction", "graft", "warm_started", "warm_weight"]
 
@@ -46,10 +49,15 @@ def adam_direction(exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, settings: 
     return m_hat / (v_hat.sqrt() + settings.eps)
 
 
-def graft(update: Tensor, direction: Tensor, weight: Tensor) -> Tensor:
-    """U' = (1 − w) U + w (‖U‖_F/‖D‖_F) D: D's direction with U's norm, blended with U by w."""
+def graft(update: Tensor, direction: Tensor, weight: Tensor, first: Tensor | float = 0.0) -> Tensor:
+    """U' = (1 − w) U + w s D, s = ‖U‖_F/‖D‖_F: D's direction with U's norm, blended with U by w.
+
+    Where U = 0 (every block of the parameter initialised on this step, §8.1) s = ``first``, so
+    that step moves by ``first`` · D (0: it stays put).
+    """
     tiny = torch.finfo(direction.dtype).tiny
-    scale = update.norm() / direction.norm().clamp_min(tiny)
+    norm = update.norm()
+    scale = torch.where(norm > 0, norm / direction.norm().clamp_min(tiny), first)
     return (1 - weight) * update + (weight * scale) * direction
 
 
@@ -80,7 +88,9 @@ def _active(state: dict[str, Any], steps: int, grad: Tensor) -> bool:
 def warm_started(update: Tensor, ok: Tensor, state: dict[str, Any], prepared: PreparedUnit) -> Tensor:
     """The update U (shaped like the parameter) grafted onto Adam's direction during the warm start
     (module docstring); U itself when ``warm_start`` is 0 or the warm start is over. ``state``: the
-    parameter's; ``prepared.grad``: its gradient in matrix shape (NaN/Inf where ``ok`` is False)."""
+    parameter's; ``prepared.grad``: its gradient in matrix shape (NaN/Inf where ``ok`` is False).
+    The initialisation step (U = 0) moves by (1 − β₁ᵗ) D, Adam's step of the uncorrected momentum,
+    or by D with ``bias_correction``; then the ``max_update_rms`` cap applies again."""
     if not prepared.jobs:
         return update
     settings, grad = prepared.jobs[0].settings, prepared.grad
@@ -88,5 +98,9 @@ def warm_started(update: Tensor, ok: Tensor, state: dict[str, Any], prepared: Pr
     if steps == 0 or not _active(state, steps, grad):
         return update
     _advance_moments(state, grad, ok, settings)
-    direction = adam_direction(state[WARM_EXP_AVG], state[WARM_EXP_AVG_SQ], state[STEP], settings)
-    return graft(update, direction.reshape(update.shape).to(update.dtype), warm_weight(state[STEP], steps))
+    step = state[STEP]
+    direction = adam_direction(state[WARM_EXP_AVG], state[WARM_EXP_AVG_SQ], step, settings)
+    first = 1.0 if settings.bias_correction else 1 - torch.pow(settings.beta1, step.clamp_min(1))
+    first = torch.where(ok, first, 0.0)  # a skipped step moves nothing
+    update = graft(update, direction.reshape(update.shape).to(update.dtype), warm_weight(step, steps), first)
+    return update if prepared.max_update_rms is None else limit_rms(update, prepared.max_update_rms)
