@@ -77,8 +77,22 @@ def _batch() -> torch.Tensor:
     return torch.randn(16, 12, generator=torch.Generator().manual_seed(1))
 
 
-def _run(model: torch.nn.Sequential, opt: tk.Kron, steps, prepare_after: int | None = None) -> list:
-    """Step with ``steps[i]`` (a callable) at step i; the parameters after every step."""
+def _static(opt: tk.Kron) -> list[torch.Tensor]:
+    """The optimizer's state tensors that are marked static inputs."""
+    tensors = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    tensors += [t for s in opt.state.values() for b in s.get(BLOCKS, []) for t in b.values()]
+    return [t for t in tensors if hasattr(t, "_dynamo_static_input_type")]
+
+
+def _run(
+    model: torch.nn.Sequential,
+    opt: tk.Kron,
+    steps,
+    prepare_after: int | None = None,
+    marked: list | None = None,
+) -> list:
+    """Step with ``steps[i]`` (a callable) at step i; the parameters after every step. ``marked``
+    receives the static state tensors right after ``prepare_capture``."""
     trajectory = []
     for i, step in enumerate(steps):
         opt.zero_grad()
@@ -86,6 +100,8 @@ def _run(model: torch.nn.Sequential, opt: tk.Kron, steps, prepare_after: int | N
         step()
         if i == prepare_after:
             opt.prepare_capture()
+            if marked is not None:
+                marked.extend(_static(opt))
         trajectory.append([p.detach().clone() for p in model.parameters()])
     return trajectory
 
@@ -103,13 +119,14 @@ def runs():
     compiled_step = torch.compile(opt.step, backend=recorder, fullgraph=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # dynamo's notes about profiler hooks
-        compiled = _run(model, opt, [compiled_step] * STEPS, PREPARE_AFTER)
+        marked: list[torch.Tensor] = []
+        compiled = _run(model, opt, [compiled_step] * STEPS, PREPARE_AFTER, marked)
     torch._dynamo.reset()
-    return eager, compiled, opt, recorder
+    return eager, compiled, opt, recorder, marked
 
 
 def test_prepared_compiled_step_matches_eager_bit_for_bit(runs) -> None:
-    eager, compiled, opt, _ = runs
+    eager, compiled, opt, *_ = runs
     for step, (got, expected) in enumerate(zip(compiled, eager, strict=True)):
         for g, e in zip(got, expected, strict=True):
             assert torch.equal(g, e), f"step {step}: max |Δ| {(g - e).abs().max().item():.3g}"
@@ -118,7 +135,7 @@ def test_prepared_compiled_step_matches_eager_bit_for_bit(runs) -> None:
 
 
 def test_prepared_steady_graph_has_nothing_that_stops_capture(runs) -> None:
-    *_, opt, recorder = runs
+    _, _, opt, recorder, _ = runs
     # state creation, the steady step with its initialisation branch, the prepared steady step:
     # no graph after it in the remaining steps, whatever the clock
     assert recorder.frame_count == 3
@@ -133,6 +150,14 @@ def test_prepared_steady_graph_has_nothing_that_stops_capture(runs) -> None:
     assert sum(name.endswith(f"_{DEVICE_CLOCK}_") for name in captured["inputs"]) == 3
     assert captured["mutated"] == []
     assert before["mutated"] != []  # the proxy sees in-place updates of inputs that are not static
+
+
+def test_static_state_keeps_its_addresses(runs) -> None:
+    """What prepare_capture marks static (step counts, AdamW moments) is updated in place, and the
+    block groups' state, replaced at every step, is not marked: no static input changes address."""
+    *_, opt, _, marked = runs
+    assert len(marked) == 3 * 2 + 3 * 4  # step and skip counts of 3 weights; 3 biases' AdamW state
+    assert {id(t) for t in _static(opt)} == {id(t) for t in marked}
 
 
 def test_prepare_capture_waits_for_every_block() -> None:

@@ -33,11 +33,14 @@ Three things used to keep inductor from capturing it whole, and are gone once
   input is mutated), and the host clock catches up on the next eager step
   (:func:`tritonkron.step.unit._due_blocks`).
 
-``prepare_capture`` also marks the state tensors static inputs (as ``torch.optim`` does for its
-own), since the step updates some in place (step counts, the due slots' rows): CUDA graph trees
-capture in-place updates of static inputs only. Not checked without a GPU: whether CUDA graph
-trees then record once and replay (state tensors that the step replaces by new ones come back as
-the graph's own outputs), and the cost of the copies they make of inputs that are not static.
+CUDA graph trees capture in-place updates of static inputs only, and re-record when a static
+input's address changes. So the compiled step updates in place only what ``prepare_capture``
+marks static and what keeps its address: the parameters and the parameter-level counters and
+moments (step counts, AdamW's ``exp_avg``); a block group's state is replaced by new tensors,
+never updated in place (the due slots' rows too, :func:`refresh_slots`), and is not marked.
+``tests/optim/test_compile_capture.py`` checks both halves on the traced graph. Not checked
+without a GPU: that CUDA graph trees then record once and replay (the replaced state comes back
+as the graph's own outputs), and the cost of the copies they make of inputs that are not static.
 ``python -m perf.cudagraph_check`` (a stage of ``perf/gpu_session.sh``) reports what inductor says
 on a GPU.
 """
@@ -128,7 +131,9 @@ def refresh_slots(
     A free slot writes back the values it gathered, so the block it names (never a due one, and the
     same block for every free slot) is unchanged whatever ``fn`` returns there. With S = B the slots
     are the blocks in order and nothing is gathered. The slots are computed on every step, due or
-    not (no branch: see the module docstring for the cost).
+    not (no branch: see the module docstring for the cost). The rows are written into a new tensor,
+    not in place: under compile a group's state is replaced, never updated in place, so none of it
+    needs to be a static input of a CUDA graph (:func:`tritonkron.step.unit.prepare_capture`).
     """
     index, valid = slots.index, slots.valid
     whole = index.shape[0] == active.shape[0]
@@ -140,4 +145,4 @@ def refresh_slots(
         return
     for key, value, before in zip(keys, values, gathered[: len(keys)], strict=True):
         kept = torch.where(valid.reshape(-1, *([1] * (value.dim() - 1))), value, before)
-        state[key].index_copy_(0, index, kept)
+        state[key] = state[key].index_copy(0, index, kept)

@@ -263,19 +263,18 @@ def prepare_capture(states: Iterable[dict[str, Any]]) -> bool:
     saved and loaded with the ``ready`` flags it describes, so it is never stale. A block that has
     never had a non-zero gradient (an unused embedding row) keeps its parameter's branch.
 
-    Every state tensor, AdamW-path parameters' too, is marked a static input (unguarded
-    ``torch._dynamo.mark_static_address``), as ``torch.optim``'s optimizers have theirs marked: the
-    step updates some in place (step counts, the due slots' bases), and CUDA graph trees capture
-    in-place updates of static inputs only.
+    The parameter-level tensors that the step updates in place (step counts, AdamW-path moments)
+    are marked static inputs (unguarded ``torch._dynamo.mark_static_address``), as ``torch.optim``'s
+    optimizers have theirs marked: CUDA graph trees capture in-place updates of static inputs only.
+    The clocks and the block groups' state, which a compiled step replaces rather than updates,
+    are not (a static input whose address changes would be re-recorded).
     """
     every = True
     for state in states:
+        for key, value in state.items():
+            if isinstance(value, Tensor) and key not in (CLOCK, DEVICE_CLOCK):
+                torch._dynamo.mark_static_address(value, guard=False)
         blocks = state.get(BLOCKS, [])
-        for t in (
-            *(v for v in state.values() if isinstance(v, Tensor)),
-            *(t for b in blocks for t in b.values()),
-        ):
-            torch._dynamo.mark_static_address(t, guard=False)
         if not blocks:
             continue
         if DEVICE_CLOCK not in state:
