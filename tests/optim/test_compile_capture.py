@@ -20,7 +20,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import tritonkron as tk
-from tritonkron.state import BLOCKS, CLOCK, DEVICE_CLOCK, READY, READY_KNOWN
+from tritonkron.state import BLOCKS, CLOCK, DEVICE_CLOCK, READY, READY_KNOWN, loaded_to_device
 
 PERIOD = 4
 STEPS = 2 * PERIOD + 2
@@ -247,3 +247,19 @@ def test_sketched_and_diagonal_forms_are_prepared_too() -> None:
     for step, (g_params, e_params) in enumerate(zip(got, expected, strict=True)):
         for g, e in zip(g_params, e_params, strict=True):
             assert torch.equal(g, e), f"step {step}: max |Δ| {(g - e).abs().max().item():.3g}"
+
+
+def test_loaded_clocks_go_where_they_are_read() -> None:
+    """A loaded state keeps the host clock on the CPU and puts the device clock (and everything
+    else but the step count) on the parameter's device."""
+    saved = {
+        "step": torch.tensor(3.0),
+        CLOCK: torch.tensor(3),
+        DEVICE_CLOCK: torch.tensor(5),
+        READY_KNOWN: True,
+        BLOCKS: [{READY: torch.ones(2, dtype=torch.bool)}],
+    }
+    loaded = loaded_to_device(saved, torch.device("meta"))
+    assert loaded[CLOCK].device.type == "cpu" and int(loaded[CLOCK]) == 3
+    assert loaded[DEVICE_CLOCK].device.type == "meta" and loaded[DEVICE_CLOCK].dtype == torch.int64
+    assert loaded[BLOCKS][0][READY].device.type == "meta" and loaded[READY_KNOWN] is True
