@@ -34,12 +34,12 @@ def _model() -> torch.nn.Sequential:
     )
 
 
-def _optimizer(model: torch.nn.Sequential) -> tk.Kron:
+def _optimizer(model: torch.nn.Sequential, **options) -> tk.Kron:
     groups = [
         {"params": [model[0].weight, model[0].bias, model[3].weight, model[3].bias]},  # 15 and 2 blocks
         {"params": [model[2].weight, model[2].bias], "rank": 2},  # 10 blocks, low-rank form
     ]
-    return tk.Kron(groups, lr=0.02, precondition_every=PERIOD, block_size=4)
+    return tk.Kron(groups, lr=0.02, precondition_every=PERIOD, block_size=4, **options)
 
 
 class _Recorder(CompileCounterWithBackend):
@@ -263,3 +263,18 @@ def test_loaded_clocks_go_where_they_are_read() -> None:
     assert loaded[CLOCK].device.type == "cpu" and int(loaded[CLOCK]) == 3
     assert loaded[DEVICE_CLOCK].device.type == "meta" and loaded[DEVICE_CLOCK].dtype == torch.int64
     assert loaded[BLOCKS][0][READY].device.type == "meta" and loaded[READY_KNOWN] is True
+
+
+def test_prepare_capture_changes_no_eager_bits() -> None:
+    """Eager steps after prepare_capture (stacked: the equal 4 × 4 blocks of every weight in one
+    batch, which then skips its readiness masks) equal per-parameter steps that never prepared."""
+    model = _model()
+    opt = _optimizer(model)
+    prepared = _run(model, opt, [opt.step] * STEPS, PREPARE_AFTER)
+    assert all(s[READY_KNOWN] for s in opt.state.values() if BLOCKS in s)
+    model = _model()
+    opt = _optimizer(model, stack=False)
+    plain = _run(model, opt, [opt.step] * STEPS)
+    for step, (got, expected) in enumerate(zip(prepared, plain, strict=True)):
+        for g, e in zip(got, expected, strict=True):
+            assert torch.equal(g, e), f"step {step}: max |Δ| {(g - e).abs().max().item():.3g}"

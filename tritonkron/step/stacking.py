@@ -217,8 +217,8 @@ class BlockStacks:
         G = torch.cat([j.G for j in members])
         ok = _per_block([j.ok for j in members], counts, device)
         refresh = _stacked_refresh([j.refresh for j in members], counts)
-        first = members[0]
-        U = run_group(GroupJob(state, G, first.rotated, first.settings, refresh, ok, first.step_fn))
+        first, known = members[0], all(j.ready_known for j in members)
+        U = run_group(GroupJob(state, G, first.rotated, first.settings, refresh, ok, first.step_fn, known))
         views: list[dict[str, Tensor]] = []
         start = 0
         for job, count in zip(members, counts, strict=True):
