@@ -4,6 +4,7 @@ corrected momentum moves the first steps as much as an unbiased average would.""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -38,7 +39,9 @@ def test_bound_keeps_the_worst_update_near_adamw(case) -> None:
 def test_low_rank_and_sketched_forms_are_bounded(form: dict) -> None:
     case = subspace_switch(after=3)
     assert worst_update(case, _kron(bound=None, **form)) > 5.0
-    assert worst_update(case, _kron(**form)) <= adam_bound(0.9, 0.95) * (1 + 1e-4)
+    bounded = worst_update(case, _kron(**form))
+    assert bounded <= adam_bound(0.9, 0.95) * (1 + 1e-4)
+    assert bounded <= 3 * worst_update(case, _adamw)  # the gradient term (docs/maths.md §5.5)
 
 
 def test_low_rank_bound_is_the_plain_direction_when_nothing_is_capped() -> None:
@@ -51,18 +54,36 @@ def test_low_rank_bound_is_the_plain_direction_when_nothing_is_capped() -> None:
         torch.rand(2, 4, generator=g, dtype=torch.float64),
     )
     c_A, c_B = torch.full((2,), 0.3, dtype=torch.float64), torch.full((2,), 0.2, dtype=torch.float64)
-    free = bounded_low_rank(M, U_A, s_A, c_A, U_B, s_B, c_B, 1e-3, float("inf"))
+    free = bounded_low_rank(M, (U_A, U_B), (s_A, c_A), (s_B, c_B), 1e-3, float("inf"))
     P_A = U_A @ torch.diag_embed(s_A - c_A[:, None]) @ U_A.mT + c_A[:, None, None] * torch.eye(
         12, dtype=M.dtype
     )
     P_B = U_B @ torch.diag_embed(s_B - c_B[:, None]) @ U_B.mT + c_B[:, None, None] * torch.eye(
         10, dtype=M.dtype
     )
-    undamped = bounded_low_rank(M, U_A, s_A, c_A, U_B, s_B, c_B, 0.0, float("inf"))
+    undamped = bounded_low_rank(M, (U_A, U_B), (s_A, c_A), (s_B, c_B), 0.0, float("inf"))
     torch.testing.assert_close(undamped, P_A @ M @ P_B)
     assert float((free - undamped).abs().max()) < 1e-2 * float(undamped.abs().max())
-    capped = bounded_low_rank(100 * M, U_A, s_A, c_A, U_B, s_B, c_B, 0.0, 0.5)
+    capped = bounded_low_rank(100 * M, (U_A, U_B), (s_A, c_A), (s_B, c_B), 0.0, 0.5)
     assert float(capped.square().mean().sqrt()) <= 0.5 + 1e-12
+
+
+def test_low_rank_gradient_term_caps_each_part_by_the_current_gradient() -> None:
+    """docs/maths.md §5.5: with the current gradient G each part's scale is at most
+    1/(√(1 − β₂) r_G), so the momentum of G alone, M = (1 − β₁) G, moves by RMS ≤ (1 − β₁)/√(1 − β₂)
+    whatever the eigenvalue scales; without G the same scales give a far larger step."""
+    g = torch.Generator().manual_seed(2)
+    G = torch.randn(3, 12, 10, generator=g, dtype=torch.float64)
+    U_A = torch.linalg.qr(torch.randn(3, 12, 3, generator=g, dtype=torch.float64))[0]
+    U_B = torch.linalg.qr(torch.randn(3, 10, 4, generator=g, dtype=torch.float64))[0]
+    huge = (torch.full((3, 3), 1e3, dtype=torch.float64), torch.full((3,), 1e3, dtype=torch.float64))
+    wide = (torch.full((3, 4), 1e3, dtype=torch.float64), torch.full((3,), 1e3, dtype=torch.float64))
+    M = 0.1 * G
+    with_grad = bounded_low_rank(M, (U_A, U_B), huge, wide, 0.0, float("inf"), G, 0.95)
+    without = bounded_low_rank(M, (U_A, U_B), huge, wide, 0.0, float("inf"))
+    limit = 0.1 / math.sqrt(0.05)
+    assert float(with_grad.square().mean().sqrt()) <= limit * (1 + 1e-9)
+    assert float(without.square().mean().sqrt()) > 100 * limit
 
 
 def test_eigenbasis_form_of_direction_is_bounded() -> None:

@@ -12,12 +12,13 @@ Adam's second moment max-ed with the current rotated gradient, and B the worst c
 low-rank forms (``rank=k`` when cheaper, ``sketch=True``) have no full rotated frame: their four
 blocks (top × top, top × tail, tail × top, tail × tail) share one scale along each tail index, so
 the cap is applied per entry, per row, per column and per block RMS, which gives the same
-RMS(U) ≤ B (:func:`bounded_low_rank`).
+RMS(U) ≤ B, and the current gradient enters per part through its RMS (:func:`bounded_low_rank`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -53,9 +54,11 @@ def bounded_scales(sigma: Tensor, M_hat: Tensor, G_hat: Tensor | None, beta2: fl
     return out
 
 
-def _capped(sigma: Tensor, rms: Tensor, eps: float, cap: float) -> Tensor:
-    """damp(min(σ, B/r)): the damped scale of a block part whose entries have RMS r (r = 0: σ)."""
-    return damp(torch.minimum(sigma, cap / rms), eps)
+def _capped(sigma: Tensor, eps: float, *limits: Tensor) -> Tensor:
+    """damp(min(σ, l₁, l₂, …)): a part's damped scale, capped by each limit (an infinite limit: none)."""
+    for limit in limits:
+        sigma = torch.minimum(sigma, limit)
+    return damp(sigma, eps)
 
 
 def _mean_square(total: Tensor, count: int) -> Tensor:
@@ -63,41 +66,72 @@ def _mean_square(total: Tensor, count: int) -> Tensor:
     return total.clamp_min(0) / max(count, 1)
 
 
-def bounded_low_rank(
-    M: Tensor,
-    U_A: Tensor,
-    s_A: Tensor,
-    c_A: Tensor,
-    U_B: Tensor,
-    s_B: Tensor,
-    c_B: Tensor,
-    eps: float,
-    cap: float,
-) -> Tensor:
-    """P_A M P_B in low-rank form with every part of the rotated frame capped at RMS ≤ B.
+class _Parts(NamedTuple):
+    """X = U_Aᵀ Y₀, Y = Y₀ U_B, Z = U_Aᵀ Y₀ U_B of a matrix Y₀, and the RMS of its rows' tail
+    (top × tail), columns' tail (tail × top) and tail × tail parts."""
 
-    With X = U_Aᵀ M, Y = M U_B, Z = U_Aᵀ M U_B and P⊥ = I − U Uᵀ, M splits orthogonally into
-    U_A Z U_Bᵀ + U_A (X − Z U_Bᵀ) + (Y − U_A Z) U_Bᵀ + P⊥_A M P⊥_B, scaled by s_A,i s_B,j (per
-    entry), s_A,i c_B (per row i), c_A s_B,j (per column j) and c_A c_B (one constant). Each scale
-    σ becomes damp(min(σ, B/r)), r the RMS of that part's entries over the tail coordinates of any
-    completion of the bases: r_i² = (‖X_i‖² − ‖Z_i‖²)/(n − k_B), r_j² = (‖Y_j‖² − ‖Z_j‖²)/(m − k_A),
-    r² = (‖M‖² − ‖X‖² − ‖Y‖² + ‖Z‖²)/((m − k_A)(n − k_B)). Each part's Frobenius norm is then at
-    most B √(its entries), so ‖U‖_F ≤ B √(mn). With B = ∞ this is the unbounded low-rank direction.
-    """
+    X: Tensor
+    Y: Tensor
+    Z: Tensor
+    row_rms: Tensor
+    col_rms: Tensor
+    tail_rms: Tensor
+
+
+def _parts(M: Tensor, U_A: Tensor, U_B: Tensor) -> _Parts:
+    """r_i² = (‖X_i‖² − ‖Z_i‖²)/(n − k_B), r_j² = (‖Y_j‖² − ‖Z_j‖²)/(m − k_A),
+    r² = (‖M‖² − ‖X‖² − ‖Y‖² + ‖Z‖²)/((m − k_A)(n − k_B)) from the thin products of M."""
     m, n = M.shape[-2:]
     k_A, k_B = U_A.shape[-1], U_B.shape[-1]
     X = U_A.transpose(-1, -2) @ M
     Y = M @ U_B
     Z = X @ U_B
-    top = damp(torch.minimum(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), cap / Z.abs()), eps)
     x2, y2, z2 = X.square(), Y.square(), Z.square()
     row_rms = _mean_square(x2.sum(-1) - z2.sum(-1), n - k_B).sqrt()
     col_rms = _mean_square(y2.sum(-2) - z2.sum(-2), m - k_A).sqrt()
     total = M.square().sum((-2, -1)) - x2.sum((-2, -1)) - y2.sum((-2, -1)) + z2.sum((-2, -1))
     tail_rms = _mean_square(total, (m - k_A) * (n - k_B)).sqrt()
-    rows = _capped(s_A * c_B.unsqueeze(-1), row_rms, eps, cap)
-    cols = _capped(c_A.unsqueeze(-1) * s_B, col_rms, eps, cap)
-    flat = _capped(c_A * c_B, tail_rms, eps, cap)
+    return _Parts(X, Y, Z, row_rms, col_rms, tail_rms)
+
+
+def bounded_low_rank(
+    M: Tensor,
+    bases: tuple[Tensor, Tensor],
+    scales_A: tuple[Tensor, Tensor],
+    scales_B: tuple[Tensor, Tensor],
+    eps: float,
+    cap: float,
+    G: Tensor | None = None,
+    beta2: float = 0.0,
+) -> Tensor:
+    """P_A M P_B in low-rank form with every part of the rotated frame capped at RMS ≤ B.
+
+    ``bases`` = (U_A, U_B), ``scales_X`` = (s_X top-k scales, c_X tail constant). With
+    X = U_Aᵀ M, Y = M U_B, Z = U_Aᵀ M U_B and P⊥ = I − U Uᵀ, M splits orthogonally into
+    U_A Z U_Bᵀ + U_A (X − Z U_Bᵀ) + (Y − U_A Z) U_Bᵀ + P⊥_A M P⊥_B, scaled by s_A,i s_B,j (per
+    entry), s_A,i c_B (per row i), c_A s_B,j (per column j) and c_A c_B (one constant). Each scale
+    σ becomes damp(min(σ, B/r)), r the RMS of that part's entries over the tail coordinates of any
+    completion of the bases (:func:`_parts`). Each part's Frobenius norm is then at most
+    B √(its entries), so ‖U‖_F ≤ B √(mn). With the current gradient ``G`` each scale is also capped
+    at 1/(√(1 − β₂) r_G), r_G the RMS of G's same part (per entry for top × top): Adam's second
+    moment includes the current gradient, a part's mean square stands in for its entries'. With
+    B = ∞ and no G this is the unbounded low-rank direction.
+    """
+    (U_A, U_B), (s_A, c_A), (s_B, c_B) = bases, scales_A, scales_B
+    parts = _parts(M, U_A, U_B)
+    X, Y, Z = parts.X, parts.Y, parts.Z
+    top_limits = [cap / Z.abs()]
+    limits = [[cap / parts.row_rms], [cap / parts.col_rms], [cap / parts.tail_rms]]
+    if G is not None:
+        g = math.sqrt(1 - beta2)
+        grad = _parts(G, U_A, U_B)
+        top_limits.append(1 / (g * grad.Z.abs()))
+        for part, rms in zip(limits, (grad.row_rms, grad.col_rms, grad.tail_rms), strict=True):
+            part.append(1 / (g * rms))
+    top = _capped(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), eps, *top_limits)
+    rows = _capped(s_A * c_B.unsqueeze(-1), eps, *limits[0])
+    cols = _capped(c_A.unsqueeze(-1) * s_B, eps, *limits[1])
+    flat = _capped(c_A * c_B, eps, *limits[2])
     R = X - Z @ U_B.transpose(-1, -2)
     C = Y - U_A @ Z
     rest = M - U_A @ X - C @ U_B.transpose(-1, -2)  # = P⊥_A M P⊥_B

@@ -190,7 +190,7 @@ def low_rank_is_cheaper(m: int, n: int, k_A: int, k_B: int) -> bool:
     return 2 * (k_A + k_B) <= m + n
 
 
-def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Tensor:
+def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings, G: Tensor | None = None) -> Tensor:
     """Preconditioned direction U = P_A M P_B ``[B, m, n]`` from the current statistics.
 
     P_X is the full (rank=None) or spike-and-flat (rank=k) inverse square root of factor X in its
@@ -200,7 +200,8 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
     the top-k columns of the bases (no rotation by the full bases) when that is cheaper
     (:func:`low_rank_is_cheaper`). With ``bound="adam"`` the scales are capped so that RMS(U) ≤ B
     (:mod:`tritonkron.step.bounds`, docs/maths.md §5.5): per entry of Q_Aᵀ M Q_B in eigenbasis form,
-    per entry, row, column and tail block in low-rank form.
+    per entry, row, column and tail block in low-rank form; the current gradient ``G`` enters the
+    cap as in the rotated path (per entry, or per part in low-rank form).
     """
     a, b = preconditioner_eigenvalues(settings.divergence, state[EIG_A], state[EIG_B], state[TRACE])
     a = floor_eigenvalues(a, settings.eig_floor)
@@ -217,13 +218,15 @@ def direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Te
             )
         Q_A, Q_B = state[BASIS_A], state[BASIS_B]
         M_hat = rotate(M, Q_A, Q_B, precision=settings.precision)
-        sigma = bounded_scales(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), M_hat, None, settings.beta2, cap)
+        G_hat = None if G is None else rotate(G, Q_A, Q_B, precision=settings.precision)
+        sigma = bounded_scales(s_A.unsqueeze(-1) * s_B.unsqueeze(-2), M_hat, G_hat, settings.beta2, cap)
         return rotate_back(M_hat * damp(sigma, settings.eps), Q_A, Q_B, precision=settings.precision)
     # With k = d the constant multiplies I − U Uᵀ = 0, so any of the scales serves.
     c_A, c_B = s_A[..., min(k_A, m - 1)], s_B[..., min(k_B, n - 1)]
     if cap is not None:
         U_A, U_B = state[BASIS_A][..., :k_A], state[BASIS_B][..., :k_B]
-        return bounded_low_rank(M, U_A, s_A[..., :k_A], c_A, U_B, s_B[..., :k_B], c_B, settings.eps, cap)
+        scales = (s_A[..., :k_A], c_A), (s_B[..., :k_B], c_B)
+        return bounded_low_rank(M, (U_A, U_B), *scales, settings.eps, cap, G, settings.beta2)
     return sketch_precondition(
         M,
         state[BASIS_A][..., :k_A],
@@ -331,7 +334,7 @@ def block_group_step(
     ready = state[READY]
     known = known_ready(ready, ready_known)
     active = ok if known else (ready if ok is None else ready & ok)
-    U = direction(state, M, settings)
+    U = direction(state, M, settings, G)
     if active is not None:
         U = masked_where(active, U, torch.zeros_like(M))
     update_statistics(state, G, active, settings)

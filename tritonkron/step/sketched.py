@@ -197,12 +197,15 @@ def _scales(x: Tensor, rank: int, settings: KronSettings) -> tuple[Tensor, Tenso
     return s[..., :k], s[..., min(k, d - 1)]
 
 
-def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings) -> Tensor:
+def sketch_direction(
+    state: dict[str, Tensor], M: Tensor, settings: KronSettings, G: Tensor | None = None
+) -> Tensor:
     """Preconditioned direction ``[B, m, n]`` of the momentum ``M`` from the current sketches.
 
     U = P_A M P_B with P_X Y = U_k (D − c)(U_kᵀ Y) + c Y; with ``bound="adam"`` the top × top
     entries, top × tail rows, tail × top columns and the tail × tail block are each capped at
-    RMS ≤ B, so RMS(U) ≤ B (:func:`tritonkron.step.bounds.bounded_low_rank`, docs/maths.md §5.5).
+    RMS ≤ B, so RMS(U) ≤ B, and by the current gradient ``G``'s parts
+    (:func:`tritonkron.step.bounds.bounded_low_rank`, docs/maths.md §5.5).
     """
     if settings.rank is None:
         raise ValueError("sketched preconditioning needs an int rank")
@@ -216,7 +219,7 @@ def sketch_direction(state: dict[str, Tensor], M: Tensor, settings: KronSettings
     U_B = state[BASIS_B][..., : s_B.shape[-1]]
     if settings.bound is not None:
         cap = adam_bound(settings.beta1, settings.beta2)
-        return bounded_low_rank(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps, cap)
+        return bounded_low_rank(M, (U_A, U_B), (s_A, c_A), (s_B, c_B), settings.eps, cap, G, settings.beta2)
     return sketch_precondition(M, U_A, s_A, c_A, U_B, s_B, c_B, settings.eps, precision=settings.precision)
 
 
@@ -297,7 +300,7 @@ def sketch_group_step(
     active = (ready.new_ones(ready.shape) if ok is None else ok.expand(ready.shape)) if known else ready
     if ok is not None and not known:
         active = active & ok
-    U = masked_where(active, sketch_direction(state, M, settings), torch.zeros_like(M))
+    U = masked_where(active, sketch_direction(state, M, settings, G), torch.zeros_like(M))
     prior = {key: state[key] for key in PRIOR_KEYS}
     track_sketch_statistics(state, G, active, settings)
     refresh_sketches(state, prior, G, refresh, active, settings)
