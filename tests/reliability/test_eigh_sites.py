@@ -11,7 +11,6 @@ first attempt that fails where the float64 retry succeeds (eigenpairs against fl
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ import torch
 
 import tritonkron as tk
 from tests import _matrices as mats
+from tests.reliability._frames import called_from
 from tritonkron.math.basis import canonical_degenerate_basis
 from tritonkron.math.projection import bregman_divergence
 from tritonkron.math.safe_linalg import (
@@ -37,16 +37,6 @@ F32, F64 = torch.float32, torch.float64
 _REAL_EIGH = torch.linalg.eigh
 _REAL_SVD = torch.linalg.svd
 STEPS = 4
-
-
-def _called_from(function: str) -> bool:
-    """Whether a frame of the current stack runs a function of that name."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def _fail(
@@ -241,7 +231,7 @@ def test_dense_initialisation_failure_leaves_the_block_waiting(monkeypatch: pyte
     params, opt = _setup([(6, 4)])
     gen = torch.Generator().manual_seed(1)
     before = params[0].detach().clone()
-    _fail(monkeypatch, "eigh", lambda A: _called_from("initial_values"))
+    _fail(monkeypatch, "eigh", lambda A: called_from("initial_values"))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         for _ in range(STEPS):
@@ -262,7 +252,7 @@ def test_dense_initialisation_failure_leaves_the_block_waiting(monkeypatch: pyte
 def test_dense_initialisation_recovers_from_a_failed_first_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
     params, opt = _setup([(6, 4)])
     gen = torch.Generator().manual_seed(1)
-    failed = _fail(monkeypatch, "eigh", lambda A: A.dtype == F32 and _called_from("initial_values"))
+    failed = _fail(monkeypatch, "eigh", lambda A: A.dtype == F32 and called_from("initial_values"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", LinalgFallbackWarning)  # a recovered ladder does not warn
         for _ in range(STEPS):
@@ -280,7 +270,7 @@ def test_stacked_blocks_initialise_around_a_failing_one(monkeypatch: pytest.Monk
     _fail(
         monkeypatch,
         "eigh",
-        lambda A: _called_from("initial_values") and bool((A.abs().amax((-2, -1)) > 1e3).any()),
+        lambda A: called_from("initial_values") and bool((A.abs().amax((-2, -1)) > 1e3).any()),
     )
     with pytest.warns(LinalgFallbackWarning, match="initialisation"):
         for _ in range(STEPS):
@@ -298,7 +288,7 @@ def test_canonicalisation_failure_keeps_eighs_basis(
     params, opt = _setup([(6, 4), (5, 5)], rank=rank)
     gen = torch.Generator().manual_seed(1)
     before = [p.detach().clone() for p in params]
-    _fail(monkeypatch, "eigh", lambda A: _called_from("canonical_degenerate_basis"))
+    _fail(monkeypatch, "eigh", lambda A: called_from("canonical_degenerate_basis"))
     with pytest.warns(LinalgFallbackWarning, match=SITE_CANONICAL):
         for _ in range(STEPS):
             _step(params, opt, gen)
@@ -333,7 +323,7 @@ def test_sketch_update_failure_keeps_training_with_the_candidate_directions(
     gen = torch.Generator().manual_seed(1)
     _step(params, opt, gen)  # initialise
     before = [p.detach().clone() for p in params]
-    _fail(monkeypatch, "eigh", lambda A: _called_from("rayleigh_ritz"))
+    _fail(monkeypatch, "eigh", lambda A: called_from("rayleigh_ritz"))
     with pytest.warns(LinalgFallbackWarning, match=SITE_SKETCH):
         for _ in range(STEPS):
             _step(params, opt, gen)
@@ -373,7 +363,7 @@ def test_sketch_initialisation_failure_leaves_the_block_waiting(monkeypatch: pyt
     params, opt = _setup([(12, 9)], rank=2, sketch=True)
     gen = torch.Generator().manual_seed(1)
     before = params[0].detach().clone()
-    _fail(monkeypatch, "svd", lambda A: _called_from("top_singular_subspaces"))
+    _fail(monkeypatch, "svd", lambda A: called_from("top_singular_subspaces"))
     with pytest.warns(
         LinalgFallbackWarning, match="SVD failed.*" + SITE_SKETCH_INIT.replace("(", r"\(").replace(")", r"\)")
     ):
@@ -420,7 +410,7 @@ def test_persistent_initialisation_failures_raise_after_max_refresh_failures(
 ) -> None:
     params, opt = _setup([(6, 4)], max_refresh_failures=3)
     gen = torch.Generator().manual_seed(1)
-    _fail(monkeypatch, "eigh", lambda A: _called_from("initial_values"))
+    _fail(monkeypatch, "eigh", lambda A: called_from("initial_values"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LinalgFallbackWarning)
         _step(params, opt, gen)

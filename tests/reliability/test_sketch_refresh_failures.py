@@ -10,27 +10,17 @@ sketched step is each ``torch.linalg.eigh``'s own LAPACK/cuSOLVER error check, i
 from __future__ import annotations
 
 import copy
-import sys
 
 import pytest
 import torch
 
 import tritonkron as tk
 from perf.step_proxies import counting, gpt, measure
+from tests.reliability._frames import called_from
 from tritonkron.math.safe_linalg import safe_eigh, unread_eigh
 
 _REAL_EIGH = torch.linalg.eigh
 OPTIONS = {"precondition_every": 1, "block_size": 8, "rank": 2, "sketch": True, "sketch_rank": 3}
-
-
-def _called_from(function: str) -> bool:
-    """Whether a frame of the current stack runs a function of that name."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def _nan_first_member(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -40,7 +30,7 @@ def _nan_first_member(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def patched(A: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         values, vectors = _REAL_EIGH(A, *args, **kwargs)
-        if _called_from("rayleigh_ritz"):
+        if called_from("rayleigh_ritz"):
             spoiled.append(A.shape[0])
             values, vectors = values.clone(), vectors.clone()
             values[0], vectors[0] = float("nan"), float("nan")
