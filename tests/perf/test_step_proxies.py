@@ -130,9 +130,10 @@ def test_sketch_factorises_only_its_due_blocks() -> None:
 
 
 def test_rank_8_kernels_per_step_and_per_layer() -> None:
-    """The ``rank=8`` rows of ``python -m perf.step_proxies``
-    (perf/results/step_proxies_2026-12-08-momentum.md): about 1050 kernels per step at one layer and
-    30.5 more for the second (1060 and 46.5 while the low-rank form's momentum was the parameter's)."""
+    """The ``rank=8`` rows of ``python -m perf.step_proxies``: about 1161 kernels per step at one
+    layer and 42.5 more for the second (perf/results/bounds_2026-12-08.md: 111 of them at one layer
+    are the bound's gradient term, M and G through the same launches; 1050 and 30.5 without it,
+    perf/results/step_proxies_2026-12-08-momentum.md; 1326 with G's products launched apart)."""
     kernels = {depth: measure(lambda d=depth: gpt(d), CONFIGS["rank=8"])["kernels mean"] for depth in (1, 2)}
-    assert kernels[1] <= 1050.0, kernels
-    assert kernels[2] - kernels[1] <= 31.0, kernels
+    assert kernels[1] <= 1161.0, kernels
+    assert kernels[2] - kernels[1] <= 43.0, kernels

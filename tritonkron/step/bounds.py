@@ -118,13 +118,16 @@ def bounded_low_rank(
     B = ∞ and no G this is the unbounded low-rank direction.
     """
     (U_A, U_B), (s_A, c_A), (s_B, c_B) = bases, scales_A, scales_B
-    parts = _parts(M, U_A, U_B)
+    if G is None:
+        parts = _parts(M, U_A, U_B)
+    else:  # M and G through the same launches: [2, B, m, n] against the bases' [B, ·, ·]
+        both = _parts(torch.stack((M, G)), U_A, U_B)
+        parts, grad = _Parts(*(t[0] for t in both)), _Parts(*(t[1] for t in both))
     X, Y, Z = parts.X, parts.Y, parts.Z
     top_limits = [cap / Z.abs()]
     limits = [[cap / parts.row_rms], [cap / parts.col_rms], [cap / parts.tail_rms]]
     if G is not None:
         g = math.sqrt(1 - beta2)
-        grad = _parts(G, U_A, U_B)
         top_limits.append(1 / (g * grad.Z.abs()))
         for part, rms in zip(limits, (grad.row_rms, grad.col_rms, grad.tail_rms), strict=True):
             part.append(1 / (g * rms))
