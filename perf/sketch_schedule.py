@@ -10,8 +10,8 @@ singular values 3·0.7^i, Z and N standard normal, ν = noise/(mn)^¼) and repor
   direction from H's own eigenpairs (basis U Z, eigenvalues μ, H = Z diag(μ) Zᵀ), both for the same
   momentum (median, 90th percentile and largest);
 - **overlap**: the top-k subspace overlap ‖U_kᵀ Q_k‖²_F / k after the last step, Q_k the top-k
-  eigenvectors of the dense EMA factor of the same rule with exact eigenbases (the oracle of
-  ``tests/optim/test_sketch.py``), smaller of the two factors and of the blocks.
+  eigenvectors of the dense EMA factor of the same rule with exact eigenbases (:func:`dense_oracle`,
+  which ``tests/optim/test_sketch.py`` checks the sketch against too), smaller of the two factors and of the blocks.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from tritonkron.math.divergences import coupling, initial_eigenvalues
+from tritonkron.math.divergences import initial_eigenvalues
 from tritonkron.ops.precondition.reference import floor_eigenvalues
+from tritonkron.ops.sketch.reference import virtual_spectrum
 from tritonkron.options import Divergence, KronSettings, TailRule
 from tritonkron.step.sketched import new_sketch_state, sketch_direction, sketch_group_step
 
@@ -44,55 +45,68 @@ def planted_stream(steps: int, count: int, m: int, n: int, k: int, noise: float,
     ]
 
 
-def settings(divergence: str, rank: int, ell: int) -> KronSettings:
-    """Sketch settings with β₂ = 0.95 and the defaults of ``tk.Kron`` otherwise."""
+def settings(
+    divergence: str, rank: int, ell: int, beta: float = 0.95, tail: str = "mean", flat: bool = False
+) -> KronSettings:
+    """Sketch settings (retention ``beta``, tail rule, ``flat_tail_in_stats``) with the other
+    defaults of ``tk.Kron``."""
     return KronSettings(
         Divergence(divergence),
         rank,
-        TailRule.MEAN,
+        TailRule(tail),
         1.0,
-        0.95,
+        beta,
         1e-8,
         1e-8,
         0.1,
-        False,
+        flat,
         sketch=True,
         sketch_rank=ell,
     )
 
 
-def _eigh_desc(X: Tensor) -> tuple[Tensor, Tensor]:
+def eigh_desc(X: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors of a symmetric X, in descending order."""
     values, vectors = torch.linalg.eigh(X)
     return values.flip(-1), vectors.flip(-1)
 
 
-def dense_oracle(grads: list[Tensor], st: KronSettings) -> tuple[Tensor, Tensor]:
-    """The dense EMA factors A, B of the sketch's rule, coupled through exact eigendecompositions."""
+def _oracle_weight(
+    X: Tensor, st: KronSettings, other_dim: int, flat_beyond: int | None
+) -> tuple[Tensor, Tensor]:
+    """(W, s) of the rule from the exact eigenpairs of X: LogDet W = X⁻¹, s = 1/d_other; Frobenius
+    W = X, s = 1/‖X‖²; von Neumann W = I, s = 1 (its τ normalises outside). ``flat_beyond``: the
+    eigenvalues past it replaced by their mean (spike and flat)."""
+    x, Q = eigh_desc(X)
+    x = floor_eigenvalues(x, st.eig_floor)
+    if flat_beyond is not None and flat_beyond < x.shape[-1]:
+        x = virtual_spectrum(x[..., :flat_beyond], x[..., flat_beyond:].mean(-1), x.shape[-1])
+    ones = torch.ones(X.shape[0], 1, 1, dtype=X.dtype)
+    if st.divergence is Divergence.LOGDET:
+        return (Q / x.unsqueeze(-2)) @ Q.mT, ones / other_dim
+    if st.divergence is Divergence.FROBENIUS:
+        return (Q * x.unsqueeze(-2)) @ Q.mT, 1 / (x * x).sum(-1).reshape(-1, 1, 1)
+    return torch.eye(X.shape[-1], dtype=X.dtype).expand_as(X), ones
+
+
+def dense_oracle(
+    grads: list[Tensor], st: KronSettings, flat_beyond: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """The dense EMA factors A ← βA + (1 − β) s_A G W_B Gᵀ, B ← βB + (1 − β) s_B Gᵀ W_A G of the
+    sketch's rule, coupled through exact eigendecompositions and started like the optimizer."""
     G = grads[0]
     m, n = G.shape[-2:]
-    l, Q_A = _eigh_desc(G @ G.mT)
-    r, Q_B = _eigh_desc(G.mT @ G)
+    l, Q_A = eigh_desc(G @ G.mT)
+    r, Q_B = eigh_desc(G.mT @ G)
     a, b = initial_eigenvalues(st.divergence, l, r, (G * G).sum((-1, -2)), st.init_floor)
     A, B = (Q_A * a.unsqueeze(-2)) @ Q_A.mT, (Q_B * b.unsqueeze(-2)) @ Q_B.mT
+    beta = st.beta2
     for G in grads[1:]:
-        (x_a, Q_A), (x_b, Q_B) = _eigh_desc(A), _eigh_desc(B)
-        rule = coupling(
-            st.divergence, floor_eigenvalues(x_a, st.eig_floor), floor_eigenvalues(x_b, st.eig_floor)
-        )
-        W_B = (
-            torch.eye(n, dtype=F64)
-            if rule.left_weight is None
-            else (Q_B * rule.left_weight.unsqueeze(-2)) @ Q_B.mT
-        )
-        W_A = (
-            torch.eye(m, dtype=F64)
-            if rule.right_weight is None
-            else (Q_A * rule.right_weight.unsqueeze(-2)) @ Q_A.mT
-        )
-        s_A, s_B = (1 - st.beta2) * rule.left_scale, (1 - st.beta2) * rule.right_scale
+        W_B, s_A = _oracle_weight(B, st, n, flat_beyond)
+        W_A, s_B = _oracle_weight(A, st, m, flat_beyond)
         A, B = (
-            st.beta2 * A + s_A.reshape(-1, 1, 1) * G @ W_B @ G.mT,
-            st.beta2 * B + s_B.reshape(-1, 1, 1) * G.mT @ W_A @ G,
+            beta * A + (1 - beta) * s_A * G @ W_B @ G.mT,
+            beta * B + (1 - beta) * s_B * G.mT @ W_A @ G,
         )
     return A, B
 
@@ -101,7 +115,7 @@ def _eigen_direction(state: dict[str, Tensor], M: Tensor, st: KronSettings) -> T
     """The direction from H's own eigenpairs: basis U Z, eigenvalues μ (H = Z diag(μ) Zᵀ)."""
     full = dict(state)
     for side in ("a", "b"):
-        mu, Z = _eigh_desc(state[f"compression_{side}"])
+        mu, Z = eigh_desc(state[f"compression_{side}"])
         full[f"basis_{side}"], full[f"eig_{side}"] = state[f"basis_{side}"] @ Z, mu
     return sketch_direction(full, M, st)
 
@@ -120,7 +134,7 @@ def run(divergence: str, period: int, grads: list[Tensor], rank: int, ell: int, 
         sketch_group_step(state, G, G, st, refresh=t % period == 0)
     overlaps = []
     for side, X in zip(("a", "b"), dense_oracle(grads, st), strict=True):
-        Q_k = _eigh_desc(X)[1][..., :rank]
+        Q_k = eigh_desc(X)[1][..., :rank]
         overlaps.append((state[f"basis_{side}"][..., :rank].mT @ Q_k).square().sum((-1, -2)) / rank)
     e = torch.tensor(errors)
     return {

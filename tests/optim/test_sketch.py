@@ -31,76 +31,16 @@ import torch
 from torch import Tensor
 
 import tritonkron as tk
+from perf.sketch_schedule import dense_oracle, eigh_desc, planted_stream, settings
 from tests._backend_spy import spy_backends
-from tritonkron.math.divergences import initial_eigenvalues
-from tritonkron.ops.precondition.reference import floor_eigenvalues
 from tritonkron.ops.sketch.reference import _complete, reconstruct, virtual_spectrum
 from tritonkron.optim import BLOCKS, MOMENTUM
-from tritonkron.options import Divergence, KronSettings, TailRule
+from tritonkron.options import KronSettings
 from tritonkron.step.dense import direction, new_group_state
 from tritonkron.step.sketched import new_sketch_state, sketch_direction, sketch_group_step
 
 DIVERGENCES = ["logdet", "von_neumann", "frobenius"]
 F64 = torch.float64
-
-
-def _settings(
-    divergence: str, rank: int, ell: int, beta: float = 0.9, tail: str = "mean", flat: bool = False
-) -> KronSettings:
-    return KronSettings(
-        Divergence(divergence),
-        rank,
-        TailRule(tail),
-        1.0,
-        beta,
-        1e-8,
-        1e-8,
-        0.1,
-        flat,
-        sketch=True,
-        sketch_rank=ell,
-    )
-
-
-def _eigh_desc(X: Tensor) -> tuple[Tensor, Tensor]:
-    values, vectors = torch.linalg.eigh(X)
-    return values.flip(-1), vectors.flip(-1)
-
-
-def _oracle_weight(
-    X: Tensor, st: KronSettings, other_dim: int, flat_beyond: int | None
-) -> tuple[Tensor, Tensor]:
-    x, Q = _eigh_desc(X)
-    x = floor_eigenvalues(x, st.eig_floor)
-    if flat_beyond is not None and flat_beyond < x.shape[-1]:
-        x = virtual_spectrum(x[..., :flat_beyond], x[..., flat_beyond:].mean(-1), x.shape[-1])
-    ones = torch.ones(X.shape[0], 1, 1, dtype=X.dtype)
-    if st.divergence is Divergence.LOGDET:
-        return (Q / x.unsqueeze(-2)) @ Q.transpose(-1, -2), ones / other_dim
-    if st.divergence is Divergence.FROBENIUS:
-        return (Q * x.unsqueeze(-2)) @ Q.transpose(-1, -2), 1 / (x * x).sum(-1).reshape(-1, 1, 1)
-    return torch.eye(X.shape[-1], dtype=X.dtype).expand_as(X), ones
-
-
-def _dense_oracle(
-    grads: list[Tensor], st: KronSettings, flat_beyond: int | None = None
-) -> tuple[Tensor, Tensor]:
-    G = grads[0]
-    m, n = G.shape[-2:]
-    l, Q_A = _eigh_desc(G @ G.transpose(-1, -2))
-    r, Q_B = _eigh_desc(G.transpose(-1, -2) @ G)
-    a, b = initial_eigenvalues(st.divergence, l, r, (G * G).sum((-1, -2)), st.init_floor)
-    A = (Q_A * a.unsqueeze(-2)) @ Q_A.transpose(-1, -2)
-    B = (Q_B * b.unsqueeze(-2)) @ Q_B.transpose(-1, -2)
-    beta = st.beta2
-    for G in grads[1:]:
-        W_B, s_A = _oracle_weight(B, st, n, flat_beyond)
-        W_A, s_B = _oracle_weight(A, st, m, flat_beyond)
-        A, B = (
-            beta * A + (1 - beta) * s_A * G @ W_B @ G.transpose(-1, -2),
-            beta * B + (1 - beta) * s_B * G.transpose(-1, -2) @ W_A @ G,
-        )
-    return A, B
 
 
 def _sketch_run(grads: list[Tensor], st: KronSettings, period: int = 1) -> dict[str, Tensor]:
@@ -125,8 +65,8 @@ def _factors(state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
 def test_full_rank_sketch_reproduces_the_dense_factor(divergence: str, flat: bool) -> None:
     g = torch.Generator().manual_seed(0)
     grads = [torch.randn(2, 6, 9, generator=g, dtype=F64) for _ in range(15)]
-    st = _settings(divergence, rank=3, ell=9, flat=flat)
-    A, B = _dense_oracle(grads, st, flat_beyond=3 if flat else None)
+    st = settings(divergence, rank=3, ell=9, beta=0.9, flat=flat)
+    A, B = dense_oracle(grads, st, flat_beyond=3 if flat else None)
     X_A, X_B = _factors(_sketch_run(grads, st))
     torch.testing.assert_close(X_A, A, rtol=1e-11, atol=1e-12 * float(A.abs().max()))
     torch.testing.assert_close(X_B, B, rtol=1e-11, atol=1e-12 * float(B.abs().max()))
@@ -151,20 +91,6 @@ def test_full_rank_sketch_equals_the_dense_optimizer_factor_for_von_neumann() ->
         torch.testing.assert_close(X_B, dense_state["factor_b"], rtol=1e-12, atol=1e-13)
 
 
-def _planted_stream(steps: int, count: int, m: int, n: int, k: int, noise: float, seed: int) -> list[Tensor]:
-    """G = L Z Rᵀ + ν N with L, R rank k (singular values 3·0.7^i) and Z, N standard normal."""
-    g = torch.Generator().manual_seed(seed)
-    decay = 3 * 0.7 ** torch.arange(k, dtype=F64)
-    L = torch.linalg.qr(torch.randn(count, m, k, generator=g, dtype=F64)).Q * decay
-    R = torch.linalg.qr(torch.randn(count, n, k, generator=g, dtype=F64)).Q * decay
-    scale = noise / (m * n) ** 0.25
-    return [
-        L @ torch.randn(count, k, k, generator=g, dtype=F64) @ R.transpose(-1, -2)
-        + scale * torch.randn(count, m, n, generator=g, dtype=F64)
-        for _ in range(steps)
-    ]
-
-
 def _tail_means(
     state: dict[str, Tensor], X: Tensor, side: str, k: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -182,12 +108,12 @@ def _rel(a: Tensor, b: Tensor) -> float:
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_planted_low_rank_stream_subspace_and_tail_level(divergence: str) -> None:
     m, n, k, ell = 64, 48, 4, 8
-    grads = _planted_stream(200, 2, m, n, k, noise=1.0, seed=2)
-    st = _settings(divergence, rank=k, ell=ell, beta=0.95)
+    grads = planted_stream(200, 2, m, n, k, noise=1.0, seed=2)
+    st = settings(divergence, rank=k, ell=ell)
     state = _sketch_run(grads, st)
-    A, B = _dense_oracle(grads, st)
+    A, B = dense_oracle(grads, st)
     for side, X in (("a", A), ("b", B)):
-        Q_k = _eigh_desc(X)[1][..., :k]
+        Q_k = eigh_desc(X)[1][..., :k]
         overlap = (state[f"basis_{side}"][..., :k].transpose(-1, -2) @ Q_k).square().sum((-1, -2)) / k
         assert float(overlap.min()) >= 0.99, f"factor {side}: top-{k} subspace overlap {overlap.tolist()}"
     tails_a, tails_b = _tail_means(state, A, "a", k), _tail_means(state, B, "b", k)
@@ -201,7 +127,7 @@ def test_planted_low_rank_stream_subspace_and_tail_level(divergence: str) -> Non
     # LogDet: the Kronecker tail level is gauge-free; per factor, compare with the oracle that
     # couples through the same ℓ-flattened weight the sketch has.
     assert _rel(tails_a[0] * tails_b[0], tails_a[1] * tails_b[1]) <= 0.05
-    A_flat, B_flat = _dense_oracle(grads, st, flat_beyond=ell)
+    A_flat, B_flat = dense_oracle(grads, st, flat_beyond=ell)
     for side, X in (("a", A_flat), ("b", B_flat)):
         sketch_tail, dense_tail, _, _ = _tail_means(state, X, side, k)
         assert _rel(sketch_tail, dense_tail) <= 0.03, (
@@ -215,7 +141,7 @@ def test_sketch_direction_equals_the_dense_rule_on_the_virtual_spectrum(divergen
     """The tail constant and the top scales are the dense path's rules applied to (λ, τ…τ)."""
     g = torch.Generator().manual_seed(3)
     count, m, n, k, ell = 2, 9, 7, 2, 4
-    st = _settings(divergence, rank=k, ell=ell, tail=tail)
+    st = settings(divergence, rank=k, ell=ell, beta=0.9, tail=tail)
     state = new_sketch_state(count, m, n, ell, F64, torch.device("cpu"))
     sketch_group_step(
         state, torch.randn(count, m, n, generator=g, dtype=F64), torch.zeros(count, m, n, dtype=F64), st
