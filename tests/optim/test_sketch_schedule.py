@@ -15,8 +15,9 @@ from torch import Tensor
 
 import tritonkron as tk
 import tritonkron.step.sketch_refresh as sketch_refresh
+from perf.sketch_schedule import settings
 from perf.step_proxies import counting
-from tests.optim.test_sketch import F64, _factors, _settings
+from tests.optim.test_sketch import F64, _factors
 from tritonkron.ops.precondition.reference import floor_eigenvalues
 from tritonkron.ops.sketch.reference import reconstruct, sketch_update_ref
 from tritonkron.optim import BLOCKS
@@ -45,7 +46,7 @@ def _initialised(G: Tensor, st: KronSettings) -> dict[str, Tensor]:
 def test_refresh_at_every_step_is_the_every_step_rayleigh_ritz_update(divergence: str) -> None:
     """T = 1 reproduces the update that re-diagonalises the sketch (U, λ, τ) at every step."""
     grads = _grads(9, 2, 12, 10, seed=0)
-    st = _settings(divergence, rank=2, ell=4)
+    st = settings(divergence, rank=2, ell=4, beta=0.9)
     state = _initialised(grads[0], st)
     U_a, lam_a, tau_a = state["basis_a"], state["eig_a"], state["tail_a"]
     U_b, lam_b, tau_b = state["basis_b"], state["eig_b"], state["tail_b"]
@@ -86,7 +87,7 @@ def test_complete_sketch_is_the_stale_basis_ema_at_every_step(divergence: str, f
     eigenvalues diag(Qᵀ X Q) in a basis Q that is the factor's eigenbasis after each refresh (every
     T = 3 steps) and stale between refreshes; T = 1 is the exact-eigenbasis oracle of test_sketch."""
     grads = _grads(13, 2, 6, 9, seed=1)
-    st = _settings(divergence, rank=3, ell=9, flat=flat)
+    st = settings(divergence, rank=3, ell=9, flat=flat, beta=0.9)
     state = _initialised(grads[0], st)
     A, B = _factors(state)
     Q_A, Q_B = state["basis_a"].clone(), state["basis_b"].clone()
@@ -119,7 +120,7 @@ def test_tracking_conserves_the_trace_and_pinches_onto_the_fixed_basis(divergenc
     """Between refreshes (ℓ < d): U stays, H' = Uᵀ (β X̃ + K) U, τ'(d − ℓ) is the trace of β X̃ + K
     outside span(U), so tr X̃' = β tr X̃ + tr K."""
     grads = _grads(6, 3, 20, 14, seed=2)
-    st = _settings(divergence, rank=2, ell=5)
+    st = settings(divergence, rank=2, ell=5, beta=0.9)
     state = _initialised(grads[0], st)
     sketch_group_step(state, grads[1], grads[1], st, refresh=True)
     for G in grads[2:]:
@@ -185,7 +186,7 @@ def test_only_due_blocks_are_factorised() -> None:
 
 def test_a_failed_refresh_keeps_the_tracked_sketch_and_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     grads = _grads(6, 3, 12, 10, seed=4)
-    st = _settings("logdet", rank=2, ell=4)
+    st = settings("logdet", rank=2, ell=4, beta=0.9)
     state = _initialised(grads[0], st)
     real = sketch_refresh.sketch_update
 
@@ -258,7 +259,7 @@ def test_a_non_finite_tracking_step_is_dropped_and_counted(monkeypatch: pytest.M
     import tritonkron.step.sketched as sketched
 
     grads = _grads(5, 3, 12, 10, seed=5)
-    st = _settings("frobenius", rank=2, ell=4)
+    st = settings("frobenius", rank=2, ell=4, beta=0.9)
     state = _initialised(grads[0], st)
     real = sketched.sketch_track
 
